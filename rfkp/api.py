@@ -1,0 +1,138 @@
+"""The public inference API: `RFDETRKeypoint`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfkp.checkpoint import CheckpointError, load_config_and_state, write_checkpoint
+from rfkp.config import ModelConfig
+from rfkp.detections import KeypointDetections
+from rfkp.nn.detector import KeypointDETR, SubArchitecture
+from rfkp.nn.init import init_weights
+from rfkp.postprocess import decode_detections, to_keypoint_detections
+from rfkp.preprocess import load_batch, normalize_batch
+from rfkp.variants import nano
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 0
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class RFDETRKeypoint:
+    """An RF-DETR Keypoint model ready for inference.
+
+    Build it with `from_checkpoint` (an rfkp checkpoint or a checkpoint of the public `rfdetr` keypoint
+    model), `from_config` (random initialisation) or `default()`.
+    """
+
+    def __init__(self, network: KeypointDETR, device: str | torch.device | None = None, *, is_random_init: bool = False):
+        self.device = _pick_device(device)
+        self.network = network.to(self.device).eval()
+        self.is_random_init = is_random_init
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> RFDETRKeypoint:
+        config, state = load_config_and_state(path)
+        network = KeypointDETR(config)
+        missing, unexpected = network.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: checkpoint does not match the inferred architecture; "
+                f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+            )
+        return cls(network, device)
+
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, device: str | torch.device | None = None, seed: int = DEFAULT_SEED
+    ) -> RFDETRKeypoint:
+        """A randomly initialised model (seeded, reproducible)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = KeypointDETR(config)
+            init_weights(network)
+        return cls(network, device, is_random_init=True)
+
+    @classmethod
+    def default(cls, device: str | torch.device | None = None) -> RFDETRKeypoint:
+        """The project's default model. No trained checkpoint ships yet: this is a seeded, randomly initialised
+        `nano` model (its detections are meaningless; `is_random_init` is True)."""
+        return cls.from_config(nano(), device)
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        write_checkpoint(path, self.config, self.network.state_dict())
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.network.cfg
+
+    # -- pipeline ------------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Any], resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (x (B, 3, R, R) normalised on the model's device, source sizes (B, 2) (H, W))."""
+        res = resolution or self.config.resolution
+        tensors, sizes = load_batch(images)
+        return normalize_batch(tensors, res, self.config.image_mean, self.config.image_std, self.device), sizes
+
+    @torch.inference_mode()
+    def forward_raw(self, x: torch.Tensor, **arch: int | None) -> dict[str, torch.Tensor]:
+        """Raw outputs for a normalised batch: `pred_logits`, `pred_boxes`, `pred_keypoints` (see `KeypointDETR`).
+
+        `arch` takes the call-time knobs `patch_size`, `num_windows`, `dec_layers`, `num_queries`.
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a normalised batch (B, 3, H, W), got shape {tuple(x.shape)}")
+        block = (arch.get("patch_size") or self.config.patch_size) * (arch.get("num_windows") or self.config.num_windows)
+        if x.shape[2] % block or x.shape[3] % block:
+            raise ValueError(f"input sides {tuple(x.shape[2:])} must be multiples of {block} (patch size x windows)")
+        out = self.network(x.to(self.device, torch.float32), SubArchitecture(**arch))
+        return {k: out[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}
+
+    def postprocess(
+        self,
+        raw: dict[str, torch.Tensor],
+        source_sizes: torch.Tensor,
+        threshold: float = 0.5,
+        num_select: int = 100,
+    ) -> list[KeypointDetections]:
+        decoded = decode_detections(
+            raw,
+            source_sizes.to(raw["pred_boxes"].device),
+            num_keypoints_per_class=self.config.num_keypoints_per_class,
+            num_select=num_select,
+            alpha=self.config.rescore_alpha,
+        )
+        return to_keypoint_detections(decoded, source_sizes, self.config, threshold)
+
+    def predict(
+        self,
+        images: Any,
+        threshold: float = 0.5,
+        resolution: int | None = None,
+        *,
+        num_select: int = 100,
+        **arch: int | None,
+    ) -> KeypointDetections | list[KeypointDetections]:
+        """Detect keypointed objects.
+
+        images: a path, encoded bytes, a PIL image, an HxWx3 uint8 RGB array, a (3, H, W) float tensor in [0, 1],
+        or a list of these (then a list is returned). Output coordinates are in source-image pixels.
+        """
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if not batch:
+            return []
+        x, sizes = self.preprocess(batch, resolution)
+        dets = self.postprocess(self.forward_raw(x, **arch), sizes, threshold, num_select)
+        return dets[0] if single else dets

@@ -1,0 +1,201 @@
+"""Checkpoint reading (safe: never unpickles arbitrary classes) and conversion of peer checkpoints.
+
+Two layouts are read:
+- rfkp's own: `{"format": "rfkp", "version": 1, "config": {...plain data...}, "model": state_dict}`;
+- the public `rfdetr` keypoint layout: `{"model": state_dict, "args": ...}` where `args` may be a dict or an
+  `argparse.Namespace`. Only the classes in `SAFE_GLOBALS` may appear besides tensors and plain data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfkp.config import ModelConfig
+
+FORMAT_NAME = "rfkp"
+FORMAT_VERSION = 1
+SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely or does not describe a supported model."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True and an explicit allowlist; precise errors for every failure."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path is a directory: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains objects outside the allowlist of safe types "
+            f"(tensors, plain data, {', '.join(c.__name__ for c in SAFE_GLOBALS)}). Details: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise CheckpointError(f"{path} is not a model checkpoint (expected a dict with a 'model' state dict)")
+    if not isinstance(data["model"], dict) or not all(torch.is_tensor(v) for v in data["model"].values()):
+        raise CheckpointError(f"{path}: 'model' must map parameter names to tensors")
+    return data
+
+
+def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """Atomic write of rfkp's own format."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    payload = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Reads either layout and returns an rfkp config and an rfkp state dict (float tensors as fp32)."""
+    data = read_checkpoint(path)
+    if data.get("format") == FORMAT_NAME:
+        if data.get("version") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: unsupported rfkp checkpoint version {data.get('version')}")
+        config = ModelConfig.from_dict(data["config"])
+        state = data["model"]
+    elif any(k.startswith("backbone.0.encoder.") for k in data["model"]):
+        args = data.get("args")
+        if isinstance(args, argparse.Namespace):
+            args = vars(args)
+        config = config_from_peer(data["model"], args if isinstance(args, dict) else {})
+        state = convert_peer_state_dict(data["model"])
+    else:
+        raise CheckpointError(f"{path}: unrecognised checkpoint layout (neither rfkp nor rfdetr keypoint)")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    return config, state
+
+
+# -- peer layout ---------------------------------------------------------------------------------------------
+_VIT = "backbone.0.encoder.encoder."
+_PREFIX_MAP = [
+    (_VIT + "embeddings.cls_token", "backbone.vit.cls_token"),
+    (_VIT + "embeddings.position_embeddings", "backbone.vit.pos_embed"),
+    (_VIT + "embeddings.patch_embeddings.projection.", "backbone.vit.patch_embed."),
+    (_VIT + "layernorm.", "backbone.vit.norm."),
+    (_VIT + "encoder.layer.", "backbone.vit.blocks."),
+    ("backbone.0.projector.stages.0.0.", "backbone.projector."),
+    ("backbone.0.projector.stages.0.1.", "backbone.projector.norm."),
+    ("backbone.0.cross_attn_projector.stages.0.0.", "backbone.keypoint_projector."),
+    ("backbone.0.cross_attn_projector.stages.0.1.", "backbone.keypoint_projector.norm."),
+    ("transformer.decoder.", "decoder."),
+    ("transformer.keypoint_query_initializer_enc.", "keypoint_queries_enc."),
+    ("transformer.keypoint_query_initializer.", "keypoint_queries."),
+    ("transformer.enc_out_keypoint_embed.", "enc_out_keypoint_embed."),
+    ("transformer.", "two_stage."),
+    *((name, name) for name in ("class_embed.", "bbox_embed.", "keypoint_embed.", "refpoint_embed.", "query_feat.")),
+]
+_DROPPED = re.compile(r"(^_kp_active_mask$|embeddings\.mask_token$|keypoint_class_mask$)")
+_BLOCK_RENAMES = [
+    ("attention.output.dense.", "attn.proj."),
+    ("layer_scale1.lambda1", "ls1"),
+    ("layer_scale2.lambda1", "ls2"),
+]
+_PROJECTOR_RENAMES = [(".bn.", ".norm."), ("m.", "blocks.")]
+
+
+def convert_peer_state_dict(peer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in peer.items():
+        if _DROPPED.search(key):
+            continue
+        for src, dst in _PREFIX_MAP:
+            if key.startswith(src):
+                new = dst + key[len(src) :]
+                break
+        else:
+            raise CheckpointError(f"unsupported parameter in rfdetr checkpoint: {key}")
+        if new.startswith("backbone.vit.blocks."):
+            m = re.match(r"(backbone\.vit\.blocks\.\d+\.)attention\.attention\.(query|key|value)\.(weight|bias)$", new)
+            if m:
+                qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+                continue
+            for a, b in _BLOCK_RENAMES:
+                new = new.replace(a, b)
+        elif new.startswith(("backbone.projector.", "backbone.keypoint_projector.")):
+            head, _, tail = new.partition("projector.")
+            for a, b in _PROJECTOR_RENAMES:
+                tail = tail.replace(a, b) if a != "m." else re.sub(r"^m\.", "blocks.", tail)
+            new = head + "projector." + tail
+        out[new] = value
+    for (prefix, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise CheckpointError(f"incomplete attention weights at {prefix}")
+        out[f"{prefix}attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> ModelConfig:
+    """Architecture from tensor shapes; what shapes cannot tell (heads, points, windows, resolution) from args."""
+    def count(pattern: str) -> int:
+        rx = re.compile(pattern)
+        return len({rx.match(k).group(1) for k in peer if rx.match(k)})
+
+    if any(k.startswith("backbone.0.projector.stages.1") for k in peer):
+        raise CheckpointError("multi-level projectors are not supported (RF-DETR Keypoint uses one level)")
+    vit_dim = peer[_VIT + "embeddings.cls_token"].shape[-1]
+    patch = peer[_VIT + "embeddings.patch_embeddings.projection.weight"].shape[-1]
+    n_pos = peer[_VIT + "embeddings.position_embeddings"].shape[1] - 1
+    grid = math.isqrt(n_pos)
+    if grid * grid != n_pos:
+        raise CheckpointError(f"position embedding of {n_pos} patches is not a square grid")
+    depth = count(r"backbone\.0\.encoder\.encoder\.encoder\.layer\.(\d+)\.")
+    groups = count(r"transformer\.enc_output\.(\d+)\.")
+    dec_layers = count(r"transformer\.decoder\.layers\.(\d+)\.")
+    n_rows, hidden = peer["query_feat.weight"].shape
+    num_queries = int(args.get("num_queries", n_rows // groups))
+    if "num_keypoints_per_class" in args:
+        kpc = [int(k) for k in args["num_keypoints_per_class"]]
+    elif "_kp_active_mask" in peer:
+        kpc = [int(r.sum()) for r in peer["_kp_active_mask"]]
+    else:
+        raise CheckpointError("cannot infer keypoints per class: no args.num_keypoints_per_class, no _kp_active_mask")
+    total_kp = peer["transformer.decoder.keypoint_pos_embed"].shape[0]
+    if sum(kpc) != total_kp:
+        raise CheckpointError(f"keypoints per class {kpc} do not add up to the {total_kp} keypoint embeddings")
+    num_classes = peer["class_embed.weight"].shape[0]
+    names = list(args.get("class_names") or [])
+    return ModelConfig(
+        num_classes=num_classes,
+        num_keypoints_per_class=kpc,
+        class_names=[str(n) for n in names[:num_classes]],
+        vit_dim=vit_dim,
+        vit_depth=depth,
+        vit_heads=int(args.get("vit_heads", vit_dim // 64)),
+        patch_size=patch,
+        pos_grid=grid,
+        num_windows=int(args.get("num_windows", 2)),
+        out_feature_indexes=[int(i) for i in args.get("out_feature_indexes", [3, 6, 9, 12])],
+        hidden_dim=hidden,
+        dec_layers=dec_layers,
+        sa_heads=int(args.get("sa_nheads", 8)),
+        ca_heads=int(args.get("ca_nheads", 16)),
+        ca_points=int(args.get("dec_n_points", 2)),
+        dim_feedforward=peer["transformer.decoder.layers.0.linear1.weight"].shape[0],
+        num_queries=num_queries,
+        group_detr=groups,
+        resolution=int(args.get("resolution", grid * patch)),
+    )

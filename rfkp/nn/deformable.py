@@ -1,0 +1,44 @@
+"""Deformable cross-attention around reference boxes (one or more feature levels)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rfkp import ops
+
+
+class DeformableAttention(nn.Module):
+    """Each head samples `points` locations per level around the query's reference box and mixes them.
+
+    Sampling location = box centre + offset / points * box size / 2 (normalised image coordinates).
+    """
+
+    def __init__(self, dim: int, heads: int, levels: int = 1, points: int = 2) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} not divisible by {heads} heads")
+        self.dim, self.heads, self.levels, self.points = dim, heads, levels, points
+        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
+        self.attention_weights = nn.Linear(dim, heads * levels * points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        ref_boxes: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """query (B, Q, C), ref_boxes (B, Q, 4) cxcywh normalised, value (B, S, C) -> (B, Q, C)."""
+        B, Q, _ = query.shape
+        H, L, P = self.heads, self.levels, self.points
+        v = self.value_proj(value).view(B, value.shape[1], H, self.dim // H)
+        offsets = self.sampling_offsets(query).view(B, Q, H, L, P, 2)
+        weights = self.attention_weights(query).view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
+        ref = ref_boxes[:, :, None, None, None, :]
+        locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
+        out = ops.multi_scale_deformable_attention(v, spatial_shapes, level_start_index, locations, weights)
+        return self.output_proj(out)

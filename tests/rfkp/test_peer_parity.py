@@ -1,0 +1,59 @@
+"""Parity with the public peer (rfdetr 1.11.2) on its random-weight fixture (fp32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rfkp import RFDETRKeypoint
+from tests.conftest import shared_path
+
+FIXTURE = ("fixtures", "rfdetr-keypoint-preview-random")
+
+
+@pytest.fixture(scope="module")
+def peer_model() -> RFDETRKeypoint:
+    return RFDETRKeypoint.from_checkpoint(shared_path(*FIXTURE, "checkpoint.pth"), device="cpu")
+
+
+def test_forward_raw_matches_peer(peer_model: RFDETRKeypoint) -> None:
+    ref = torch.load(shared_path(*FIXTURE, "raw_outputs.pt"), weights_only=True)
+    out = peer_model.forward_raw(ref["input"])
+    for key in ("pred_logits", "pred_boxes", "pred_keypoints"):
+        assert out[key].shape == ref[key].shape, key
+        diff = (out[key] - ref[key]).abs().max().item()
+        assert diff <= 1e-4, f"{key}: max abs diff {diff}"
+
+
+def test_predict_matches_peer(peer_model: RFDETRKeypoint) -> None:
+    ref = torch.load(shared_path(*FIXTURE, "predict_outputs.pt"), weights_only=True)
+    image = shared_path(*FIXTURE, "image.jpg")
+    # the peer keeps its top-k order; compare against the unsorted decode of the same pipeline
+    from rfkp.postprocess import decode_detections
+
+    x, sizes = peer_model.preprocess([image])
+    raw = peer_model.forward_raw(x)
+    dec = {k: v[0] for k, v in decode_detections(raw, sizes, num_keypoints_per_class=[17]).items()}
+    assert torch.equal(dec["labels"], ref["class_id"])
+    assert (dec["boxes"] - ref["xyxy"]).abs().max() <= 1e-3
+    assert (dec["scores"] - ref["detection_confidence"]).abs().max() <= 1e-5
+    kp = ref["class_id"] < 1  # rows of the keypointed class
+    assert kp.sum() > 50
+    assert (dec["keypoints"][kp] - ref["xy"][kp]).abs().max() <= 1e-3
+    assert (dec["findable"][kp] - ref["keypoint_confidence"][kp]).abs().max() <= 1e-5
+    assert torch.isnan(dec["keypoints"][~kp]).all()
+    # covariance: the peer omits the box-area factor; ours = peer * area of the predicted box
+    prob = raw["pred_logits"].sigmoid().reshape(-1)
+    query = torch.sort(prob, descending=True, stable=True).indices[:100] // raw["pred_logits"].shape[-1]
+    area = raw["pred_boxes"][0, query, 2:].prod(-1)
+    expected = ref["covariance_peer"][kp] * area[kp, None, None, None]
+    rel = (dec["covariance"][kp] - expected).abs() / expected.abs().amax((-1, -2), keepdim=True)
+    assert rel.max() <= 1e-4
+
+    # the public predict() returns the same detections, sorted by rescored score
+    dets = peer_model.predict(image, threshold=0.0)
+    assert len(dets) == 100
+    assert dets.image_size == (429, 640)
+    order = torch.sort(dec["scores"], descending=True, stable=True).indices
+    assert abs(dets.score - dec["scores"][order].numpy()).max() <= 1e-6
+    assert abs(dets.xyxy - dec["boxes"][order].numpy()).max() <= 1e-4
