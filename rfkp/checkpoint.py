@@ -40,9 +40,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint or corrupt") from None
         raise CheckpointError(
             f"refusing to load {path}: it contains objects outside the allowlist of safe types "
-            f"(tensors, plain data, {', '.join(c.__name__ for c in SAFE_GLOBALS)}). Details: {str(exc).splitlines()[0]}"
+            f"(tensors, plain data, {', '.join(c.__name__ for c in SAFE_GLOBALS)}). Details: {_unsupported_global(exc)}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
@@ -51,6 +53,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(data["model"], dict) or not all(torch.is_tensor(v) for v in data["model"].values()):
         raise CheckpointError(f"{path}: 'model' must map parameter names to tensors")
     return data
+
+
+def _unsupported_global(exc: Exception) -> str:
+    for line in str(exc).splitlines():
+        if "global" in line.lower() and "unsupported" in line.lower():
+            return line.strip()
+    return str(exc).splitlines()[0]
 
 
 def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:

@@ -20,13 +20,9 @@ COCO_SKELETON = [
 
 def preview(**overrides: Any) -> ModelConfig:
     """The released RF-DETR Keypoint Preview architecture (ViT-S/12, 576 px, 4 decoder layers)."""
-    params: dict[str, Any] = dict(
-        num_classes=2,
-        num_keypoints_per_class=[17],
-        class_names=["person"],
-        keypoint_names=[COCO_KEYPOINT_NAMES],
-        skeletons=[COCO_SKELETON],
-    )
+    params: dict[str, Any] = dict(num_classes=2, num_keypoints_per_class=[17])
+    if overrides.get("num_keypoints_per_class", [17]) == [17]:  # the COCO person schema
+        params.update(class_names=["person"], keypoint_names=[COCO_KEYPOINT_NAMES], skeletons=[COCO_SKELETON])
     params.update(overrides)
     return ModelConfig(**params)
 

@@ -1,0 +1,69 @@
+"""Parity of rfkp with a fixture written by the public peer's fixture tool (any skeleton).
+
+Usage: python benchmarks/peer_parity.py FIXTURE_DIR [--out benchmarks/results/NAME.json]
+FIXTURE_DIR holds checkpoint.pth, raw_outputs.pt and (optionally) predict_outputs.pt + image.jpg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from rfkp import RFDETRKeypoint
+from rfkp.postprocess import decode_detections
+
+
+def compare(fixture: Path, image: Path | None) -> dict:
+    model = RFDETRKeypoint.from_checkpoint(fixture / "checkpoint.pth", device="cpu")
+    ref = torch.load(fixture / "raw_outputs.pt", weights_only=True)
+    out = model.forward_raw(ref["input"])
+    res = {k: (out[k] - ref[k]).abs().max().item() for k in ("pred_logits", "pred_boxes", "pred_keypoints")}
+    res["num_keypoints_per_class"] = model.config.num_keypoints_per_class
+    pred_file = fixture / "predict_outputs.pt"
+    if pred_file.exists() and image is not None:
+        p = torch.load(pred_file, weights_only=True)
+        x, sizes = model.preprocess([image])
+        dec = {k: v[0] for k, v in decode_detections(
+            model.forward_raw(x), sizes, num_keypoints_per_class=model.config.num_keypoints_per_class).items()}
+        kp = ~torch.isnan(p["precision_cholesky"][:, 0, 0])
+        res["labels_equal"] = bool(torch.equal(dec["labels"], p["class_id"]))
+        res["boxes_px"] = (dec["boxes"] - p["xyxy"]).abs().max().item()
+        res["scores"] = (dec["scores"] - p["detection_confidence"]).abs().max().item()
+        k = p["xy"].shape[1]
+        res["keypoints_px"] = (dec["keypoints"][kp, :k] - p["xy"][kp]).abs().nan_to_num(0).max().item()
+        res["cholesky"] = (dec["cholesky"][kp, :k] - p["precision_cholesky"][kp]).abs().nan_to_num(0).max().item()
+        res["rows_with_keypoints"] = int(kp.sum())
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("fixture", type=Path)
+    ap.add_argument("--image", type=Path, help="the image the fixture's predict outputs were made from")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    res = compare(args.fixture, args.image)
+    for key, value in res.items():
+        print(f"{key:24s} {value}")
+    if args.out:
+        record = {
+            "what": "max abs difference rfkp vs peer rfdetr 1.11.2 (fp32, CPU)",
+            "results": res,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", *sys.argv]),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Checkpoints: rfkp round trip, peer layout, safe loading."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from rfkp import RFDETRKeypoint
+from rfkp.checkpoint import CheckpointError, read_checkpoint
+from rfkp.nn.detector import SubArchitecture
+from rfkp.variants import tiny
+
+
+@pytest.fixture(scope="module")
+def two_skeleton_model() -> RFDETRKeypoint:
+    return RFDETRKeypoint.from_config(
+        tiny(num_classes=3, num_keypoints_per_class=[7, 4], class_names=["mouse_top", "mouse_bot", "dish"]),
+        device="cpu",
+        seed=3,
+    )
+
+
+def test_round_trip_is_exact(two_skeleton_model: RFDETRKeypoint, tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    two_skeleton_model.save_checkpoint(path)
+    loaded = RFDETRKeypoint.from_checkpoint(path, device="cpu")
+    assert loaded.config == two_skeleton_model.config
+    a, b = two_skeleton_model.network.state_dict(), loaded.network.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(1, 3, 256, 256)
+    ra, rb = two_skeleton_model.forward_raw(x), loaded.forward_raw(x)
+    assert all(torch.equal(ra[k], rb[k]) for k in ra)
+    assert not loaded.is_random_init
+
+
+def test_padded_keypoint_layout(two_skeleton_model: RFDETRKeypoint) -> None:
+    out = two_skeleton_model.forward_raw(torch.randn(1, 3, 256, 256))
+    kps = out["pred_keypoints"].reshape(1, 20, 2, 7, 8)
+    assert torch.all(kps[:, :, 1, 4:] == 0), "padding slots of the 4-keypoint class must be zero"
+    assert torch.all(kps[:, :, 0].abs().sum(-1) > 0)
+
+
+def test_classes_do_not_attend_to_each_others_keypoints() -> None:
+    net = RFDETRKeypoint.from_config(tiny(num_classes=3, num_keypoints_per_class=[7, 4]), "cpu", seed=4).network
+    with torch.no_grad():  # the keypoint head starts at zero: give it weights so outputs depend on features
+        net.keypoint_embed.layers[-1].weight.normal_(std=0.1)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        before = net(x, SubArchitecture(dec_layers=1))["pred_keypoints"].reshape(1, 20, 2, 7, 8)
+        saved = net.decoder.keypoint_pos_embed.clone()
+        net.decoder.keypoint_pos_embed[:7] += 1.0  # class 0's keypoint tokens only
+        after = net(x, SubArchitecture(dec_layers=1))["pred_keypoints"].reshape(1, 20, 2, 7, 8)
+        net.decoder.keypoint_pos_embed.copy_(saved)
+    assert not torch.allclose(before[:, :, 0], after[:, :, 0])
+    assert torch.allclose(before[:, :, 1, :4, :7], after[:, :, 1, :4, :7], atol=1e-6)
+
+
+class _Payload:
+    def __reduce__(self):  # noqa: ANN204 - a crafted checkpoint that would run a command when unpickled
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {}, "args": _Payload()}, f)
+    with pytest.raises(CheckpointError, match="refusing to load|cannot read"):
+        read_checkpoint(path)
+    torch.save({"model": {"w": torch.zeros(1)}, "args": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="allowlist"):
+        RFDETRKeypoint.from_checkpoint(path)
+
+
+def test_namespace_args_are_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "ns.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(num_queries=5)}, path)
+    data = read_checkpoint(path)
+    assert data["args"].num_queries == 5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "cannot read"),
+        (b"not a checkpoint at all", "cannot read"),
+    ],
+)
+def test_corrupt_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(path)
+
+
+def test_missing_and_wrong_layout(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        RFDETRKeypoint.from_checkpoint(tmp_path / "nope.pth")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="not a model checkpoint"):
+        RFDETRKeypoint.from_checkpoint(tmp_path / "x.pth")
+    torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "y.pth")
+    with pytest.raises(CheckpointError, match="unrecognised"):
+        RFDETRKeypoint.from_checkpoint(tmp_path / "y.pth")

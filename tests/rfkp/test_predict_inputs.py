@@ -1,0 +1,85 @@
+"""predict() on every accepted input type and on bad inputs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rfkp import KeypointDetections, RFDETRKeypoint
+from rfkp.io import ImageDecodeError
+from rfkp.variants import tiny
+
+
+@pytest.fixture(scope="module")
+def model() -> RFDETRKeypoint:
+    return RFDETRKeypoint.from_config(tiny(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+
+
+def test_all_input_types_agree(model: RFDETRKeypoint, rgb: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    inputs = [
+        str(path), path, path.read_bytes(), Image.fromarray(rgb), rgb,
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+    ]  # fmt: skip
+    results = [model.predict(x, threshold=0.0) for x in inputs]
+    for r in results:
+        assert isinstance(r, KeypointDetections)
+        assert r.image_size == (90, 120)
+        np.testing.assert_allclose(r.xyxy, results[0].xyxy, atol=1e-4)
+    batch = model.predict(inputs[:3], threshold=0.0)
+    assert isinstance(batch, list) and len(batch) == 3
+    assert model.predict([], threshold=0.0) == []
+
+
+def test_coordinates_follow_the_source_size(model: RFDETRKeypoint, rgb: np.ndarray) -> None:
+    dets = model.predict(rgb, threshold=0.0)
+    assert (dets.xyxy[:, [0, 2]] <= 120).all() and (dets.xyxy[:, [1, 3]] <= 90).all()
+    assert np.all(np.diff(dets.score) <= 0), "sorted by score"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
+def test_image_modes(model: RFDETRKeypoint, rgb: np.ndarray, mode: str) -> None:
+    img = Image.fromarray(rgb).convert(mode) if mode != "I;16" else Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    dets = model.predict(buf.getvalue(), threshold=0.0)
+    assert dets.image_size == (90, 120)
+
+
+def test_bad_inputs(model: RFDETRKeypoint, rgb: np.ndarray, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        model.predict(tmp_path / "missing.jpg")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG")
+    with pytest.raises(ImageDecodeError):
+        model.predict(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageDecodeError):
+        model.predict(b"\x89PNG garbage")
+    with pytest.raises(ValueError):
+        model.predict(b"")
+    with pytest.raises(ValueError, match="channels-last"):
+        model.predict(torch.from_numpy(rgb).float() / 255)
+    with pytest.raises(ValueError):
+        model.predict(np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match="[Bb]atch|list"):
+        model.predict(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError):
+        model.forward_raw(torch.zeros(1, 4, 256, 256))
+
+
+def test_huge_image_is_refused_before_decoding(model: RFDETRKeypoint, tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    Image.new("L", (12000, 9000)).save(path)  # 108 Mpx, small file
+    with pytest.raises(ValueError, match="pixels"):
+        model.predict(path)
