@@ -50,7 +50,7 @@ def test_coordinates_follow_the_source_size(model: RFDETRKeypoint, rgb: np.ndarr
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
 def test_image_modes(model: RFDETRKeypoint, rgb: np.ndarray, mode: str) -> None:
-    img = Image.fromarray(rgb).convert(mode) if mode != "I;16" else Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    img = Image.fromarray(rgb).convert(mode) if mode != "I;16" else Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     dets = model.predict(buf.getvalue(), threshold=0.0)
