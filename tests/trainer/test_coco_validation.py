@@ -1,0 +1,140 @@
+"""Every validation error of a COCO keypoint file names the image or annotation and what is wrong."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.data.coco import CocoKeypointDataset
+from trainer.data.errors import CocoFormatError
+from trainer.data.schema import infer_schema
+from trainer.data.validate import load_coco_json, validate_coco
+
+VALID = {
+    "images": [
+        {"id": 10, "file_name": "a.png", "width": 8, "height": 6},
+        {"id": 11, "file_name": "b.png", "width": 8, "height": 6},
+    ],
+    "categories": [
+        {"id": 1, "name": "thing", "keypoints": ["left_x", "right_x", "mid"], "skeleton": [[1, 3]]}
+    ],
+    "annotations": [
+        {
+            "id": 100,
+            "image_id": 10,
+            "category_id": 1,
+            "bbox": [1, 1, 4, 3],
+            "keypoints": [2, 2, 2, 4, 3, 1, 0, 0, 0],
+            "num_keypoints": 2,
+            "iscrowd": 0,
+            "area": 12.0,
+        }
+    ],
+}
+
+
+def _write(tmp_path: Path, coco: dict) -> Path:
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(coco))
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((6, 8), np.uint8)).save(images / name)
+    return path
+
+
+def _validate(coco: dict) -> None:
+    validate_coco(coco, infer_schema(coco, "ann.json"), "ann.json")
+
+
+def test_valid_file_passes(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALID)
+    dataset = CocoKeypointDataset(path, tmp_path / "images")
+    assert len(dataset) == 2
+
+
+def test_malformed_json_gives_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(CocoFormatError, match=r"broken.json: malformed JSON at line 2 column 12"):
+        load_coco_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(CocoFormatError, match="the JSON root must be an object, got list"):
+        load_coco_json(path)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_coco_json(tmp_path / "missing.json")
+
+
+def _ann(coco: dict) -> dict:
+    return coco["annotations"][0]
+
+
+CASES: list[tuple[str, Callable[[dict], None], str]] = [
+    ("no images key", lambda c: c.pop("images"), "missing top-level key 'images'"),
+    ("image key", lambda c: c["images"][1].pop("file_name"), "image id 11: missing key 'file_name'"),
+    (
+        "image size",
+        lambda c: c["images"][0].update(width=0),
+        "image id 10: 'width' must be a positive integer",
+    ),
+    ("dup image", lambda c: c["images"][1].update(id=10), "image id 10: duplicate image id"),
+    ("ann key", lambda c: _ann(c).pop("bbox"), r"annotation id 100 \(image id 10\): missing key 'bbox'"),
+    ("ann kps key", lambda c: _ann(c).pop("keypoints"), "annotation id 100 .*missing key 'keypoints'"),
+    (
+        "kps length",
+        lambda c: _ann(c).update(keypoints=[2, 2, 2, 4, 3, 1]),
+        r"annotation id 100 \(image id 10\): 'keypoints' has 6 values, expected 9 \(3 x 3 keypoints of "
+        r"category 1 'thing'\)",
+    ),
+    ("visibility", lambda c: _ann(c)["keypoints"].__setitem__(5, 3), "keypoint 1 has visibility 3"),
+    ("kp value", lambda c: _ann(c)["keypoints"].__setitem__(0, "x"), "keypoint 0 has non-numeric"),
+    (
+        "num_keypoints",
+        lambda c: _ann(c).update(num_keypoints=3),
+        "'num_keypoints' is 3 but 2 keypoints have v > 0",
+    ),
+    ("bbox negative", lambda c: _ann(c).update(bbox=[1, 1, -4, 3]), r"annotation id 100.*'bbox' .* negative"),
+    ("bbox short", lambda c: _ann(c).update(bbox=[1, 1, 4]), "'bbox' must be \\[x, y, width, height\\]"),
+    (
+        "unknown category",
+        lambda c: _ann(c).update(category_id=5),
+        r"annotation id 100.*unknown category id 5",
+    ),
+    (
+        "unknown image",
+        lambda c: _ann(c).update(image_id=99),
+        r"annotation id 100 \(image id 99\): unknown image id",
+    ),
+    ("dup ann", lambda c: c["annotations"].append(copy.deepcopy(_ann(c))), "annotation id 100.*duplicate"),
+    ("iscrowd", lambda c: _ann(c).update(iscrowd=2), "'iscrowd' must be 0 or 1"),
+    ("area", lambda c: _ann(c).update(area=-1), "'area' must be a finite number >= 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "message"), CASES, ids=[c[0] for c in CASES])
+def test_validation_errors(name: str, mutate: Callable[[dict], None], message: str) -> None:
+    coco = copy.deepcopy(VALID)
+    mutate(coco)
+    with pytest.raises(CocoFormatError, match=message):
+        _validate(coco)
+
+
+def test_missing_image_file_names_the_image(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALID)
+    (tmp_path / "images" / "b.png").unlink()
+    with pytest.raises(CocoFormatError, match=r"ann.json: image id 11: file 'b.png' not found"):
+        CocoKeypointDataset(path, tmp_path / "images")
+
+
+def test_image_size_disagreeing_with_annotation(tmp_path: Path) -> None:
+    coco = copy.deepcopy(VALID)
+    coco["images"][0]["width"] = 9
+    dataset = CocoKeypointDataset(_write(tmp_path, coco), tmp_path / "images")
+    with pytest.raises(ValueError, match="image id 10: file 'a.png' is 8x6 but the annotation says 9x6"):
+        dataset[0]

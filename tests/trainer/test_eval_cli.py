@@ -1,0 +1,105 @@
+"""``rfkp eval``: from a results file (pycocotools' numbers) and from a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from rfkp.api import RFDETRKeypoint
+from rfkp.cli.main import main as rfkp_main
+from rfkp.variants import tiny
+from trainer.evaluation.coco_eval import STAT_NAMES
+
+SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "coco-sample"
+
+
+def _sample() -> dict:
+    if not SAMPLE.is_dir():
+        pytest.skip(f"shared test data not found at {SAMPLE}")
+    return json.loads((SAMPLE / "person_keypoints.json").read_text())
+
+
+def _run(argv: list[str]) -> int:
+    """The ``rfkp`` command line itself (``rfkp.cli.main`` registers ``trainer.cli``)."""
+    return rfkp_main(argv)
+
+
+def _detections(coco: dict) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for ann in coco["annotations"]:
+        kps = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
+        kps[:, :2] += rng.normal(0, 3.0, (17, 2))
+        kps[:, 2] = 1
+        cov = np.tile(np.diag([9.0, 9.0]), (17, 1, 1))
+        rows.append({"image_id": ann["image_id"], "category_id": 1, "keypoints": kps.reshape(-1).tolist(),
+                     "score": float(rng.uniform(0.1, 1)), "keypoint_covariance": cov.tolist()})  # fmt: skip
+    return rows
+
+
+def test_eval_of_a_results_file_reproduces_pycocotools(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    coco = _sample()
+    rows = _detections(coco)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(rows))
+    out_json, plot = tmp_path / "report.json", tmp_path / "reliability.png"
+    argv = ["eval", "--data", str(SAMPLE / "person_keypoints.json"), "--detections", str(results)]
+    assert _run([*argv, "--json", str(out_json), "--plot", str(plot)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(SAMPLE / "person_keypoints.json"))
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(rows)), "keypoints")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    report = json.loads(out_json.read_text())
+    assert [report["overall"][s] for s in STAT_NAMES] == [float(s) for s in evaluator.stats]
+    assert [report["per_category"][0][s] for s in STAT_NAMES] == [float(s) for s in evaluator.stats]
+    text = capsys.readouterr().out
+    assert "person" in text and f"{evaluator.stats[0]:.4f}" in text and "COCO person" in text
+    assert "1-sigma" in text and "visible" in text and "occluded" in text
+    assert report["calibration"]["visible"]["count"] > 0 and plot.is_file()
+
+
+def test_eval_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _sample()
+    data = str(SAMPLE / "person_keypoints.json")
+    assert _run(["eval", "--data", data, "--detections", str(tmp_path / "none.json")]) == 1
+    assert "detections file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"image_id": 785,')
+    assert _run(["eval", "--data", data, "--detections", str(bad)]) == 1
+    assert "bad.json: malformed JSON at line 1" in capsys.readouterr().err
+    bad.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [], "score": 1}]))
+    assert _run(["eval", "--data", data, "--detections", str(bad)]) == 1
+    assert "result row 0 (image id 1): image id not in the ground truth" in capsys.readouterr().err
+    assert _run(["eval", "--data", data, "--weights", str(tmp_path / "w.pth")]) == 1
+    assert "--images is required with --weights" in capsys.readouterr().err
+
+
+def test_eval_runs_a_checkpoint_through_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    coco = _sample()
+    weights = tmp_path / "tiny.pth"
+    RFDETRKeypoint.from_config(tiny(resolution=128), device="cpu").save_checkpoint(weights)
+    saved, out_json = tmp_path / "dets.json", tmp_path / "report.json"
+    argv = ["eval", "--data", str(SAMPLE / "person_keypoints.json"), "--images", str(SAMPLE / "images")]
+    argv += ["--weights", str(weights), "--device", "cpu"]
+    argv += ["--save-detections", str(saved), "--json", str(out_json)]
+    assert _run(argv) == 0
+    rows = json.loads(saved.read_text())
+    assert rows and {r["image_id"] for r in rows} <= {im["id"] for im in coco["images"]}
+    assert all(len(r["keypoints"]) == 51 and np.shape(r["keypoint_covariance"]) == (17, 2, 2) for r in rows)
+    report = json.loads(out_json.read_text())
+    # the same rows through the results-file path give the same report
+    capsys.readouterr()
+    again = tmp_path / "again.json"
+    assert _run(["eval", "--data", str(SAMPLE / "person_keypoints.json"), "--detections", str(saved),
+                 "--json", str(again)]) == 0  # fmt: skip
+    assert json.loads(again.read_text()) == report

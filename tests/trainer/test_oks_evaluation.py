@@ -1,0 +1,160 @@
+"""COCO OKS evaluation: pycocotools' own numbers, all images, per-category sigmas, result validation."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from trainer.data.schema import infer_schema
+from trainer.evaluation.coco_eval import STAT_NAMES, evaluate_keypoints
+from trainer.evaluation.sigmas import COCO_PERSON_SIGMAS, DEFAULT_SIGMA, category_sigmas
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+def _load(relative: str) -> dict:
+    path = DATA / relative
+    if not path.is_file():
+        pytest.skip(f"shared test data not found at {path}")
+    return json.loads(path.read_text())
+
+
+def perturbed_detections(coco: dict, seed: int, noise: float = 4.0) -> list[dict]:
+    """Ground truth as detections: seeded pixel noise, random scores, every 5th one dropped, one false positive
+    per image (a shifted copy)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, ann in enumerate(sorted(coco["annotations"], key=lambda a: a["id"])):
+        kps = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
+        kps[:, :2] += rng.normal(0.0, noise, (len(kps), 2))
+        kps[:, 2] = 1
+        if i % 5 != 4:
+            rows.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                         "keypoints": kps.reshape(-1).tolist(), "score": float(rng.uniform(0.2, 1.0))})  # fmt: skip
+        if i % 3 == 0:
+            kps[:, 0] += 25.0
+            rows.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                         "keypoints": kps.reshape(-1).tolist(), "score": float(rng.uniform(0.0, 0.5))})  # fmt: skip
+    return rows
+
+
+def pycocotools_stats(
+    coco: dict, rows: list[dict], sigmas: np.ndarray | None = None, cat_ids=None
+) -> list[float]:
+    """pycocotools called directly, the reference."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(coco)
+        gt.createIndex()
+        dt = gt.loadRes(copy.deepcopy(rows))
+        evaluator = COCOeval(gt, dt, "keypoints")
+        if sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = sigmas
+        if cat_ids is not None:
+            evaluator.params.catIds = cat_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(s) for s in evaluator.stats]
+
+
+def test_reproduces_pycocotools_on_coco_sample() -> None:
+    coco = _load("coco-sample/person_keypoints.json")
+    for seed in (0, 1, 2):
+        rows = perturbed_detections(coco, seed)
+        report = evaluate_keypoints(coco, rows)
+        expected = pycocotools_stats(coco, rows)
+        assert [report.overall[s] for s in STAT_NAMES] == expected
+        assert [report.per_category[0].stats[s] for s in STAT_NAMES] == expected
+        assert 0.0 < report.overall["AP"] < 1.0
+    np.testing.assert_array_equal(report.per_category[0].sigmas, COCO_PERSON_SIGMAS)
+    assert report.num_images == 4 and report.calibration is None
+
+
+def test_images_without_objects_are_evaluated() -> None:
+    coco = _load("coco-sample/person_keypoints.json")
+    rows = perturbed_detections(coco, seed=0)
+    base = evaluate_keypoints(coco, rows).overall["AP"]
+    with_empty = copy.deepcopy(coco)
+    with_empty["images"].append({"id": 999, "file_name": "empty.jpg", "width": 640, "height": 480})
+    false_positive = dict(rows[0], image_id=999, score=0.99)
+    report = evaluate_keypoints(with_empty, [*rows, false_positive])
+    assert report.num_images == 5
+    assert [report.overall[s] for s in STAT_NAMES] == pycocotools_stats(with_empty, [*rows, false_positive])
+    assert report.overall["AP"] < base
+
+
+def test_two_categories_get_their_own_default_sigmas() -> None:
+    coco = _load("mirror-mouse/val.json")
+    rows = perturbed_detections(coco, seed=3, noise=3.0)
+    report = evaluate_keypoints(coco, rows)
+    default = np.full(7, DEFAULT_SIGMA)
+    for scores in report.per_category:
+        np.testing.assert_array_equal(scores.sigmas, default)
+        expected = pycocotools_stats(coco, rows, sigmas=default, cat_ids=[scores.category_id])
+        assert [scores.stats[s] for s in STAT_NAMES] == expected
+    # both categories share the default sigmas, so one plain two-category COCOeval run gives the overall numbers
+    assert [report.overall[s] for s in STAT_NAMES] == pycocotools_stats(coco, rows, sigmas=default)
+
+
+def test_sigma_overrides_apply_per_category() -> None:
+    coco = _load("mirror-mouse/val.json")
+    rows = perturbed_detections(coco, seed=4, noise=6.0)
+    plain = evaluate_keypoints(coco, rows)
+    looser = evaluate_keypoints(coco, rows, sigmas={"mirror_mouse_side": 0.1})
+    assert looser.per_category[0].stats["AP"] > plain.per_category[0].stats["AP"]
+    assert looser.per_category[1].stats == plain.per_category[1].stats
+    schema = infer_schema(coco)
+    per_keypoint = category_sigmas(schema, {2: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07]})
+    np.testing.assert_array_equal(per_keypoint[2], [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07])
+    with pytest.raises(ValueError, match="unknown categories \\['cat'\\]"):
+        category_sigmas(schema, {"cat": 0.1})
+    with pytest.raises(
+        ValueError, match=r"category 1 \('mirror_mouse_side'\): 2 sigmas given for 7 keypoints"
+    ):
+        category_sigmas(schema, {1: [0.1, 0.2]})
+    with pytest.raises(ValueError, match="must be finite and > 0"):
+        category_sigmas(schema, {1: -0.1})
+
+
+def test_no_detections_score_zero() -> None:
+    coco = _load("coco-sample/person_keypoints.json")
+    report = evaluate_keypoints(coco, [])
+    assert report.overall["AP"] == 0.0 and report.overall["AR"] == 0.0 and report.num_detections == 0
+
+
+def test_bad_result_rows_are_named() -> None:
+    coco = _load("coco-sample/person_keypoints.json")
+    good = perturbed_detections(coco, seed=0)[:2]
+    cases = [
+        ([{k: v for k, v in good[0].items() if k != "score"}], "result row 0: missing key 'score'"),
+        (
+            [good[0], dict(good[1], image_id=5)],
+            r"result row 1 \(image id 5\): image id not in the ground truth",
+        ),
+        ([dict(good[0], category_id=3)], "unknown category id 3"),
+        ([dict(good[0], keypoints=good[0]["keypoints"][:-3])], "'keypoints' has 48 values, expected 51"),
+        ([dict(good[0], score=float("nan"))], "'score' must be a finite number"),
+        (
+            [dict(good[0], keypoint_covariance=[[[1, 0], [0, 1]]] * 16)],
+            r"shape \(16, 2, 2\), expected \(17, 2, 2\)",
+        ),
+        (
+            [dict(good[0], keypoint_covariance=[[[1, 2], [2, 1]]] * 17)],
+            "keypoint 0 is not symmetric positive",
+        ),
+        ([dict(good[0], keypoint_covariance=[[[1, 0], [0, 1]]] * 17), good[1]], "1 of 2 result rows carry"),
+    ]
+    for rows, message in cases:
+        with pytest.raises(ValueError, match=message):
+            evaluate_keypoints(coco, rows)
+    evaluate_keypoints(coco, good)
+    assert "id" not in good[0] and "area" not in good[0]  # the caller's rows are not written into

@@ -1,0 +1,124 @@
+"""``rfkp eval``: COCO OKS AP/AR per category and keypoint calibration.
+
+Detections come from a checkpoint (``--weights``, run through ``RFDETRKeypoint.predict``) or from a COCO
+keypoint results file (``--detections``). Register with ``add_eval_parser(subparsers)``; ``eval_main(args)``
+returns the exit status (0 ok, 1 bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.data.errors import CocoFormatError
+from trainer.data.schema import DatasetSchema, infer_schema
+from trainer.data.validate import check_image_files, load_coco_json, validate_coco
+from trainer.evaluation.coco_eval import evaluate_keypoints
+from trainer.evaluation.plots import reliability_plot
+from trainer.evaluation.report import format_report, report_to_dict
+from trainer.evaluation.results import class_categories, detections_to_results
+from trainer.evaluation.sigmas import DEFAULT_SIGMA
+
+
+def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand to an argparse ``subparsers`` object."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="COCO keypoint AP/AR per category and calibration of the keypoint Gaussians",
+        description=(
+            "Evaluate keypoint detections against a COCO keypoint file: OKS AP/AR per category over all images "
+            "(pycocotools), and the fraction of ground-truth keypoints inside the predicted 1/2/3-sigma ellipses."
+        ),
+    )
+    parser.add_argument("--data", type=Path, required=True, help="COCO keypoint annotation JSON")
+    parser.add_argument("--images", type=Path, help="image folder of --data (needed with --weights)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, help="model checkpoint to run on every image")
+    source.add_argument("--detections", type=Path, help="COCO keypoint results JSON (a list of rows)")
+    parser.add_argument(
+        "--sigmas",
+        type=Path,
+        help=f"JSON object {{category id or name: sigma or [one per keypoint]}}; default COCO's for the "
+        f"17-keypoint person, {DEFAULT_SIGMA} otherwise",
+    )
+    parser.add_argument("--threshold", type=float, default=0.001, help="score threshold with --weights")
+    parser.add_argument("--resolution", type=int, help="inference resolution with --weights")
+    parser.add_argument("--device", help="torch device with --weights (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass with --weights")
+    parser.add_argument("--plot", type=Path, help="write the calibration reliability plot (PNG) here")
+    parser.add_argument("--save-detections", type=Path, help="write the detections as COCO results JSON")
+    parser.add_argument("--json", type=Path, dest="json_out", help="write the full report as JSON")
+    parser.set_defaults(func=eval_main)
+    return parser
+
+
+def _predict_rows(
+    args: argparse.Namespace, coco: dict[str, Any], schema: DatasetSchema
+) -> list[dict[str, Any]]:
+    from rfkp.api import RFDETRKeypoint
+
+    if args.images is None:
+        raise ValueError("--images is required with --weights")
+    check_image_files(coco, args.images, args.data.name)
+    model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
+    categories = class_categories(model.config.class_names, schema)
+    images = sorted(coco["images"], key=lambda im: im["id"])
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(images), max(1, args.batch_size)):
+        chunk = images[start : start + max(1, args.batch_size)]
+        paths = [str(args.images / im["file_name"]) for im in chunk]
+        detections = model.predict(paths, threshold=args.threshold, resolution=args.resolution)
+        for image, dets in zip(chunk, detections):
+            rows.extend(detections_to_results(dets, image["id"], categories))
+    return rows
+
+
+def _load_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path.name}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from err
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    """Run the evaluation and print the report. Returns 0, or 1 with a message on stderr for bad input."""
+    try:
+        coco = load_coco_json(args.data)
+        schema = infer_schema(coco, args.data.name)
+        validate_coco(coco, schema, args.data.name)
+        sigmas = _load_json(args.sigmas, "sigmas") if args.sigmas else None
+        if sigmas is not None and not isinstance(sigmas, dict):
+            raise ValueError(f"{args.sigmas.name}: expected a JSON object {{category: sigma(s)}}")
+        if args.weights is not None:
+            rows = _predict_rows(args, coco, schema)
+        else:
+            rows = _load_json(args.detections, "detections")
+            if not isinstance(rows, list):
+                raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
+        report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
+    except (CocoFormatError, ValueError, FileNotFoundError) as err:
+        print(f"rfkp eval: error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.save_detections:
+        args.save_detections.write_text(json.dumps(rows), encoding="utf-8")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report_to_dict(report), indent=2), encoding="utf-8")
+    if args.plot:
+        if report.calibration is None:
+            print("rfkp eval: no plot: the detections carry no keypoint_covariance", file=sys.stderr)
+        else:
+            print(f"reliability plot: {reliability_plot(report.calibration, args.plot)}")
+    return 0
+
+
+#: The names the rfkp CLI registers subcommand modules by.
+add_parser = add_eval_parser
+main = eval_main

@@ -1,0 +1,1 @@
+"""COCO keypoint data for training and evaluation: schema, validation, dataset, augmentation, batching."""

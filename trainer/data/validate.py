@@ -1,0 +1,173 @@
+"""Loading and validating COCO keypoint JSON with precise errors.
+
+Every error names the file and the image id, annotation id or category at fault and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.data.errors import CocoFormatError
+from trainer.data.schema import DatasetSchema
+
+_IMAGE_KEYS = ("id", "file_name", "width", "height")
+_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "keypoints")
+_VISIBILITY = (0, 1, 2)
+
+
+def load_coco_json(path: str | Path) -> dict[str, Any]:
+    """Read a COCO JSON file into a dict.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CocoFormatError: the text is not JSON (with line and column) or the root is not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CocoFormatError(
+            f"{path.name}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise CocoFormatError(f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    if not isinstance(data, dict):
+        raise CocoFormatError(f"{path.name}: the JSON root must be an object, got {type(data).__name__}")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
+    if not isinstance(images, list):
+        raise CocoFormatError(f"{source}: 'images' must be a list")
+    by_id: dict[int, Mapping[str, Any]] = {}
+    for position, image in enumerate(images):
+        if not isinstance(image, Mapping):
+            raise CocoFormatError(f"{source}: images[{position}] must be an object")
+        where = f"{source}: image id {image.get('id', f'? (images[{position}])')}"
+        for key in _IMAGE_KEYS:
+            if key not in image:
+                raise CocoFormatError(f"{where}: missing key '{key}'")
+        if not _is_int(image["id"]):
+            raise CocoFormatError(f"{where}: 'id' must be an integer, got {image['id']!r}")
+        if image["id"] in by_id:
+            raise CocoFormatError(f"{where}: duplicate image id")
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise CocoFormatError(f"{where}: 'file_name' must be a non-empty string")
+        for key in ("width", "height"):
+            if not _is_int(image[key]) or image[key] <= 0:
+                raise CocoFormatError(f"{where}: '{key}' must be a positive integer, got {image[key]!r}")
+        by_id[image["id"]] = image
+    return by_id
+
+
+def _check_keypoints(ann: Mapping[str, Any], num_keypoints: int, where: str, category: str) -> None:
+    values = ann["keypoints"]
+    if not isinstance(values, list):
+        raise CocoFormatError(f"{where}: 'keypoints' must be a list of x, y, v triplets")
+    if len(values) != 3 * num_keypoints:
+        raise CocoFormatError(
+            f"{where}: 'keypoints' has {len(values)} values, expected {3 * num_keypoints} "
+            f"(3 x {num_keypoints} keypoints of {category})"
+        )
+    labelled = 0
+    for k in range(num_keypoints):
+        x, y, v = values[3 * k : 3 * k + 3]
+        if not (_is_number(x) and _is_number(y)):
+            raise CocoFormatError(
+                f"{where}: keypoint {k} has non-numeric or non-finite coordinates ({x!r}, {y!r})"
+            )
+        if v not in _VISIBILITY or isinstance(v, bool):
+            raise CocoFormatError(f"{where}: keypoint {k} has visibility {v!r}; it must be 0, 1 or 2")
+        labelled += v > 0
+    if "num_keypoints" in ann and ann["num_keypoints"] != labelled:
+        raise CocoFormatError(
+            f"{where}: 'num_keypoints' is {ann['num_keypoints']!r} but {labelled} keypoints have v > 0"
+        )
+
+
+def _check_bbox(bbox: Any, where: str) -> None:
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(b) for b in bbox)):
+        raise CocoFormatError(
+            f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, got {bbox!r}"
+        )
+    if any(b < 0 for b in bbox):
+        raise CocoFormatError(
+            f"{where}: 'bbox' {bbox} has a negative value; x, y, width and height must be >= 0"
+        )
+
+
+def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = "<coco>") -> None:
+    """Check images and annotations of a parsed COCO keypoint dict against its schema.
+
+    Raises:
+        CocoFormatError: the first problem found, naming the image or annotation id.
+    """
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise CocoFormatError(f"{source}: missing top-level key '{key}'")
+    images = _check_images(coco["images"], source)
+    annotations = coco["annotations"]
+    if not isinstance(annotations, list):
+        raise CocoFormatError(f"{source}: 'annotations' must be a list")
+    categories = {c.category_id: c for c in schema.categories}
+    seen: set[int] = set()
+    for position, ann in enumerate(annotations):
+        if not isinstance(ann, Mapping):
+            raise CocoFormatError(f"{source}: annotations[{position}] must be an object")
+        where = f"{source}: annotation id {ann.get('id', f'? (annotations[{position}])')}"
+        if "image_id" in ann:
+            where += f" (image id {ann['image_id']})"
+        for key in _ANNOTATION_KEYS:
+            if key not in ann:
+                raise CocoFormatError(f"{where}: missing key '{key}'")
+        if not _is_int(ann["id"]):
+            raise CocoFormatError(f"{where}: 'id' must be an integer, got {ann['id']!r}")
+        if ann["id"] in seen:
+            raise CocoFormatError(f"{where}: duplicate annotation id")
+        seen.add(ann["id"])
+        if ann["image_id"] not in images:
+            raise CocoFormatError(f"{where}: unknown image id {ann['image_id']!r}")
+        if ann["category_id"] not in categories:
+            raise CocoFormatError(
+                f"{where}: unknown category id {ann['category_id']!r}; known ids are {sorted(categories)}"
+            )
+        category = categories[ann["category_id"]]
+        _check_bbox(ann["bbox"], where)
+        _check_keypoints(
+            ann, category.num_keypoints, where, f"category {category.category_id} {category.name!r}"
+        )
+        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+            raise CocoFormatError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            raise CocoFormatError(f"{where}: 'area' must be a finite number >= 0, got {ann['area']!r}")
+
+
+def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: str = "<coco>") -> None:
+    """Check that every image's file exists under ``images_dir``.
+
+    Raises:
+        CocoFormatError: naming the first image id whose file is missing.
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    for image in coco["images"]:
+        path = root / image["file_name"]
+        if not path.is_file():
+            raise CocoFormatError(
+                f"{source}: image id {image['id']}: file {image['file_name']!r} not found in {root}"
+            )

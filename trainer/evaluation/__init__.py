@@ -1,0 +1,1 @@
+"""Keypoint evaluation: COCO OKS AP/AR per category and calibration of the predicted Gaussians."""

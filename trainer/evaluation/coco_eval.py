@@ -1,0 +1,174 @@
+"""COCO OKS keypoint AP/AR per category, through pycocotools, with per-category sigmas.
+
+pycocotools' ``COCOeval`` takes one sigma vector for all categories, so each category is evaluated on its
+own (``catIds = [c]``, its own ``kpt_oks_sigmas``) over all images of the ground truth (images without
+objects included: their detections are false positives). Categories are independent in COCO's
+accumulation, so the overall numbers come from pycocotools' own ``summarize`` over the per-category
+precision/recall arrays put side by side: exactly what one ``COCOeval`` run would give if it supported
+per-category sigmas. Stats are COCO's ten keypoint numbers; -1 means undefined (no ground truth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from trainer.data.schema import DatasetSchema, infer_schema
+from trainer.data.validate import validate_coco
+from trainer.evaluation.calibration import (
+    COVARIANCE_KEY,
+    CalibrationResult,
+    calibration_from_distances,
+    keypoint_distances,
+    matched_pairs,
+)
+from trainer.evaluation.results import check_results
+from trainer.evaluation.sigmas import SigmaOverride, category_sigmas
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+@dataclass(frozen=True)
+class CategoryScores:
+    category_id: int
+    name: str
+    sigmas: np.ndarray
+    stats: dict[str, float]
+
+
+@dataclass(frozen=True)
+class KeypointEvaluation:
+    """Result of ``evaluate_keypoints``.
+
+    Attributes:
+        overall: the ten COCO keypoint stats over all categories.
+        per_category: the same per category, in class-index order.
+        calibration: None when the detections carry no ``keypoint_covariance``.
+        num_images / num_detections: what was evaluated.
+    """
+
+    overall: dict[str, float]
+    per_category: list[CategoryScores]
+    calibration: CalibrationResult | None
+    num_images: int
+    num_detections: int
+
+
+def ground_truth_for_eval(coco: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a validated COCO dict with the fields pycocotools needs filled in.
+
+    ``iscrowd`` defaults to 0, ``num_keypoints`` to the count of ``v > 0``, ``area`` to the box area (COCO's
+    area is the segment area; files without it get the box area, documented in docs/training.md).
+    """
+    gt = copy.deepcopy(dict(coco))
+    for ann in gt["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("num_keypoints", sum(1 for v in ann["keypoints"][2::3] if v > 0))
+        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+    gt.setdefault("info", {})
+    gt.setdefault("licenses", [])
+    return gt
+
+
+def _coco(dataset: dict[str, Any]) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _load_results(coco_gt: COCO, rows: list[dict[str, Any]]) -> COCO:
+    if rows:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(rows)
+    empty = {k: coco_gt.dataset[k] for k in ("images", "categories")}
+    return _coco({**empty, "annotations": []})
+
+
+def _summarize(evaluator: COCOeval) -> dict[str, float]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.summarize()
+    return dict(zip(STAT_NAMES, (float(s) for s in evaluator.stats)))
+
+
+def evaluate_keypoints(
+    coco: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    sigmas: Mapping[int | str, SigmaOverride] | None = None,
+    source: str = "<coco>",
+    schema: DatasetSchema | None = None,
+) -> KeypointEvaluation:
+    """Evaluate COCO keypoint result rows against a COCO keypoint ground truth.
+
+    Args:
+        coco: the ground-truth COCO dict (validated here).
+        results: COCO keypoint result rows (see ``trainer.evaluation.results``).
+        sigmas: per-category sigma overrides by category id or name (see ``trainer.evaluation.sigmas``).
+        source: file name for error messages.
+        schema: the schema, when already inferred.
+
+    Raises:
+        CocoFormatError: a bad ground truth. ValueError: bad result rows or sigmas.
+    """
+    schema = schema or infer_schema(coco, source)
+    validate_coco(coco, schema, source)
+    sigma_by_category = category_sigmas(schema, sigmas)
+    coco_gt = _coco(ground_truth_for_eval(coco))
+    image_ids = sorted(coco_gt.getImgIds())
+    rows = check_results(results, set(image_ids), schema)
+    coco_dt = _load_results(coco_gt, rows)
+    with_covariance = bool(rows) and COVARIANCE_KEY in rows[0]
+
+    per_category: list[CategoryScores] = []
+    evaluators: list[COCOeval] = []
+    distances, visibility = [], []
+    for category in schema.categories:
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+        evaluator.params.catIds = [category.category_id]
+        evaluator.params.imgIds = image_ids
+        evaluator.params.kpt_oks_sigmas = sigma_by_category[category.category_id]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+        stats = _summarize(evaluator)
+        per_category.append(
+            CategoryScores(
+                category.category_id, category.name, sigma_by_category[category.category_id], stats
+            )
+        )
+        evaluators.append(evaluator)
+        if with_covariance:
+            m, v = keypoint_distances(matched_pairs(evaluator), coco_gt.anns, coco_dt.anns)
+            distances.append(m)
+            visibility.append(v)
+
+    combined = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+    combined.params.catIds = list(schema.category_ids)
+    combined.params.imgIds = image_ids
+    combined.eval = {
+        "params": combined.params,
+        "precision": np.concatenate([e.eval["precision"] for e in evaluators], axis=2),
+        "recall": np.concatenate([e.eval["recall"] for e in evaluators], axis=1),
+        "scores": np.concatenate([e.eval["scores"] for e in evaluators], axis=2),
+    }
+    calibration = (
+        calibration_from_distances(np.concatenate(distances), np.concatenate(visibility))
+        if with_covariance
+        else None
+    )
+    return KeypointEvaluation(
+        overall=_summarize(combined),
+        per_category=per_category,
+        calibration=calibration,
+        num_images=len(image_ids),
+        num_detections=len(rows),
+    )

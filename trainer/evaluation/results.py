@@ -1,0 +1,155 @@
+"""COCO keypoint result rows: checking them, and making them from ``KeypointDetections``.
+
+A row is COCO's keypoint result format, ``{"image_id", "category_id", "keypoints": [x, y, v] * K, "score"}``
+(K of the category, COCO pixel-index coordinates, ``v`` unused by the evaluation), plus optional fields:
+``keypoint_covariance`` (K, 2, 2) pixels^2 (needed for calibration), ``keypoint_findable`` and
+``keypoint_visible`` (K,) probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.data.schema import CategorySchema, DatasetSchema
+from trainer.data.targets import COCO_PIXEL_OFFSET
+from trainer.evaluation.calibration import COVARIANCE_KEY
+
+if TYPE_CHECKING:
+    from rfkp.detections import KeypointDetections
+
+_REQUIRED = ("image_id", "category_id", "keypoints", "score")
+
+
+def _finite(values: Any) -> bool:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(array).all())
+
+
+def _check_covariance(value: Any, num_keypoints: int, where: str) -> None:
+    try:
+        cov = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: '{COVARIANCE_KEY}' is not numeric: {err}") from err
+    if cov.shape != (num_keypoints, 2, 2):
+        raise ValueError(
+            f"{where}: '{COVARIANCE_KEY}' has shape {cov.shape}, expected ({num_keypoints}, 2, 2)"
+        )
+    if not np.isfinite(cov).all():
+        raise ValueError(f"{where}: '{COVARIANCE_KEY}' has non-finite values")
+    det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] * cov[:, 1, 0]
+    bad = np.flatnonzero((cov[:, 0, 0] <= 0) | (det <= 0) | ~np.isclose(cov[:, 0, 1], cov[:, 1, 0]))
+    if bad.size:
+        raise ValueError(
+            f"{where}: '{COVARIANCE_KEY}' of keypoint {int(bad[0])} is not symmetric positive definite"
+        )
+
+
+def check_results(
+    results: Sequence[Mapping[str, Any]], image_ids: set[int], schema: DatasetSchema
+) -> list[dict[str, Any]]:
+    """Validate result rows and return deep copies (pycocotools writes into the rows it loads).
+
+    Raises:
+        ValueError: naming the row index and what is wrong (missing key, unknown image or category id,
+            keypoints of the wrong length, non-finite values, a bad covariance, covariance on some rows only).
+    """
+    categories = {c.category_id: c for c in schema.categories}
+    with_cov = 0
+    for i, row in enumerate(results):
+        where = f"result row {i}"
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{where}: must be an object, got {type(row).__name__}")
+        for key in _REQUIRED:
+            if key not in row:
+                raise ValueError(f"{where}: missing key '{key}'")
+        where += f" (image id {row['image_id']})"
+        if row["image_id"] not in image_ids:
+            raise ValueError(f"{where}: image id not in the ground truth")
+        if row["category_id"] not in categories:
+            raise ValueError(
+                f"{where}: unknown category id {row['category_id']!r}; known ids {sorted(categories)}"
+            )
+        k = categories[row["category_id"]].num_keypoints
+        if not isinstance(row["keypoints"], Sequence) or len(row["keypoints"]) != 3 * k:
+            got = (
+                len(row["keypoints"])
+                if isinstance(row["keypoints"], Sequence)
+                else type(row["keypoints"]).__name__
+            )
+            raise ValueError(f"{where}: 'keypoints' has {got} values, expected {3 * k} (3 x {k} keypoints)")
+        if not _finite(row["keypoints"]):
+            raise ValueError(f"{where}: 'keypoints' has non-numeric or non-finite values")
+        if not _finite(row["score"]) or isinstance(row["score"], bool) or not np.ndim(row["score"]) == 0:
+            raise ValueError(f"{where}: 'score' must be a finite number, got {row['score']!r}")
+        if COVARIANCE_KEY in row:
+            _check_covariance(row[COVARIANCE_KEY], k, where)
+            with_cov += 1
+    if 0 < with_cov < len(results):
+        raise ValueError(
+            f"{with_cov} of {len(results)} result rows carry '{COVARIANCE_KEY}'; give it on all or none"
+        )
+    return [copy.deepcopy(dict(row)) for row in results]
+
+
+def class_categories(class_names: Sequence[str], schema: DatasetSchema) -> list[CategorySchema | None]:
+    """For each model class, the dataset category of the same name (None when the dataset has none).
+
+    Raises:
+        ValueError: no class name matches a category.
+    """
+    by_name = {c.name: c for c in schema.categories}
+    mapping = [by_name.get(name) for name in class_names]
+    if not any(mapping):
+        raise ValueError(
+            f"no model class {list(class_names)} matches a dataset category {schema.class_names}"
+        )
+    return mapping
+
+
+def detections_to_results(
+    detections: KeypointDetections, image_id: int, categories: Sequence[CategorySchema | None]
+) -> list[dict[str, Any]]:
+    """Result rows of one image's detections (pixel coordinates, pixel centres at +0.5).
+
+    Args:
+        categories: per class id, its dataset category (see ``class_categories``); detections of classes
+            without one are left out.
+
+    Raises:
+        ValueError: a detected class whose keypoint count differs from its category's.
+    """
+    rows: list[dict[str, Any]] = []
+    for n in range(len(detections.class_id)):
+        class_id = int(detections.class_id[n])
+        category = categories[class_id] if class_id < len(categories) else None
+        if category is None:
+            continue
+        k = category.num_keypoints
+        if len(detections.keypoint_names[class_id]) != k:
+            raise ValueError(
+                f"model class {class_id} ({detections.class_names[class_id]!r}) has "
+                f"{len(detections.keypoint_names[class_id])} keypoints but dataset category "
+                f"{category.category_id} ({category.name!r}) has {k}"
+            )
+        xy = np.asarray(detections.keypoints[n], np.float64)
+        coco_xy = xy[:k] - COCO_PIXEL_OFFSET
+        flat = np.concatenate([coco_xy, np.ones((k, 1))], axis=1).reshape(-1)
+        rows.append(
+            {
+                "image_id": int(image_id),
+                "category_id": category.category_id,
+                "keypoints": [float(v) for v in flat],
+                "score": float(detections.score[n]),
+                COVARIANCE_KEY: np.asarray(detections.covariance[n][:k], np.float64).tolist(),
+                "keypoint_findable": [float(p) for p in detections.findable[n][:k]],
+                "keypoint_visible": [float(p) for p in detections.visible[n][:k]],
+            }
+        )
+    return rows
