@@ -1,4 +1,5 @@
-"""`rfkp demo`: run the default model on the bundled sample image and save the picture and the JSON."""
+"""`rfkp demo`: start the embedded Triton server with the default model, send the bundled sample image over gRPC,
+print and save the result (`--local` runs the model in-process instead)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="checkpoint (default: the project's default model)")
     p.add_argument("--out", default="rfkp_demo", help="output folder (default: rfkp_demo)")
     p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--local", action="store_true", help="run in-process instead of through the server")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from rfkp.api import RFDETRKeypoint
     from rfkp.viz import draw_detections
+
+    if not args.local:
+        from rfkp.serving.demo import serve_and_predict
+
+        out = Path(args.out)
+        dets = serve_and_predict(sample_image_path(), out, weights=args.weights, threshold=args.threshold)
+        draw_detections(sample_image_path(), dets).save(out / "sample_keypoints.png")
+        print(f"wrote {out}/sample_keypoints.png")
+        return 0
 
     model = RFDETRKeypoint.from_checkpoint(args.weights) if args.weights else RFDETRKeypoint.default()
     if model.is_random_init:

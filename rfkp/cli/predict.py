@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
         from rfkp.client import KeypointClient
 
         client = KeypointClient(args.url)
-        detections = [client.predict(Path(p)) for p in args.images]
+        detections = [client.predict(Path(p), threshold=args.threshold) for p in args.images]
     else:
         from rfkp.api import RFDETRKeypoint
 

@@ -35,6 +35,6 @@ def test_predict_reports_a_missing_image(tmp_path: Path, capsys) -> None:  # noq
 
 
 def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--local", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_keypoints.png").exists()
     assert json.loads((tmp_path / "sample_detections.json").read_text())["image_size"] == [406, 396]

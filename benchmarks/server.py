@@ -1,0 +1,242 @@
+"""Served throughput and latency: N simulated cameras stream frames over gRPC to a real Triton server.
+
+Each camera is an asyncio task with its own gRPC client that sends one encoded frame per period
+(``--fps``; 0 = flat out, the next frame as soon as the answer arrives; a late camera skips frames
+like a real one). A run lasts ``--duration`` seconds or ``--requests`` requests per camera. Reported:
+throughput, client-side p50/p95/p99 latency, errors, and the executed batch-size histogram of
+``rfkp_model`` from Triton's statistics. Without ``--url`` the script starts its own embedded server
+twice, with dynamic batching on and off, and also times in-process ``predict()`` on the same frame to
+give the latency the server adds. Usage:
+    python benchmarks/server.py [--variant nano|tiny|... | --weights CKPT] [--image IMG]
+        [--cameras 8] [--fps 0] [--duration 20 | --requests N] [--batching both|on|off]
+        [--url HOST:PORT] [--device cpu] [--out benchmarks/results/server_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "rfkp" / "assets" / "sample_mouse.png"
+
+
+@dataclass
+class CameraLog:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
+    ms = np.asarray(values) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def batch_histogram(stats: dict) -> dict[int, int]:
+    model = stats["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in model.get("batch_stats", [])}
+
+
+async def camera(url: str, frame: bytes, fps: float, stop_at: float, max_requests: int | None, log: CameraLog,
+                 threshold: float) -> None:
+    from rfkp.client import AsyncKeypointClient
+
+    period = 1.0 / fps if fps > 0 else 0.0
+    async with AsyncKeypointClient(url, timeout=120) as client:
+        await client.metadata()
+        next_at = time.perf_counter()
+        sent = 0
+        while time.perf_counter() < stop_at and (max_requests is None or sent < max_requests):
+            if period:
+                now = time.perf_counter()
+                if now < next_at:
+                    await asyncio.sleep(next_at - now)
+                elif now - next_at > period:  # late: drop the frames a real camera would have lost
+                    missed = int((now - next_at) / period)
+                    log.skipped += missed
+                    next_at += missed * period
+                next_at += period
+            t0 = time.perf_counter()
+            try:
+                await client.predict(frame, threshold=threshold)
+                log.latencies.append(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+                log.errors.append(f"{type(exc).__name__}: {exc}")
+            sent += 1
+
+
+async def stream(url: str, frame: bytes, cameras: int, fps: float, duration: float, requests: int | None,
+                 threshold: float) -> dict:
+    from rfkp.client import AsyncKeypointClient
+
+    async with AsyncKeypointClient(url) as probe:
+        before = batch_histogram(await probe.statistics())
+        logs = [CameraLog() for _ in range(cameras)]
+        t0 = time.perf_counter()
+        stop_at = t0 + (duration if requests is None else 1e9)
+        await asyncio.gather(*(camera(url, frame, fps, stop_at, requests, log, threshold) for log in logs))
+        wall = time.perf_counter() - t0
+        after = batch_histogram(await probe.statistics())
+    hist = {b: after.get(b, 0) - before.get(b, 0) for b in sorted(after)}
+    hist = {b: n for b, n in hist.items() if n}
+    done = sum(len(log.latencies) for log in logs)
+    errors = [e for log in logs for e in log.errors]
+    executions = sum(hist.values())
+    return {
+        "cameras": cameras,
+        "target_fps_per_camera": fps or "flat out",
+        "wall_s": wall,
+        "requests_ok": done,
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "skipped_frames": sum(log.skipped for log in logs),
+        "throughput_rps": done / wall,
+        "latency": percentiles([t for log in logs for t in log.latencies]),
+        "batch_size_histogram": {str(b): n for b, n in hist.items()},
+        "mean_executed_batch": (sum(b * n for b, n in hist.items()) / executions) if executions else None,
+    }
+
+
+def in_process_latency(weights: Path, frame: bytes, device: str, runs: int, threshold: float) -> dict:
+    from rfkp.api import RFDETRKeypoint
+
+    model = RFDETRKeypoint.from_checkpoint(weights, device=device)
+    for _ in range(3):
+        model.predict(frame, threshold=threshold)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.predict(frame, threshold=threshold)
+        times.append(time.perf_counter() - t0)
+    return {"runs": runs, **percentiles(times)}
+
+
+def make_weights(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
+    if args.weights:
+        return Path(args.weights), str(args.weights)
+    from rfkp.api import RFDETRKeypoint
+    from rfkp.variants import VARIANTS
+
+    if args.variant == "default":
+        model = RFDETRKeypoint.default(device="cpu")
+    else:
+        model = RFDETRKeypoint.from_config(VARIANTS[args.variant](), device="cpu")
+    path = folder / f"{args.variant}.pth"
+    model.save_checkpoint(path)
+    return path, f"{args.variant} (random-initialised, {model.config.resolution} px)"
+
+
+def served_run(args: argparse.Namespace, weights: Path, frame: bytes, batching: bool, folder: Path) -> dict:
+    from rfkp.serving.deploy import launch
+    from rfkp.serving.repository import BatchingOptions, ServingOptions
+
+    options = ServingOptions(
+        device=args.device,
+        batching=BatchingOptions(enabled=batching, max_batch_size=args.max_batch_size,
+                                 preferred_batch_sizes=(), max_queue_delay_us=args.max_queue_delay_us),
+        num_threads=args.threads,
+    )
+    server, _ = launch(weights, options=options, run_dir=folder / ("on" if batching else "off"),
+                       grpc_port=0, http_port=0, metrics_port=0)
+    try:
+        single = asyncio.run(stream(server.grpc_url, frame, 1, 0, 0, args.single_requests, args.threshold))
+        many = asyncio.run(stream(server.grpc_url, frame, args.cameras, args.fps, args.duration, args.requests,
+                                  args.threshold))
+        alive = server.poll() is None
+    finally:
+        server.stop()
+    return {"dynamic_batching": batching, "single_camera_sequential": single, "cameras": many,
+            "server_alive_after": alive}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="benchmark a running server (HOST:PORT) instead of starting one")
+    p.add_argument("--weights", help="checkpoint to serve (default: a random-initialised --variant)")
+    p.add_argument("--variant", default="default", help="default (the project's default model), nano, tiny, ...")
+    p.add_argument("--image", default=str(SAMPLE), help="frame to send (encoded bytes as read)")
+    p.add_argument("--cameras", type=int, default=8)
+    p.add_argument("--fps", type=float, default=0.0, help="per camera; 0 = flat out")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per run")
+    p.add_argument("--requests", type=int, help="requests per camera instead of --duration")
+    p.add_argument("--single-requests", type=int, default=30, help="sequential single-camera requests")
+    p.add_argument("--batching", choices=("both", "on", "off"), default="both")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the served network and of in-process predict (0: torch default)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", help="write the JSON result here")
+    args = p.parse_args(argv)
+
+    frame = Path(args.image).read_bytes()
+    result: dict = {
+        "what": "rfkp over gRPC to a real Triton server: N cameras streaming one encoded frame each",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+                    "load_average_at_start": os.getloadavg()},
+        "image": {"path": os.path.relpath(args.image, REPO), "bytes": len(frame)},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "image")},
+    }
+    if args.url:
+        result["runs"] = [asyncio.run(stream(args.url, frame, args.cameras, args.fps, args.duration, args.requests,
+                                             args.threshold))]
+    else:
+        with tempfile.TemporaryDirectory(prefix="rfkp-bench-") as tmp:
+            folder = Path(tmp)
+            weights, label = make_weights(args, folder)
+            result["model"] = label
+            if args.threads > 0:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            result["in_process_predict"] = in_process_latency(weights, frame, args.device, args.single_requests,
+                                                              args.threshold)
+            modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
+            result["runs"] = [served_run(args, weights, frame, mode, folder) for mode in modes]
+        summarise(result)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def summarise(result: dict) -> None:
+    """Added latency (served single camera p50 - in-process p50) and the dynamic-batching gain."""
+    local = result["in_process_predict"]["p50_ms"]
+    summary = {}
+    for run in result["runs"]:
+        key = "batching_on" if run["dynamic_batching"] else "batching_off"
+        served = run["single_camera_sequential"]["latency"]["p50_ms"]
+        summary[f"{key}_added_latency_p50_ms"] = None if served is None else served - local
+        summary[f"{key}_throughput_rps"] = run["cameras"]["throughput_rps"]
+    if "batching_on_throughput_rps" in summary and "batching_off_throughput_rps" in summary:
+        off = summary["batching_off_throughput_rps"]
+        summary["dynamic_batching_throughput_gain"] = summary["batching_on_throughput_rps"] / off if off else None
+    result["summary"] = summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

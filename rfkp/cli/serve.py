@@ -1,0 +1,151 @@
+"""`rfkp serve`: render the model repository for some weights and run a real Triton Inference Server.
+
+The server is the one bundled in the `nvidia-pytriton` wheel (default) or a `tritonserver` on PATH
+(`--server system`, e.g. inside the NGC container). It listens on loopback unless `--host` says
+otherwise, prints its endpoints once ready, and stops cleanly on SIGINT / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rfkp.serving.repository import ServingOptions
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return sizes
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the model over gRPC/HTTP with Triton Inference Server", description=__doc__)
+    p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
+    p.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="metrics port (default 8002; 0: free one)")
+    p.add_argument("--server", choices=("auto", "embedded", "system"), default="auto",
+                   help="embedded: the nvidia-pytriton binary; system: tritonserver on PATH (default auto)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest dynamic batch (default 8)")
+    p.add_argument("--preferred-batch-sizes", type=_batch_sizes, default=None,
+                   help="comma-separated preferred batch sizes (default: half the max and the max)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="longest wait to fill a batch, microseconds (default 2000)")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run every request alone")
+    p.add_argument("--threshold", type=float, default=0.5, help="default score threshold (default 0.5)")
+    p.add_argument("--max-detections", type=int, default=100, help="output rows per image (default 100)")
+    p.add_argument("--num-threads", type=int, default=0, help="torch threads of the network (0: default)")
+    p.add_argument("--instances", type=int, default=1, help="network instances (default 1)")
+    p.add_argument("--engine", help="TensorRT plan for rfkp_model (needs a tritonserver with TensorRT)")
+    p.add_argument("--run-dir", help="folder for the rendered repository and logs (default: a temporary one)")
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.set_defaults(func=main)
+
+
+def options_from_args(args: argparse.Namespace) -> ServingOptions:
+    from rfkp.serving.repository import BatchingOptions, ServingOptions
+
+    m = args.max_batch_size
+    preferred = args.preferred_batch_sizes
+    if preferred is None:
+        preferred = tuple(sorted({max(1, m // 2), max(1, m)}))
+    return ServingOptions(
+        device=args.device,
+        batching=BatchingOptions(
+            enabled=not args.no_dynamic_batching,
+            max_batch_size=args.max_batch_size,
+            preferred_batch_sizes=preferred,
+            max_queue_delay_us=args.max_queue_delay_us,
+        ),
+        threshold=args.threshold,
+        max_detections=args.max_detections,
+        num_threads=args.num_threads,
+        model_instances=args.instances,
+        engine=Path(args.engine) if args.engine else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from rfkp.serving.deploy import RANDOM_INIT_WARNING, launch
+    from rfkp.serving.embedded import TritonNotFoundError
+    from rfkp.serving.launcher import ServerStartError
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server, weights = launch(
+                args.weights,
+                options=options_from_args(args),
+                run_dir=args.run_dir,
+                host=args.host,
+                grpc_port=args.grpc_port,
+                http_port=args.http_port,
+                metrics_port=args.metrics_port,
+                server=args.server,
+                ready_timeout=args.ready_timeout,
+            )
+        except (ServerStartError, TritonNotFoundError) as exc:
+            print(f"rfkp serve: error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            if weights.random_init:
+                print(f"WARNING: {RANDOM_INIT_WARNING}", flush=True)
+            print(f"rfkp server ready ({server.installation.kind} tritonserver, pid {server.pid})", flush=True)
+            print(f"  gRPC     {server.grpc_url}   (rfkp predict --url {server.grpc_url} IMAGE)", flush=True)
+            print(f"  HTTP     http://{server.http_url}", flush=True)
+            print(f"  metrics  {server.metrics_url}", flush=True)
+            print(f"  repository {server.repository}; log {server.log_path}", flush=True)
+            print("Ctrl-C or SIGTERM stops it.", flush=True)
+            while not stop.wait(0.5):
+                code = server.poll()
+                if code is not None:
+                    print(f"tritonserver exited unexpectedly with code {code}:\n{server.log_tail()}", file=sys.stderr)
+                    return 1
+            print("stopping ...", flush=True)
+        finally:
+            code = server.stop()
+        print(f"server stopped (exit code {code})", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def predict_remote(args: argparse.Namespace) -> int:
+    """`rfkp predict --url HOST:PORT IMAGE...`: send each image over gRPC, print a line per image and
+    write `<out>/detections.json` (uses `args.url`, `args.images`, `args.threshold`, `args.out`)."""
+    from rfkp.client import KeypointClient, RemoteError
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, failures = {}, 0
+    with KeypointClient(args.url) as client:
+        for path in args.images:
+            try:
+                dets = client.predict(Path(path), threshold=args.threshold)
+            except (RemoteError, FileNotFoundError) as exc:
+                print(f"{path}: error: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            results[str(path)] = dets.to_dict()
+            print(f"{path}: {len(dets)} detections")
+    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out / 'detections.json'}")
+    return 1 if failures else 0

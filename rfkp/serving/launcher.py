@@ -1,0 +1,227 @@
+"""Start, watch and stop a real ``tritonserver`` process.
+
+The server runs in its own process group (its python backend stubs are its children), gets SIGTERM
+if the Python process that started it from its main thread dies (Linux), listens on loopback unless
+told otherwise, and is always waited for with a timeout: a server that cannot load
+its python backend (for example without ``libpython``) hangs in "loading" instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from rfkp.serving.embedded import TritonInstallation, find_installation
+
+__all__ = ["ServerStartError", "TritonServer", "free_port"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become ready in time; the message holds its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _parent_death_signal() -> Callable[[], object] | None:
+    """A pre-exec hook asking Linux to SIGTERM the server when its parent dies (None elsewhere).
+
+    The kernel ties this to the *thread* that forks, so it is only used from the main thread: a server
+    started from a worker thread would otherwise die with that thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    return functools.partial(prctl, _PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+class TritonServer:
+    """One ``tritonserver`` process serving ``repository``.
+
+    Args:
+        repository: a Triton model repository (rendered, see ``rfkp.serving.repository``).
+        installation: the binary to run; default: ``find_installation("auto")``.
+        host: address for the gRPC, HTTP and metrics endpoints (loopback by default).
+        grpc_port, http_port, metrics_port: ports; 0 picks a free one.
+        workdir: folder for the backend links and the log (default: a new temporary folder).
+        extra_args: more ``tritonserver`` command-line flags, appended last.
+    """
+
+    def __init__(
+        self,
+        repository: Path | str,
+        *,
+        installation: TritonInstallation | None = None,
+        host: str = "127.0.0.1",
+        grpc_port: int = 8001,
+        http_port: int = 8000,
+        metrics_port: int = 8002,
+        workdir: Path | str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        if not any(self.repository.glob("*/config.pbtxt")):
+            raise FileNotFoundError(f"{self.repository} is not a Triton model repository (no */config.pbtxt)")
+        self.installation = installation or find_installation("auto")
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="rfkp-triton-"))
+        self.extra_args = list(extra_args)
+        self.log_path = self.workdir / "tritonserver.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint (what tritonclient.grpc expects)."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def command(self) -> list[str]:
+        """The full command line (builds the backend folder for the embedded server)."""
+        cmd = [
+            str(self.installation.binary),
+            f"--model-repository={self.repository}",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=10",
+        ]
+        backend_dir = self.installation.prepare_backend_dir(self.workdir / "backends")
+        if backend_dir is not None:
+            cmd.append(f"--backend-directory={backend_dir}")
+        return cmd + self.extra_args
+
+    def start(self) -> None:
+        """Launch the process (non-blocking); call ``wait_ready`` next."""
+        if self._process is not None and self._process.poll() is None:
+            raise RuntimeError(f"server already running (pid {self._process.pid})")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.installation.environment(),
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        """The end of the server log (empty if there is none yet)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text[-max_chars:]
+
+    def is_ready(self) -> bool:
+        """True when ``/v2/health/ready`` answers 200 (all models loaded, strict readiness)."""
+        url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
+        try:
+            with opener.open(url, timeout=1.0) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Block until ready; return the seconds it took. Raises ServerStartError (and stops the
+        server) if it exits or is not ready within ``timeout`` seconds."""
+        if self._process is None:
+            raise RuntimeError("start() the server first")
+        t0 = time.monotonic()
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise ServerStartError(f"tritonserver exited with code {code} while loading:\n{self.log_tail()}")
+            if self.is_ready():
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                self.stop()
+                raise ServerStartError(
+                    f"tritonserver not ready after {timeout:.0f} s (a python backend that cannot find "
+                    f"libpython hangs in loading); log tail:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after ``timeout`` s; return the exit code."""
+        proc = self._process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # stubs left behind by a crashed server share the group: make sure none survive
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
+
+    def poll(self) -> int | None:
+        """The exit code if the process has exited, else None."""
+        return None if self._process is None else self._process.poll()
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,158 @@
+"""The work behind the three python-backend models, free of Triton so it can be tested directly.
+
+Each ``model.py`` in ``model_repository/`` only converts between Triton tensors and these callables.
+The math is the one of ``RFDETRKeypoint.predict``: ``rfkp.preprocess`` (bilinear resize without
+antialias, mean/std), ``forward_raw``, and ``rfkp.postprocess`` (top-k, rescoring, source pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfkp.config import ModelConfig
+from rfkp.postprocess import decode_detections, to_keypoint_detections
+from rfkp.preprocess import load_batch, normalize_batch
+from rfkp.serving import protocol as P
+from rfkp.serving.packing import pack_detections
+from rfkp.serving.payload import RequestError, decode_request_images
+
+__all__ = ["NetworkRunner", "Postprocessor", "Preprocessor", "make_network", "parameters_of"]
+
+logger = logging.getLogger(__name__)
+
+Network = Callable[[np.ndarray], dict[str, np.ndarray]]
+"""(N, 3, R, R) float32 normalised pixels -> ``RAW_OUTPUTS`` as float32 numpy arrays."""
+
+
+def parameters_of(model_config_json: str) -> dict[str, str]:
+    """The ``parameters`` of a Triton model configuration (``args["model_config"]``) as key -> string."""
+    cfg = json.loads(model_config_json)
+    return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+
+
+def _required(params: Mapping[str, str], key: str) -> str:
+    if key not in params:
+        raise KeyError(f"model configuration lacks the parameter {key!r} (render it with rfkp serve)")
+    return params[key]
+
+
+def _set_threads(params: Mapping[str, str]) -> None:
+    """torch intra-op threads of this model instance (0 or absent: torch's default)."""
+    threads = int(params.get(P.PARAM_NUM_THREADS, "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+class Preprocessor:
+    """Request images -> (PIXELS (N, 3, R, R) float32, SOURCE_SIZE (N, 2) int64 (H, W))."""
+
+    def __init__(self, config: ModelConfig, *, max_pixels: int) -> None:
+        self.config = config
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> Preprocessor:
+        _set_threads(params)
+        config = ModelConfig.from_dict(json.loads(_required(params, P.PARAM_MODEL_CONFIG)))
+        return cls(config, max_pixels=int(_required(params, P.PARAM_MAX_PIXELS)))
+
+    def __call__(self, encoded: np.ndarray | None, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Raises RequestError for anything wrong with the payload (see ``payload``)."""
+        images = decode_request_images(encoded, raw, max_pixels=self.max_pixels)
+        tensors, sizes = load_batch(images)
+        cfg = self.config
+        x = normalize_batch(tensors, cfg.resolution, cfg.image_mean, cfg.image_std)
+        return x.numpy(), sizes.numpy().astype(np.int64)
+
+
+class NetworkRunner:
+    """PyTorch eager network on CPU or CUDA, loaded once from a checkpoint."""
+
+    def __init__(self, weights: Path | str, *, device: str = "cpu", num_threads: int = 0) -> None:
+        from rfkp.api import RFDETRKeypoint
+
+        _set_threads({P.PARAM_NUM_THREADS: str(num_threads)})
+        self.model = RFDETRKeypoint.from_checkpoint(weights, device=device)
+        logger.info("rfkp_model: %s on %s, %d torch threads", weights, device, torch.get_num_threads())
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        raw = self.model.forward_raw(torch.from_numpy(pixels))
+        return {name: raw[name].float().cpu().numpy() for name in P.RAW_OUTPUTS}
+
+
+def make_network(params: Mapping[str, str]) -> Network:
+    """The network runner for a rendered ``rfkp_model`` configuration.
+
+    The weights' suffix picks the runtime: PyTorch checkpoints (``.pth``/``.pt``) run eagerly. This is
+    the hook for an exported ``.onnx`` graph on ONNX Runtime, which is not wired in yet.
+    """
+    weights = Path(_required(params, P.PARAM_WEIGHTS))
+    if weights.suffix == ".onnx":
+        raise NotImplementedError(
+            f"{weights}: serving an ONNX graph on ONNX Runtime is not implemented yet; serve the PyTorch checkpoint"
+        )
+    return NetworkRunner(
+        weights,
+        device=params.get(P.PARAM_DEVICE, "cpu"),
+        num_threads=int(params.get(P.PARAM_NUM_THREADS, "0")),
+    )
+
+
+class Postprocessor:
+    """Raw network outputs of one request -> the padded ensemble outputs (``packing``)."""
+
+    def __init__(self, config: ModelConfig, *, threshold: float, max_detections: int) -> None:
+        self.config = config
+        self.threshold = threshold
+        self.max_detections = max_detections
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> Postprocessor:
+        _set_threads(params)
+        config = ModelConfig.from_dict(json.loads(_required(params, P.PARAM_MODEL_CONFIG)))
+        return cls(
+            config,
+            threshold=float(_required(params, P.PARAM_THRESHOLD)),
+            max_detections=int(_required(params, P.PARAM_MAX_DETECTIONS)),
+        )
+
+    def _thresholds(self, thresholds: np.ndarray | None, n: int) -> list[float]:
+        if thresholds is None:
+            return [self.threshold] * n
+        if thresholds.shape != (n, 1):
+            raise RequestError(f"{P.INPUT_THRESHOLD} must have shape ({n}, 1), got {thresholds.shape}")
+        values = [float(v) for v in thresholds.reshape(-1)]
+        bad = [v for v in values if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+        if bad:
+            raise RequestError(f"{P.INPUT_THRESHOLD} must lie in [0, 1], got {bad[0]}")
+        return values
+
+    def __call__(
+        self, raw: Mapping[str, np.ndarray], source_sizes: np.ndarray, thresholds: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        n = source_sizes.shape[0]
+        limits = self._thresholds(thresholds, n)
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(raw[name])) for name in P.RAW_OUTPUTS}
+        sizes = torch.from_numpy(np.ascontiguousarray(source_sizes, dtype=np.int64))
+        decoded = decode_detections(
+            tensors,
+            sizes,
+            num_keypoints_per_class=self.config.num_keypoints_per_class,
+            num_select=self.max_detections,
+            alpha=self.config.rescore_alpha,
+        )
+        detections = []
+        for i, limit in enumerate(limits):
+            one = {name: value[i : i + 1] for name, value in decoded.items()}
+            detections += to_keypoint_detections(one, sizes[i : i + 1], self.config, limit)
+        packed = pack_detections(
+            detections, max_detections=self.max_detections, max_keypoints=self.config.max_keypoints
+        )
+        return {name: packed[name] for name in P.DETECTION_OUTPUTS}

@@ -1,0 +1,126 @@
+"""`rfkp serve` as users run it: from a virtual environment, default weights, SIGTERM / SIGINT stop it."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
+
+import argparse
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import venv
+from pathlib import Path
+
+from serving_helpers import REPO, encode, noise_image, require_triton
+
+from rfkp.cli.serve import add_parser, options_from_args, predict_remote
+from rfkp.client import KeypointClient, RemoteError
+from rfkp.serving.launcher import free_port
+
+READY_LINE = "stops it"  # the last line of the banner
+
+
+class OutputReader:
+    """Collects a process's stdout lines in a thread, so waiting never blocks on a pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.put(line)
+
+    def until(self, marker: str, timeout: float) -> str:
+        """All output up to the first line containing ``marker`` (fails with what was read)."""
+        deadline, start = time.monotonic() + timeout, len(self.seen)
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if marker in line:
+                return "".join(self.seen[start:])
+        raise AssertionError(f"{marker!r} not printed within {timeout} s; output:\n{''.join(self.seen)}")
+
+
+@pytest.fixture(scope="module")
+def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv over this interpreter's packages: its bin/python3 is what the stub must use."""
+    root = tmp_path_factory.mktemp("venv") / ".venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=True).create(root)
+    return root / "bin" / "python"
+
+
+def test_parser_defaults_listen_on_loopback() -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--max-batch-size", "6"])
+    assert args.host == "127.0.0.1" and (args.grpc_port, args.http_port) == (8001, 8000)
+    options = options_from_args(args)
+    assert options.batching.preferred_batch_sizes == (3, 6) and options.batching.enabled
+    args = parser.parse_args(["serve", "--preferred-batch-sizes", "2,4", "--no-dynamic-batching"])
+    options = options_from_args(args)
+    assert options.batching.preferred_batch_sizes == (2, 4) and not options.batching.enabled
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--preferred-batch-sizes", "two"])
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_from_venv_default_weights(venv_python: Path, tmp_path: Path, stop_signal: int) -> None:
+    require_triton()
+    grpc_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+    env["PATH"] = "/usr/bin:/bin"  # no other python first on PATH: the launcher must put the venv's there
+    cmd = [str(venv_python), "-m", "rfkp.cli.main", "serve", "--grpc-port", str(grpc_port), "--http-port", "0",
+           "--metrics-port", "0", "--run-dir", str(tmp_path / "run"), "--ready-timeout", "90"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output = OutputReader(proc)
+        banner = output.until(READY_LINE, timeout=120)
+        assert "RANDOM-INITIALISED" in banner
+        assert f"127.0.0.1:{grpc_port}" in banner
+        image = tmp_path / "frame.png"
+        image.write_bytes(encode(noise_image(90, 120, seed=7)))
+        with KeypointClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.metadata.random_init is True
+            dets = client.predict(image, threshold=0.0)
+        assert dets.image_size == (90, 120) and len(dets) > 0
+        args = argparse.Namespace(url=f"127.0.0.1:{grpc_port}", images=[str(image), str(tmp_path / "missing.png")],
+                                  threshold=0.0, out=str(tmp_path / "out"))
+        assert predict_remote(args) == 1  # one image missing
+        saved = json.loads((tmp_path / "out" / "detections.json").read_text())
+        assert list(saved) == [str(image)] and len(saved[str(image)]["score"]) == len(dets)
+        proc.send_signal(stop_signal)
+        tail = output.until("server stopped", timeout=60)
+        assert proc.wait(timeout=30) == 0, tail
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(RemoteError, match="UNAVAILABLE"):  # nothing listens any more
+        with KeypointClient(f"127.0.0.1:{grpc_port}", timeout=5) as client:
+            client.metadata  # noqa: B018
+
+
+def test_cli_reports_bad_weights(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = subprocess.run(
+        [sys.executable, "-m", "rfkp.cli.main", "serve", "--weights", str(bad), "--grpc-port", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cannot read checkpoint" in result.stderr

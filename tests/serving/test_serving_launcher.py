@@ -1,0 +1,138 @@
+"""Launching the real tritonserver binary: environment, readiness timeout, failures, clean stop."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from serving_helpers import require_triton
+
+from rfkp.serving.embedded import (
+    TritonInstallation,
+    TritonNotFoundError,
+    embedded_installation,
+    find_installation,
+)
+from rfkp.serving.launcher import ServerStartError, TritonServer, free_port
+
+ECHO_MODEL = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep({init_sleep})
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "X")]) for r in requests]
+'''
+ECHO_CONFIG = """
+name: "echo"
+backend: "python"
+max_batch_size: 4
+input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "X" data_type: TYPE_FP32 dims: [ {out_dims} ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+
+def echo_repository(root: Path, init_sleep: float = 0.0, out_dims: str = "2") -> Path:
+    model = root / "repo" / "echo"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(ECHO_MODEL.format(init_sleep=init_sleep))
+    (model / "config.pbtxt").write_text(ECHO_CONFIG.format(out_dims=out_dims))
+    return root / "repo"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_embedded_environment() -> None:
+    try:
+        inst = embedded_installation()
+    except TritonNotFoundError as exc:
+        pytest.skip(str(exc))
+    env = inst.environment({"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/x"})
+    libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert libs[-1] == "/opt/x"
+    assert any(Path(p, "libpython3.11.so").exists() or list(Path(p).glob("libpython3*.so*")) for p in libs)
+    assert any(p.endswith("nvidia_pytriton.libs") for p in libs)
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert set(inst.backend_sources) == {"python"}
+    names = {p.name for p in inst.backend_sources["python"]}
+    assert names == {"libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub"}
+
+
+def test_find_installation_rejects_unknown_choice() -> None:
+    with pytest.raises(ValueError, match="prefer must be"):
+        find_installation("docker")
+
+
+def test_system_installation_needs_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(TritonNotFoundError, match="no 'tritonserver' on PATH"):
+        find_installation("system")
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a Triton model repository"):
+        TritonServer(tmp_path, installation=TritonInstallation(binary=Path("/bin/true"), kind="system"))
+
+
+def test_start_serve_stop(tmp_path: Path) -> None:
+    require_triton()
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    repo = echo_repository(tmp_path)
+    with TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run") as server:
+        assert server.host == "127.0.0.1" and server.is_ready()
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            x = grpcclient.InferInput("X", [1, 2], "FP32")
+            x.set_data_from_numpy(np.array([[1.5, -2.0]], np.float32))
+            np.testing.assert_array_equal(client.infer("echo", [x]).as_numpy("X"), [[1.5, -2.0]])
+        pid = server.pid
+    assert server.poll() is not None and not process_alive(pid)
+
+
+def test_readiness_timeout_kills_the_server(tmp_path: Path) -> None:
+    require_triton()
+    repo = echo_repository(tmp_path, init_sleep=60)  # stands in for a server stuck in "loading"
+    server = TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run")
+    server.start()
+    t0 = time.monotonic()
+    with pytest.raises(ServerStartError, match="not ready after 3 s"):
+        server.wait_ready(timeout=3)
+    assert time.monotonic() - t0 < 30
+    assert server.poll() is not None
+
+
+def test_exit_while_loading_reports_the_log(tmp_path: Path) -> None:
+    require_triton()
+    repo = echo_repository(tmp_path)
+    (repo / "echo" / "config.pbtxt").write_text("this is not a model configuration")
+    server = TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run")
+    server.start()
+    with pytest.raises(ServerStartError, match="exited with code"):
+        server.wait_ready(timeout=60)
+    server.stop()
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
