@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from result_file import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "rfdetr-keypoint-preview-random"
@@ -119,18 +118,7 @@ def main() -> int:
     if "speedup_peer_over_rfkp" in results:
         print(f"ratio peer/rfkp = {results['speedup_peer_over_rfkp']:.3f} (>1: rfkp faster)")
     if args.out:
-        record = {
-            "what": "predict() latency, 576x576, batch 1, fp32, CPU",
-            "results": results,
-            "device": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python", *sys.argv]),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        write_result(args.out, "predict() latency, 576x576, batch 1, fp32, CPU", results, threads=args.threads)
     return 0
 
 

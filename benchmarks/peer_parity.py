@@ -7,13 +7,11 @@ FIXTURE_DIR holds checkpoint.pth, raw_outputs.pt and (optionally) predict_output
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from result_file import write_result
 
 from rfkp import RFDETRKeypoint
 from rfkp.postprocess import decode_detections
@@ -52,16 +50,7 @@ def main() -> int:
     for key, value in res.items():
         print(f"{key:24s} {value}")
     if args.out:
-        record = {
-            "what": "max abs difference rfkp vs peer rfdetr 1.11.2 (fp32, CPU)",
-            "results": res,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python", *sys.argv]),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        write_result(args.out, "max abs difference rfkp vs peer rfdetr 1.11.2 (fp32, CPU)", res)
     return 0
 
 

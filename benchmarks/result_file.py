@@ -1,0 +1,27 @@
+"""One writer for benchmark result files: the results plus device, versions, date and the command."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_result(path: Path, what: str, results: dict[str, Any], **extra: Any) -> None:
+    record = {
+        "what": what,
+        "results": results,
+        **extra,
+        "device": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
