@@ -45,4 +45,15 @@ def tiny(**overrides: Any) -> ModelConfig:
     return preview(**params)
 
 
-VARIANTS = {"preview": preview, "nano": nano, "tiny": tiny}
+def small(**overrides: Any) -> ModelConfig:
+    """A compact model for training from scratch on CPU or on small datasets (5 M parameters, 256 px)."""
+    params: dict[str, Any] = dict(
+        vit_dim=192, vit_depth=6, vit_heads=3, out_feature_indexes=[2, 4, 6], patch_size=16, pos_grid=16,
+        hidden_dim=128, projector_blocks=1, dec_layers=3, sa_heads=4, ca_heads=8, dim_feedforward=512,
+        num_queries=20, group_detr=4, resolution=256,
+    )  # fmt: skip
+    params.update(overrides)
+    return preview(**params)
+
+
+VARIANTS = {"preview": preview, "nano": nano, "small": small, "tiny": tiny}

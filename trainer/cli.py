@@ -18,8 +18,8 @@ from trainer.data.schema import DatasetSchema, infer_schema
 from trainer.data.validate import check_image_files, load_coco_json, validate_coco
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.plots import reliability_plot
+from trainer.evaluation.predict import predict_rows
 from trainer.evaluation.report import format_report, report_to_dict
-from trainer.evaluation.results import class_categories, detections_to_results
 from trainer.evaluation.sigmas import DEFAULT_SIGMA
 
 
@@ -64,16 +64,10 @@ def _predict_rows(
         raise ValueError("--images is required with --weights")
     check_image_files(coco, args.images, args.data.name)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
-    categories = class_categories(model.config.class_names, schema)
-    images = sorted(coco["images"], key=lambda im: im["id"])
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(images), max(1, args.batch_size)):
-        chunk = images[start : start + max(1, args.batch_size)]
-        paths = [str(args.images / im["file_name"]) for im in chunk]
-        detections = model.predict(paths, threshold=args.threshold, resolution=args.resolution)
-        for image, dets in zip(chunk, detections):
-            rows.extend(detections_to_results(dets, image["id"], categories))
-    return rows
+    return predict_rows(
+        model, coco, args.images, schema, threshold=args.threshold, resolution=args.resolution,
+        batch_size=args.batch_size, progress=True,
+    )
 
 
 def _load_json(path: Path, what: str) -> Any:

@@ -1,0 +1,110 @@
+"""``rfkp search`` end to end on a tiny random-initialised model, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rfkp.api import RFDETRKeypoint
+from rfkp.cli.main import main as rfkp_main
+from rfkp.variants import tiny
+from tests.conftest import shared_path
+from trainer.nas.pareto import CSV_COLUMNS
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """Intra-op threads spin badly on a shared, busy CPU; one thread keeps these runs short and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _setup(tmp_path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The common arguments (tiny 128 px model on the mirror-mouse validation set) and the ground truth."""
+    val = shared_path("data", "mirror-mouse", "val.json")
+    coco = json.loads(val.read_text())
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    cfg = tiny(
+        resolution=128,
+        num_classes=len(cats),
+        num_keypoints_per_class=[len(c["keypoints"]) for c in cats],
+        class_names=[c["name"] for c in cats],
+        keypoint_names=[c["keypoints"] for c in cats],
+    )
+    weights = tmp_path / "tiny.pth"
+    RFDETRKeypoint.from_config(cfg, device="cpu").save_checkpoint(weights)
+    argv = ["search", "--weights", str(weights), "--data", str(val), "--images", str(val.parent / "images")]
+    return [*argv, "--out", str(tmp_path / "out"), "--device", "cpu"], coco
+
+
+def test_search_cli_writes_the_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, coco = _setup(tmp_path)
+    axes = ["--resolutions", "96,128", "--patch-sizes", "16", "--windows", "2", "--dec-layers", "2"]
+    assert (
+        rfkp_main(
+            [*argv, *axes, "--num-queries", "5,20", "--max-configs", "3", "--runs", "2", "--warmup", "1"]
+        )
+        == 0
+    )
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["pareto.csv", "pareto.png", "search.csv", "search.json"]
+    with (out / "search.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 3
+    keys = {(int(r["resolution"]), int(r["num_queries"])) for r in rows}
+    assert (128, 20) in keys and keys <= {(96, 5), (96, 20), (128, 5), (128, 20)}  # the full model is kept
+    with (out / "pareto.csv").open(newline="") as f:
+        front = list(csv.DictReader(f))
+    assert front and all(r["pareto"] == "True" for r in front)
+    assert len(front) == sum(r["pareto"] == "True" for r in rows)
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((out / "search.json").read_text())
+    assert meta["device"].startswith("CPU") and meta["torch"] and meta["date"] and meta["cpu_threads"] == 1
+    assert meta["command"].startswith("rfkp search --weights") and "--max-configs 3" in meta["command"]
+    assert meta["space"] == {"resolutions": [96, 128], "patch_sizes": [16], "num_windows": [2],
+                             "dec_layers": [2], "num_queries": [5, 20]}  # fmt: skip
+    assert len(meta["results"]) == 3 and len(meta["pareto"]) == len(front)
+    for r in meta["results"]:
+        assert r["num_detections"] <= len(coco["images"]) * r["num_queries"] * 2
+        assert set(r["ap_per_category"]) == {"mirror_mouse_side", "mirror_mouse_bottom"}
+    table = capsys.readouterr().out
+    assert "ms med" in table and "wrote search.csv" in table
+    assert len(table.strip().splitlines()) == 2 + len(front)
+
+
+def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, _ = _setup(tmp_path)
+    cases = [
+        (["--resolutions", "100"], "resolution 100 is not a multiple of patch_size x num_windows"),
+        (
+            ["--resolutions", "128,abc"],
+            "--resolutions: expected comma-separated positive integers, got '128,abc'",
+        ),
+        (["--dec-layers", "3"], "dec_layers 3 exceeds the model's 2 decoder layers"),
+        (["--num-queries", "40"], "num_queries 40 exceeds the model's 20 queries"),
+        (["--max-configs", "0"], "--max-configs must be >= 1"),
+        (["--runs", "0"], "--runs must be >= 1"),
+        (["--sigmas", str(tmp_path / "none.json")], "sigmas file not found"),
+    ]
+    for extra, message in cases:
+        assert rfkp_main([*argv, *extra]) == 1, extra
+        assert message in capsys.readouterr().err
+    weights = argv.index("--weights") + 1
+    missing = list(argv)
+    missing[weights] = str(tmp_path / "missing.pth")
+    assert rfkp_main(missing) == 1
+    assert "rfkp search: error: checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    broken = list(argv)
+    broken[argv.index("--data") + 1] = str(bad)
+    assert rfkp_main([*broken, "--resolutions", "128", "--dec-layers", "1", "--num-queries", "5"]) == 1
+    assert "bad.json: malformed JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,173 @@
+"""The training loop's parts: parameter groups, EMA, schedule, init from another skeleton, exact resume, NAS."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rfkp.api import RFDETRKeypoint
+from rfkp.checkpoint import CheckpointError, write_checkpoint
+from rfkp.nn.detector import KeypointDETR, SubArchitecture
+from rfkp.variants import tiny
+from tests.trainer.synthetic_keypoints import make_dataset
+from trainer.data.coco import CocoKeypointDataset
+from trainer.loop.build import build_network, model_config_for
+from trainer.loop.checkpoints import load_train_state
+from trainer.loop.ema import ModelEMA
+from trainer.loop.optim import OptimizerSettings, parameter_groups
+from trainer.loop.trainer import Trainer, TrainSettings, learning_rate_factor
+from trainer.nas.space import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[CocoKeypointDataset, CocoKeypointDataset]:
+    root = tmp_path_factory.mktemp("synthetic")
+    train = CocoKeypointDataset(make_dataset(root, "train", 12, seed=0), root / "images")
+    val = CocoKeypointDataset(make_dataset(root, "val", 4, seed=1), root / "images")
+    return train, val
+
+
+def _network(dataset: CocoKeypointDataset, seed: int = 0) -> KeypointDETR:
+    network, _ = build_network(model_config_for(dataset.schema, tiny(resolution=64)), seed=seed)
+    return network
+
+
+def _settings(**kw: object) -> TrainSettings:
+    base = dict(epochs=2, batch_size=4, resolutions=[64], progress=False, tensorboard=False, eval_every=100)
+    base.update(kw)
+    return TrainSettings(**base)  # type: ignore[arg-type]
+
+
+def test_backbone_gets_layer_wise_decayed_rates_and_no_decay_on_norms(synthetic) -> None:
+    network = _network(synthetic[0])
+    depth = len(network.backbone.vit.blocks)
+    settings = OptimizerSettings(lr=1e-3, lr_backbone=1e-4, layer_decay=0.5, weight_decay=0.05)
+    groups = parameter_groups(network, settings, depth)
+    rate = {n: g["lr"] for g in groups for n in g["names"]}
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert rate[f"backbone.vit.blocks.{depth - 1}.attn.qkv.weight"] == pytest.approx(1e-4 * 0.5)
+    assert rate["backbone.vit.blocks.0.attn.qkv.weight"] == pytest.approx(1e-4 * 0.5**depth)
+    assert rate["backbone.vit.patch_embed.weight"] == pytest.approx(1e-4 * 0.5 ** (depth + 1))
+    assert rate["class_embed.weight"] == rate["decoder.layers.0.cross_attn.value_proj.weight"] == 1e-3
+    assert decay["class_embed.weight"] == 0.05
+    assert decay["class_embed.bias"] == decay["backbone.vit.blocks.0.norm1.weight"] == 0.0
+    assert decay["backbone.vit.pos_embed"] == decay["backbone.vit.blocks.0.ls1"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == sum(1 for _ in network.parameters())
+
+
+def test_ema_follows_the_warmed_up_decay() -> None:
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEMA(model, decay=0.9, tau=2.0)
+    start = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-1 / 2.0))
+    assert torch.allclose(ema.module.weight, d * start + (1 - d) * model.weight)
+    assert not ema.module.weight.requires_grad
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_to_the_floor() -> None:
+    assert learning_rate_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert learning_rate_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert learning_rate_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert learning_rate_factor(55, 100, 10, 0.1) == pytest.approx(0.55)
+    assert learning_rate_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_init_from_a_checkpoint_of_another_skeleton_keeps_the_shared_weights(synthetic, tmp_path) -> None:
+    person = KeypointDETR(tiny(resolution=64))  # one class, 17 keypoints
+    with torch.no_grad():
+        for p in person.parameters():
+            p.normal_()
+    write_checkpoint(tmp_path / "person.pt", person.cfg, person.state_dict())
+    config = model_config_for(synthetic[0].schema, person.cfg)
+    assert config.num_keypoints_per_class == [3, 5]
+    network, report = build_network(config, tmp_path / "person.pt")
+    mine, theirs = network.state_dict(), person.state_dict()
+    assert torch.equal(mine["backbone.vit.blocks.1.attn.qkv.weight"], theirs["backbone.vit.blocks.1.attn.qkv.weight"])
+    assert torch.equal(mine["decoder.layers.0.cross_attn.value_proj.weight"],
+                       theirs["decoder.layers.0.cross_attn.value_proj.weight"])
+    assert "keypoint_queries.embed.weight" in report.reinitialised or any(
+        n.startswith("keypoint_queries") for n in report.reinitialised
+    )
+    assert not torch.equal(mine["class_embed.weight"][:1], theirs["class_embed.weight"][:1])
+    assert len(report.copied) > 0.8 * len(mine)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(synthetic, tmp_path) -> None:
+    train, val = synthetic
+    full = Trainer(_network(train), train, tmp_path / "full", _settings(epochs=3), device="cpu")
+    full.fit()
+    first = Trainer(_network(train), train, tmp_path / "split", _settings(epochs=3, max_steps=4), device="cpu")
+    first.fit()
+    assert (first.epoch, first.batch_in_epoch, first.opt_step) == (1, 1, 4)  # stopped inside the second epoch
+    second = Trainer(_network(train, seed=123), train, tmp_path / "split", _settings(epochs=3), device="cpu")
+    second.resume()
+    second.fit()
+    assert second.opt_step == full.opt_step == 9
+    for name, tensor in full.network.state_dict().items():
+        assert torch.equal(tensor, second.network.state_dict()[name]), name
+    for name, tensor in full.ema.module.state_dict().items():
+        assert torch.equal(tensor, second.ema.module.state_dict()[name]), name
+    assert not list((tmp_path / "split").glob(".*.tmp"))
+
+
+def test_training_state_errors_are_precise(synthetic, tmp_path) -> None:
+    trainer = Trainer(_network(synthetic[0]), synthetic[0], tmp_path, _settings(), device="cpu")
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        trainer.resume()
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read training state"):
+        load_train_state(tmp_path / "checkpoint.pt")
+    torch.save({"model": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not an rfkp training state"):
+        trainer.resume()
+
+
+def test_nas_steps_sample_sub_architectures_reproducibly(synthetic, tmp_path) -> None:
+    train = synthetic[0]
+    network = _network(train)
+    space = SearchSpace(resolutions=[64, 96], patch_sizes=[16], num_windows=[1, 2], dec_layers=[1, 2],
+                        num_queries=[5, 20])
+    settings = _settings(epochs=1, nas_full_fraction=0.25)
+    trainer = Trainer(network, train, tmp_path, settings, nas=space, device="cpu")
+    choices = [trainer.choice_for_step(s) for s in range(64)]
+    assert choices == [trainer.choice_for_step(s) for s in range(64)]
+    assert {c.resolution for c in choices} == {64, 96}
+    assert {c.arch.dec_layers for c in choices} == {None, 1, 2}
+    assert {c.arch.num_queries for c in choices} >= {5, 20}
+    assert SubArchitecture() in {c.arch for c in choices}  # some steps train the full model
+    trainer.fit()
+    assert trainer.opt_step == 3
+
+
+def test_epoch_end_writes_weights_metrics_and_tensorboard(synthetic, tmp_path) -> None:
+    train, val = synthetic
+    settings = _settings(epochs=1, eval_every=1, tensorboard=True)
+    trainer = Trainer(_network(train), train, tmp_path, settings, val_set=val, device="cpu")
+    history = trainer.fit()
+    assert {"ap", "ap50", "train_loss", "ap_triangle", "ap_kite"} <= set(history[0])
+    model = RFDETRKeypoint.from_checkpoint(tmp_path / "best.pt")
+    assert model.config.class_names == ["triangle", "kite"]
+    ema = trainer.ema.module.state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in model.network.state_dict().items())
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_settings_are_validated(synthetic, tmp_path) -> None:
+    network = _network(synthetic[0])
+    with pytest.raises(ValueError, match="resolution 70 is not a positive multiple"):
+        Trainer(network, synthetic[0], tmp_path, _settings(resolutions=[70]), device="cpu")
+    with pytest.raises(ValueError, match="amp must be"):
+        Trainer(network, synthetic[0], tmp_path, _settings(amp="fp8"), device="cpu")
+
+
+def test_bf16_autocast_step_on_cpu_stays_finite(synthetic, tmp_path) -> None:
+    train = synthetic[0]
+    trainer = Trainer(_network(train), train, tmp_path, _settings(epochs=1, amp="bf16", max_steps=1), device="cpu")
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())

@@ -1,0 +1,103 @@
+"""A step-deterministic training data pipeline, so a resumed run sees exactly the batches of an uninterrupted one.
+
+Every random draw is a function of ``(seed, epoch, index)`` or ``(seed, step)``, never of a generator that
+lives across steps:
+
+- the epoch's order is a permutation drawn from ``(seed, epoch)``;
+- the augmentation of dataset item ``i`` in epoch ``e`` draws from ``(seed, epoch, i)`` (also inside
+  ``DataLoader`` workers, whatever their number);
+- the batch resolution (and, with NAS, the whole sub-architecture) is drawn by the trainer from
+  ``(seed, step)``.
+
+Resuming in the middle of an epoch skips the batches already done; nothing else has to be restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from rfkp.io import to_tensor
+from rfkp.preprocess import normalize_batch
+from trainer.data.coco import CocoKeypointDataset
+from trainer.data.collate import Batch, normalize_targets
+from trainer.data.targets import ImageTargets
+from trainer.data.transforms import TrainAugment
+
+Sample = tuple[np.ndarray, ImageTargets]
+
+
+def draw_generator(*keys: int) -> np.random.Generator:
+    """A numpy generator determined by the integer keys (seed, epoch, index, ...)."""
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
+
+
+class AugmentedEpoch(torch.utils.data.Dataset):
+    """Dataset items of one epoch, each augmented with its own ``(seed, epoch, index)`` generator."""
+
+    def __init__(self, dataset: CocoKeypointDataset, seed: int, epoch: int, augment: bool = True,
+                 **augment_kwargs: float) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = epoch
+        self.augment = augment
+        self.augment_kwargs = augment_kwargs
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        image, targets = self.dataset[index]
+        if self.augment:
+            rng = draw_generator(self.seed, self.epoch, index)
+            image, targets = TrainAugment(self.dataset.schema, rng=rng, **self.augment_kwargs)(image, targets)
+        return image, targets
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
+    return draw_generator(seed, epoch, 0x5EED).permutation(num_items).tolist()
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's batches of dataset indices (a last, short batch is dropped when there is more than one)."""
+    order = epoch_order(num_items, seed, epoch)
+    batches = [order[i : i + batch_size] for i in range(0, num_items, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def _collate_samples(samples: Sequence[Sample]) -> list[Sample]:
+    return list(samples)
+
+
+def epoch_loader(
+    dataset: CocoKeypointDataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    *,
+    skip_batches: int = 0,
+    num_workers: int = 0,
+    augment: bool = True,
+) -> Iterator[list[Sample]]:
+    """Batches of augmented samples (unresized) of one epoch, from batch ``skip_batches`` on."""
+    batches = epoch_batches(len(dataset), batch_size, seed, epoch)[skip_batches:]
+    loader = torch.utils.data.DataLoader(
+        AugmentedEpoch(dataset, seed, epoch, augment=augment),
+        batch_sampler=batches,
+        collate_fn=_collate_samples,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def to_batch(samples: Sequence[Sample], resolution: int, mean: Sequence[float], std: Sequence[float]) -> Batch:
+    """Resize and normalise samples to one ``resolution x resolution`` batch with normalised targets."""
+    images = normalize_batch([to_tensor(image) for image, _ in samples], resolution, mean, std)
+    targets = [normalize_targets(t, image.shape[0], image.shape[1]) for image, t in samples]
+    return Batch(images=images, targets=targets)

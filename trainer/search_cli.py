@@ -1,0 +1,179 @@
+"""``rfkp search``: score the sub-architectures of a weight-sharing checkpoint and write the Pareto front.
+
+Writes into ``--out``: ``search.csv`` (every choice), ``pareto.csv`` (the front), ``pareto.png`` and
+``search.json`` (device, torch version, date, command, space, every result). ``main(args)`` returns the exit
+status (0 ok, 1 bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
+
+# (flag, attribute, search space axis, help) of the options that set an axis of the space
+_AXIS_OPTIONS = (
+    ("--resolutions", "resolutions", "resolutions", "input sides in pixels, e.g. 480,576,672"),
+    ("--patch-sizes", "patch_sizes", "patch_sizes", "ViT patch sizes, e.g. 12,16"),
+    ("--windows", "windows", "num_windows", "attention windows per side, e.g. 1,2"),
+    ("--dec-layers", "dec_layers", "dec_layers", "decoder layers run, e.g. 1,2,3,4"),
+    ("--num-queries", "num_queries", "num_queries", "object queries, e.g. 25,50,100"),
+)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``search`` subcommand to an argparse ``subparsers`` object."""
+    parser = subparsers.add_parser(
+        "search",
+        help="accuracy/latency search over the sub-architectures of a weight-sharing checkpoint",
+        description=(
+            "Evaluate every sub-architecture of a search space (resolution, patch size, windows, decoder "
+            "layers, queries) with the same weights: OKS AP on a COCO keypoint validation set and batch-1 "
+            "latency on this device. Writes search.csv, pareto.csv, pareto.png and search.json into --out. "
+            "Each axis defaults to a space around the checkpoint's own architecture."
+        ),
+    )
+    parser.add_argument("--weights", type=Path, required=True, help="weight-sharing model checkpoint")
+    parser.add_argument("--data", type=Path, required=True, help="COCO keypoint validation JSON")
+    parser.add_argument("--images", type=Path, required=True, help="image folder of --data")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    for flag, dest, _, text in _AXIS_OPTIONS:
+        parser.add_argument(flag, dest=dest, metavar="N,N,...", help=f"{text} (default: around the model's)")
+    parser.add_argument("--device", help="torch device (default: cuda if available)")
+    parser.add_argument("--runs", type=int, default=30, help="timed batch-1 runs per choice (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
+    parser.add_argument("--max-configs", type=int, help="search a seeded random subset of this many choices")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-configs subset (default 0)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.001, help="detection score threshold (default 0.001)"
+    )
+    parser.add_argument(
+        "--sigmas", type=Path, help="JSON object {category id or name: sigma or [per keypoint]}"
+    )
+    parser.set_defaults(func=main)
+    return parser
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["rfkp", "search"]
+    for flag in ("--weights", "--data", "--images", "--out", *(f for f, *_ in _AXIS_OPTIONS), "--device",
+                 "--runs", "--warmup", "--max-configs", "--seed", "--threshold", "--sigmas"):  # fmt: skip
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def select_choices(
+    grid: list[ArchChoice], max_configs: int | None, seed: int, full: ArchChoice
+) -> list[ArchChoice]:
+    """At most ``max_configs`` choices of ``grid`` (seeded, in grid order), ``full`` kept when in ``grid``."""
+    if max_configs is None or max_configs >= len(grid):
+        return grid
+    if max_configs < 1:
+        raise ValueError(f"--max-configs must be >= 1, got {max_configs}")
+    keep = {grid.index(full)} if full in grid else set()
+    others = [i for i in range(len(grid)) if i not in keep]
+    picked = np.random.default_rng(seed).choice(len(others), size=max_configs - len(keep), replace=False)
+    keep |= {others[int(i)] for i in picked}
+    return [grid[i] for i in sorted(keep)]
+
+
+def _load_sigmas(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"sigmas file not found: {path}")
+    try:
+        sigmas = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path.name}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from err
+    if not isinstance(sigmas, dict):
+        raise ValueError(f"{path.name}: expected a JSON object {{category: sigma(s)}}")
+    return sigmas
+
+
+def format_front(front: list[Any]) -> str:
+    """A text table of Pareto-front results, fastest first."""
+    head = f"{'res':>5} {'patch':>5} {'win':>4} {'dec':>4} {'queries':>7} {'AP':>7} {'AP50':>7}"
+    head += f" {'ms med':>8} {'ms p90':>8}"
+    lines = [head]
+    for r in front:
+        c = r.choice
+        lines.append(
+            f"{c.resolution:>5} {c.patch_size:>5} {c.num_windows:>4} {c.dec_layers:>4} {c.num_queries:>7} "
+            f"{r.ap:>7.4f} {r.ap50:>7.4f} {r.latency_ms_median:>8.2f} {r.latency_ms_p90:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rfkp.api import RFDETRKeypoint
+    from trainer.nas.pareto import pareto_front, write_csv
+    from trainer.nas.plot import pareto_plot
+    from trainer.nas.search import device_name, search
+
+    axes = {axis: parse_int_list(getattr(args, dest), flag) for flag, dest, axis, _ in _AXIS_OPTIONS
+            if getattr(args, dest) is not None}  # fmt: skip
+    if args.runs < 1 or args.warmup < 0:
+        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    for what, path in (("annotation", args.data), ("image folder", args.images)):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    sigmas = _load_sigmas(args.sigmas)
+    model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
+    space = SearchSpace.for_config(model.config).override(**axes)
+    space.check_model(model.config)
+    choices = select_choices(space.grid(), args.max_configs, args.seed, ArchChoice.full(model.config))
+    print(f"searching {len(choices)} sub-architectures on {device_name(model.device)}", file=sys.stderr)
+    results = search(model, args.data, args.images, choices, latency_runs=args.runs, warmup=args.warmup,
+                     threshold=args.threshold, sigmas=sigmas)  # fmt: skip
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    front = pareto_front(results)
+    write_csv(results, out / "search.csv")
+    write_csv(front, out / "pareto.csv")
+    pareto_plot(results, out / "pareto.png")
+    meta = {
+        "device": device_name(model.device),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": _command(args),
+        "space": space.to_dict(),
+        "latency": {
+            "batch": 1,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "includes": "forward_raw + postprocess",
+        },
+        "threshold": args.threshold,
+        "results": [r.to_dict() for r in results],
+        "pareto": [r.choice.key() for r in front],
+    }
+    (out / "search.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    print(format_front(front))
+    print(f"wrote search.csv, pareto.csv, pareto.png and search.json to {out}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the search. Returns 0, or 1 with a message on stderr for bad input."""
+    try:
+        return _run(args)
+    except (FileNotFoundError, IsADirectoryError, ValueError) as err:  # CocoFormatError, CheckpointError too
+        print(f"rfkp search: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,202 @@
+"""``rfkp train``: fine-tune or train an RF-DETR Keypoint model on a COCO keypoint dataset.
+
+The architecture comes from ``--init`` (an rfkp or peer checkpoint, any skeleton: heads are resized) or from
+``--variant``; classes, keypoints and skeletons come from the training file. With ``--nas`` every step samples a
+sub-architecture (weight-sharing NAS), so ``rfkp search`` can later pick operating points from the one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.data.errors import CocoFormatError
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train on a COCO keypoint dataset (any skeletons), with EMA, AMP, NAS sampling and exact resume",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, help="training COCO keypoint JSON")
+    data.add_argument("--images", type=Path, required=True, help="image folder of --data")
+    data.add_argument("--val", type=Path, help="validation COCO keypoint JSON (model selection by OKS AP)")
+    data.add_argument("--val-images", type=Path, help="image folder of --val (default: --images)")
+    data.add_argument("--flip-pairs", help='JSON {category id or name or "*": [[i, j], ...]} left/right pairs')
+    data.add_argument("--side-tokens", help="extra left:right name tokens for flip pairs, e.g. LH:RH,LF:RF")
+    data.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS of --val")
+    data.add_argument("--no-augment", action="store_true", help="no flip / crop augmentation")
+    model = p.add_argument_group("model")
+    model.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, metrics)")
+    model.add_argument("--init", type=Path, help="start from this rfkp or rfdetr checkpoint (any skeleton)")
+    model.add_argument("--variant", default="nano", help="architecture without --init: preview, nano or tiny")
+    model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a model config field (JSON value), e.g. --set resolution=320")
+    model.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=50)
+    opt.add_argument("--batch-size", type=int, default=4)
+    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    opt.add_argument("--lr", type=float, default=1e-4)
+    opt.add_argument("--lr-backbone", type=float, default=1.5e-4, help="ViT rate before layer-wise decay")
+    opt.add_argument("--layer-decay", type=float, default=0.8, help="ViT layer-wise learning-rate decay")
+    opt.add_argument("--weight-decay", type=float, default=1e-4)
+    opt.add_argument("--warmup-steps", type=int, default=0)
+    opt.add_argument("--clip-grad", type=float, default=0.1, help="max gradient norm (0: off)")
+    opt.add_argument("--ema-decay", type=float, default=0.993)
+    opt.add_argument("--ema-tau", type=float, default=100.0, help="EMA decay warm-up in optimiser steps")
+    opt.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                     help="autocast dtype (auto: bf16/fp16 on GPU, off on CPU)")
+    opt.add_argument("--resolutions", help="multi-scale training sides, e.g. 320,352,384 (default: the model's)")
+    nas = p.add_argument_group("weight-sharing NAS (every step samples a sub-architecture)")
+    nas.add_argument("--nas", action="store_true", help="sample from the default space of the model (or below)")
+    for axis, example in (("nas-resolutions", "256,320"), ("nas-patch-sizes", "12,16"), ("nas-windows", "1,2"),
+                          ("nas-dec-layers", "1,2,3"), ("nas-num-queries", "50,100")):
+        nas.add_argument(f"--{axis}", help=f"values of this axis, e.g. {example}")
+    nas.add_argument("--nas-full-fraction", type=float, default=0.25,
+                     help="share of steps that train the full architecture (sandwich rule)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", help="torch device (default: cuda if available)")
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--eval-every", type=int, default=1, help="epochs between validations")
+    run.add_argument("--save-every", type=int, default=0, help="also save the training state every N steps")
+    run.add_argument("--max-steps", type=int, help="stop (and save) after this many optimiser steps")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
+    p.set_defaults(func=main)
+    return p
+
+
+def _json_arg(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{option}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def _side_tokens(text: str | None) -> list[tuple[str, str]]:
+    if not text:
+        return []
+    pairs = []
+    for item in text.split(","):
+        left, sep, right = item.partition(":")
+        if not sep or not left or not right:
+            raise ValueError(f"--side-tokens: expected LEFT:RIGHT pairs separated by commas, got {item!r}")
+        pairs.append((left, right))
+    return pairs
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _nas_space(args: argparse.Namespace, cfg: Any) -> Any:
+    axes = {
+        "resolutions": args.nas_resolutions,
+        "patch_sizes": args.nas_patch_sizes,
+        "num_windows": args.nas_windows,
+        "dec_layers": args.nas_dec_layers,
+        "num_queries": args.nas_num_queries,
+    }
+    if not args.nas and not any(axes.values()):
+        return None
+    from trainer.nas.space import SearchSpace
+
+    space = SearchSpace.for_config(cfg).override(**axes)
+    space.check_model(cfg)
+    return space
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rfkp import variants
+    from trainer.data.coco import CocoKeypointDataset
+    from trainer.loop.build import build_network, model_config_for
+    from trainer.loop.init_from import architecture_of
+    from trainer.loop.optim import OptimizerSettings
+    from trainer.loop.trainer import Trainer, TrainSettings
+    from trainer.nas.space import parse_int_list
+
+    flip_pairs = _json_arg(args.flip_pairs, "--flip-pairs")
+    side_tokens = _side_tokens(args.side_tokens)
+    train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)
+    val_set = None
+    if args.val is not None:
+        val_set = CocoKeypointDataset(args.val, args.val_images or args.images, flip_pairs=flip_pairs,
+                                      side_tokens=side_tokens)
+        if val_set.schema.num_keypoints_per_class != train_set.schema.num_keypoints_per_class:
+            raise ValueError(f"{args.val.name} and {args.data.name} describe different skeletons")
+    sigmas = _json_arg(args.sigmas.read_text(encoding="utf-8"), "--sigmas") if args.sigmas else None
+
+    if args.init is not None:
+        base = architecture_of(args.init)
+    else:
+        if args.variant not in variants.VARIANTS:
+            raise ValueError(f"unknown variant {args.variant!r}; choose from {sorted(variants.VARIANTS)}")
+        base = variants.VARIANTS[args.variant]()
+    config = model_config_for(train_set.schema, base, **_overrides(args.set))
+    network, report = build_network(config, args.init, seed=args.seed)
+    if report is not None:
+        logger.info("initialised from %s: %s", args.init, report.summary())
+
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        optimizer=OptimizerSettings(lr=args.lr, lr_backbone=args.lr_backbone, layer_decay=args.layer_decay,
+                                    weight_decay=args.weight_decay),
+        warmup_steps=args.warmup_steps,
+        clip_grad=args.clip_grad,
+        ema_decay=args.ema_decay,
+        ema_tau=args.ema_tau,
+        amp=args.amp,
+        resolutions=list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None,
+        nas_full_fraction=args.nas_full_fraction,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        num_workers=args.workers,
+        save_every_steps=args.save_every,
+        max_steps=args.max_steps,
+        augment=not args.no_augment,
+        progress=not args.no_progress,
+        tensorboard=not args.no_tensorboard,
+    )
+    trainer = Trainer(network, train_set, args.out, settings, val_set=val_set, nas=_nas_space(args, config),
+                      device=args.device, sigmas=sigmas)
+    if args.resume:
+        trainer.resume()
+    (args.out / "command.json").write_text(json.dumps({"argv": sys.argv, "config": config.to_dict()}, indent=2),
+                                           encoding="utf-8")
+    history = trainer.fit()
+    best = max((r for r in history if "ap" in r), key=lambda r: r["ap"], default=None)
+    print(f"run directory: {args.out}")
+    ap = "" if best is None else f", val AP {best['ap']:.4f}"
+    print(f"weights: {args.out / 'best.pt'} (EMA{ap}), {args.out / 'last.pt'}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (CocoFormatError, ValueError, FileNotFoundError) as err:
+        print(f"rfkp train: error: {err}", file=sys.stderr)
+        return 1
