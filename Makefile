@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,training,kernels,serving
+EXTRAS ?= dev,training,kernels,serving,export
 
 .PHONY: setup demo test lint
 setup: $(VENV)/.installed

@@ -13,7 +13,10 @@ SUBCOMMANDS = [
     ("rfkp.cli.predict", "add_parser"),
     ("rfkp.cli.demo", "add_parser"),
     ("rfkp.cli.serve", "add_parser"),
+    ("rfkp.cli.export", "add_parser"),
     ("trainer.cli", "add_eval_parser"),
+    ("trainer.train_cli", "add_parser"),
+    ("trainer.search_cli", "add_parser"),
 ]
 
 
