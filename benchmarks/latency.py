@@ -3,9 +3,11 @@
 Times `predict(image)` (decode excluded: the image is loaded once) at the model resolution, batch 1, fp32, on
 CPU with a fixed number of threads, and splits rfkp's time into preprocess, backbone (ViT + projectors),
 decoder + heads, and post-processing. The peer runs in its own virtualenv in a child process (never imported
-here). Usage:
+here). ONNX Runtime (CPU, same thread count) runs the portable export of the same weights (`rfkp.export`,
+post-processing inside the graph), timed as preprocess + session.run; the export itself is not timed.
+Usage:
     python benchmarks/latency.py [--weights CKPT] [--image IMG] [--threads 2] [--runs 20]
-        [--peer-python PATH] [--out benchmarks/results/latency_cpu.json]
+        [--peer-python PATH] [--no-onnxruntime] [--out benchmarks/results/latency_cpu.json]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,6 +88,40 @@ def time_rfkp(weights: Path, image: Path, runs: int, warmup: int) -> dict:
     }
 
 
+def time_onnxruntime(weights: Path, image: Path, threads: int, runs: int, warmup: int) -> dict:
+    """The portable ONNX export (fixed batch 1, model resolution) on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    from rfkp import RFDETRKeypoint
+    from rfkp.export import INPUT_NAME, export_onnx
+    from rfkp.io import load_image
+
+    model = RFDETRKeypoint.from_checkpoint(weights, device="cpu")
+    rgb = load_image(image)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", batch=1)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    totals, graph = [], []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        x, _ = model.preprocess([rgb])
+        t1 = time.perf_counter()
+        session.run(None, {INPUT_NAME: x.numpy()})
+        t2 = time.perf_counter()
+        if i >= warmup:
+            totals.append(t2 - t0)
+            graph.append(t2 - t1)
+    return {
+        "median_ms": 1000 * statistics.median(totals),
+        "times_ms": [1000 * t for t in totals],
+        "graph_median_ms": 1000 * statistics.median(graph),
+        "onnxruntime": ort.__version__,
+    }
+
+
 def time_peer(peer_python: str, weights: Path, image: Path, threads: int, runs: int, warmup: int) -> dict:
     cmd = [peer_python, "-c", PEER_SNIPPET, str(weights), str(image), str(threads), str(runs), str(warmup)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
@@ -99,10 +136,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peer-python", help="python of a venv with rfdetr (see ../shared/tools/peer_env.sh)")
+    ap.add_argument("--no-onnxruntime", action="store_true", help="skip the ONNX Runtime column")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results: dict = {"rfkp": time_rfkp(args.weights, args.image, args.runs, args.warmup)}
+    if not args.no_onnxruntime:
+        ort_result = time_onnxruntime(args.weights, args.image, args.threads, args.runs, args.warmup)
+        results["onnxruntime"] = ort_result
+        results["ratio_rfkp_over_onnxruntime"] = results["rfkp"]["median_ms"] / ort_result["median_ms"]
     if args.peer_python:
         results["peer"] = time_peer(args.peer_python, args.weights, args.image, args.threads, args.runs, args.warmup)
         # rfkp again after the peer, so drift of the machine shows up in the record
@@ -110,11 +152,15 @@ def main() -> int:
         rfkp_ms = statistics.median([results["rfkp"]["median_ms"], results["rfkp_after_peer"]["median_ms"]])
         results["speedup_peer_over_rfkp"] = results["peer"]["median_ms"] / rfkp_ms
     print(f"{'implementation':18s} {'median ms':>10s}")
-    for name in ("rfkp", "peer", "rfkp_after_peer"):
+    for name in ("rfkp", "onnxruntime", "peer", "rfkp_after_peer"):
         if name in results:
             print(f"{name:18s} {results[name]['median_ms']:10.1f}")
     for stage, ms in results["rfkp"]["breakdown_median_ms"].items():
         print(f"  rfkp {stage:13s} {ms:10.1f}")
+    if "onnxruntime" in results:
+        print(f"  onnxruntime session.run {results['onnxruntime']['graph_median_ms']:10.1f}")
+        ratio = results["ratio_rfkp_over_onnxruntime"]
+        print(f"ratio rfkp eager/onnxruntime = {ratio:.3f} (>1: ONNX Runtime faster)")
     if "speedup_peer_over_rfkp" in results:
         print(f"ratio peer/rfkp = {results['speedup_peer_over_rfkp']:.3f} (>1: rfkp faster)")
     if args.out:

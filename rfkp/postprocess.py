@@ -8,6 +8,7 @@ score threshold and builds the public `KeypointDetections`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,6 +16,22 @@ import torch
 from rfkp.config import ModelConfig
 from rfkp.detections import KeypointDetections
 from rfkp.ops import gaussian
+
+Rescorer = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""The signature of `rfkp.ops.gaussian_rescore_reference`: (cholesky (N, K, 3), findable_logit (N, K),
+active (N, K) bool, score (N,), box_wh (N, 2), image_wh (N, 2), alpha)
+-> (score' (N,), log_mean_trace (N,), covariance (N, K, 2, 2))."""
+
+
+def _top_k_descending(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, k) of the k largest values of each row of (B, M), ties to the lower index.
+
+    Eager code takes a stable sort; inside an ONNX export it takes TopK, whose definition breaks ties the same
+    way (a stable sort does not export, and a TopK over the whole row is slow and too large for TensorRT).
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(values, k, dim=1, largest=True, sorted=True).indices
+    return torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def decode_detections(
@@ -24,6 +41,7 @@ def decode_detections(
     num_keypoints_per_class: list[int],
     num_select: int = 100,
     alpha: float = 0.2,
+    rescorer: Rescorer | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fixed-size decoded detections for a batch.
 
@@ -32,6 +50,8 @@ def decode_detections(
         source_sizes: (B, 2) (H, W) of the source images in pixels.
         num_select: N, the number of (query, class) pairs kept per image (highest class probability first).
         alpha: rescoring strength; 0 disables rescoring.
+        rescorer: computes the rescored scores and pixel covariances of the B * N rows in one call (an
+            exported graph passes a fused op here); default: the same math inline.
 
     Returns (all in source-image pixels, origin top-left, pixel centres at +0.5):
         `scores (B, N)` rescored, `labels (B, N)` int64, `boxes (B, N, 4)` xyxy clamped to the image,
@@ -49,8 +69,8 @@ def decode_detections(
         raise ValueError(f"source_sizes must be ({B}, 2) (H, W), got {tuple(source_sizes.shape)}")
     n = min(num_select, Q * C)
     prob = logits.sigmoid().reshape(B, Q * C)
-    # stable descending sort: saturated probabilities tie often; ties go to the lower (query, class) index
-    flat_idx = torch.sort(prob, dim=1, descending=True, stable=True).indices[:, :n]
+    # saturated probabilities tie often; ties go to the lower (query, class) index
+    flat_idx = _top_k_descending(prob, n)
     scores = torch.gather(prob, 1, flat_idx)
     query = torch.div(flat_idx, C, rounding_mode="floor")
     labels = flat_idx % C
@@ -66,22 +86,34 @@ def decode_detections(
     sel_kps = sel_kps.reshape(B, n, n_kp_classes, kmax, kps.shape[3])
     kp_class = labels.clamp(max=n_kp_classes - 1)
     cls_kps = torch.gather(sel_kps, 2, kp_class[..., None, None, None].expand(B, n, 1, kmax, kps.shape[3]))
-    cls_kps = cls_kps.squeeze(2)  # (B, n, K, 8)
+    cls_kps = cls_kps.select(2, 0)  # (B, n, K, 8); select, not squeeze: no If node in an exported graph
     counts = torch.tensor(num_keypoints_per_class, device=labels.device)
     has_kp = labels < n_kp_classes
     active = (torch.arange(kmax, device=labels.device) < counts[kp_class][..., None]) & has_kp[..., None]
 
     chol = cls_kps[..., 4:7]
-    if alpha > 0:
-        lmt = gaussian.weighted_log_mean_trace(chol, cls_kps[..., 2], active)
-        scores = torch.where(has_kp & active.any(-1), gaussian.rescore(scores, lmt, alpha), scores)
-
     nan = torch.tensor(math.nan, dtype=kps.dtype, device=kps.device)
+    if rescorer is not None:
+        rows = B * n
+        image_wh = wh[:, None, :].expand(B, n, 2).reshape(rows, 2)
+        new_scores, _, cov = rescorer(
+            chol.reshape(rows, kmax, 3), cls_kps[..., 2].reshape(rows, kmax), active.reshape(rows, kmax),
+            scores.reshape(rows), sel_boxes[..., 2:].reshape(rows, 2), image_wh, alpha,
+        )  # fmt: skip
+        cov = cov.reshape(B, n, kmax, 2, 2)
+        if alpha > 0:
+            scores = new_scores.reshape(B, n)
+    else:
+        if alpha > 0:
+            lmt = gaussian.weighted_log_mean_trace(chol, cls_kps[..., 2], active)
+            scores = torch.where(has_kp & active.any(-1), gaussian.rescore(scores, lmt, alpha), scores)
+        cov = gaussian.covariance_pixels(
+            torch.where(active[..., None], chol, torch.zeros_like(chol)), sel_boxes[..., None, 2:],
+            wh[:, None, None, :],
+        )
+        cov = torch.where(active[..., None, None], cov, nan)
+
     keypoints = torch.where(active[..., None], cls_kps[..., :2] * wh[:, None, None, :], nan)
-    cov = gaussian.covariance_pixels(
-        torch.where(active[..., None], chol, torch.zeros_like(chol)), sel_boxes[..., None, 2:], wh[:, None, None, :]
-    )
-    cov = torch.where(active[..., None, None], cov, nan)
     return {
         "scores": scores,
         "labels": labels,

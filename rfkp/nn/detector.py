@@ -87,6 +87,10 @@ class KeypointDETR(nn.Module):
         kmax = cfg.max_keypoints
         slots = [c * kmax + j for c, k in enumerate(kpc) for j in range(k)]
         self.register_buffer("kp_slots", torch.tensor(slots, dtype=torch.long), persistent=False)
+        # padded slot -> compact index, or sumK (a zero row appended by _pad_keypoints) for inactive slots
+        source = torch.full((len(kpc) * kmax,), cfg.total_keypoints, dtype=torch.long)
+        source[self.kp_slots] = torch.arange(len(slots))
+        self.register_buffer("kp_slot_source", source, persistent=False)
         active = torch.zeros(len(kpc), kmax, dtype=torch.bool)
         for c, k in enumerate(kpc):
             active[c, :k] = True
@@ -94,10 +98,10 @@ class KeypointDETR(nn.Module):
 
     # -- heads -------------------------------------------------------------------------------------------------
     def _pad_keypoints(self, compact: torch.Tensor) -> torch.Tensor:
-        """(..., sumK, 8) -> (..., C_kp * K_max, 8) with zeros in inactive slots."""
-        out = compact.new_zeros(*compact.shape[:-2], self.kp_active.numel(), compact.shape[-1])
-        out[..., self.kp_slots, :] = compact
-        return out
+        """(..., sumK, 8) -> (..., C_kp * K_max, 8) with zeros in inactive slots (a gather: it exports to ONNX
+        with a dynamic batch, an indexed assignment does not)."""
+        padded = torch.cat([compact, torch.zeros_like(compact[..., :1, :])], dim=-2)
+        return padded.index_select(-2, self.kp_slot_source)
 
     def _class_boost(self, keypoints: torch.Tensor) -> torch.Tensor:
         """Sum of each keypointed class's class_term, as (..., num_classes) logits (zeros for other classes)."""

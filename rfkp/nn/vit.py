@@ -98,7 +98,8 @@ class WindowedViT(nn.Module):
         grid = self.pos_embed[:, 1:]
         if (gh, gw) == (self.pos_grid, self.pos_grid):
             return grid
-        key = (gh, gw, grid.dtype, grid.device, self.pos_embed._version)
+        # int(): under ONNX tracing the sizes arrive as tensors; the cached grid then exports as a constant
+        key = (int(gh), int(gw), grid.dtype, grid.device, self.pos_embed._version)
         cacheable = not (torch.is_grad_enabled() and grid.requires_grad)
         if cacheable and key in self._pos_cache:
             return self._pos_cache[key]

@@ -10,9 +10,11 @@ overridden with `set_ops_backend(...)` or the environment variable RFKP_OPS_BACK
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from typing import Literal, get_args
 
 import torch
@@ -35,6 +37,18 @@ def set_ops_backend(name: str | None) -> None:
         raise ValueError(f"unknown ops backend {name!r}; expected one of {BACKENDS} or None")
     _requested = name
     _chosen.clear()
+
+
+@contextlib.contextmanager
+def forced_ops_backend(name: str | None) -> Iterator[None]:
+    """`set_ops_backend(name)` for the duration of a block, then the previous request again (ONNX export
+    forces "reference" so that CPU tensors trace the PyTorch reference, never a registered op)."""
+    previous = _requested
+    set_ops_backend(name)
+    try:
+        yield
+    finally:
+        set_ops_backend(previous)
 
 
 def requested_backend() -> str | None:

@@ -195,8 +195,8 @@ def rescore(score: torch.Tensor, log_mean_trace: torch.Tensor, alpha: float = 0.
         (...) rescored probabilities in [0, 1).
     """
     fused = torch.sigmoid(torch.log(score) - alpha * log_mean_trace)
-    below_one = torch.nextafter(torch.ones_like(fused), torch.zeros_like(fused))
-    return torch.minimum(fused, below_one)
+    # 1 - eps/2 is nextafter(1, 0) in every binary float dtype; a constant bound exports to ONNX (Clip)
+    return fused.clamp(max=1.0 - torch.finfo(fused.dtype).eps / 2)
 
 
 def log_det_precision(raw: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,136 @@
+"""`rfkp export --format onnx|engine|triton --out F`: the network with its post-processing as one graph.
+
+onnx: an ONNX graph (portable; --plugins for the TensorRT plugin nodes). engine: a TensorRT engine (plugin
+flavour; needs the `tensorrt` package and the plugin library). triton: a `tensorrt_plan` model folder
+(config.pbtxt, the plugin graph as model.onnx, and 1/model.plan when an engine is built or given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export to ONNX, a TensorRT engine or a Triton model entry", description=__doc__
+    )
+    p.add_argument(
+        "--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)"
+    )
+    p.add_argument(
+        "--format", choices=("onnx", "engine", "triton"), default="onnx", help="what to write (default onnx)"
+    )
+    p.add_argument("--out", required=True, help="output file (onnx, engine) or model folder (triton)")
+    p.add_argument("--resolution", type=int, help="input side R (default: the model's)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", type=int, metavar="MAX", help="symbolic batch axis, at most MAX")
+    p.add_argument("--plugins", action="store_true", help="onnx: rfkp plugin nodes instead of standard ops")
+    p.add_argument("--dec-layers", type=int, help="decoder layers to run (NAS knob)")
+    p.add_argument("--num-queries", type=int, help="queries to decode (NAS knob)")
+    p.add_argument("--patch-size", type=int, help="patch size (NAS knob)")
+    p.add_argument("--num-windows", type=int, help="windows per side (NAS knob)")
+    p.add_argument("--num-select", type=int, default=100, help="output rows N (default 100)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--fp32", action="store_true", help="engine: FP32 only (default: FP16 network, FP32 post-processing)"
+    )
+    p.add_argument(
+        "--plugin-lib", help="engine: rfkp TensorRT plugin library (default: $RFKP_TRT_PLUGIN_LIB)"
+    )
+    p.add_argument("--engine", help="triton: an already built engine to copy to 1/model.plan")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=2000, help="triton: dynamic batching delay (default 2000)"
+    )
+    p.set_defaults(func=main)
+
+
+def _load_model(weights: str | None):  # noqa: ANN202
+    from rfkp.api import RFDETRKeypoint
+
+    if weights:
+        return RFDETRKeypoint.from_checkpoint(weights, device="cpu")
+    model = RFDETRKeypoint.default(device="cpu")
+    print("warning: no --weights given and no trained default ships: exporting a RANDOM-INITIALISED model")
+    return model
+
+
+def _onnx_path(args: argparse.Namespace, out: Path) -> Path:
+    if args.format == "onnx":
+        return out
+    return out / "model.onnx" if args.format == "triton" else out.with_suffix(".onnx")
+
+
+def main(args: argparse.Namespace) -> int:
+    from rfkp.export import engine as trt_engine
+
+    if args.format == "engine" and not trt_engine.tensorrt_available():
+        message = f"the 'tensorrt' Python package is not installed.\n{trt_engine.INSTALL_HINT}"
+        print(f"rfkp export: error: {message}", file=sys.stderr)
+        return 1
+    if args.engine and args.format != "triton":
+        raise ValueError("--engine is for --format triton")
+    build = args.format == "engine" or (
+        args.format == "triton" and not args.engine and trt_engine.tensorrt_available()
+    )
+    if build and trt_engine.plugin_library(args.plugin_lib) is None:
+        message = f"no rfkp TensorRT plugin library given.\n{trt_engine.INSTALL_HINT}"
+        print(f"rfkp export: error: {message}", file=sys.stderr)
+        return 1
+
+    from rfkp.export import ExportedDetector, export_onnx
+
+    out = Path(args.out)
+    model = _load_model(args.weights)
+    plugins = args.plugins or args.format != "onnx"  # engines and Triton entries use the plugin flavour
+    detector = ExportedDetector(
+        model, resolution=args.resolution, dec_layers=args.dec_layers, num_queries=args.num_queries,
+        num_select=args.num_select, patch_size=args.patch_size, num_windows=args.num_windows, plugins=plugins,
+    )  # fmt: skip
+    onnx_path = export_onnx(
+        detector, _onnx_path(args, out), batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset
+    )
+    flavour = "plugins" if plugins else "portable"
+    print(f"wrote {onnx_path} ({flavour}, {detector.resolution} px, {detector.num_select} rows)")
+    if args.format == "onnx":
+        return 0
+
+    built = None
+    if build:
+        profile = (
+            trt_engine.BatchProfile.dynamic(args.dynamic_batch)
+            if args.dynamic_batch
+            else trt_engine.BatchProfile.fixed(args.batch)
+        )
+        target = out if args.format == "engine" else out / "1" / "model.plan"
+        try:
+            built = trt_engine.build_engine(
+                onnx_path, target, resolution=detector.resolution, profile=profile, fp16=not args.fp32,
+                plugin_lib=args.plugin_lib,
+            )  # fmt: skip
+        except trt_engine.EngineBuildError as exc:
+            print(f"rfkp export: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {built}")
+    if args.format == "engine":
+        return 0
+
+    from rfkp.export.triton_entry import TritonEntryOptions, write_model_entry
+    from rfkp.serving.repository import metadata_parameters
+
+    options = TritonEntryOptions(
+        batch=args.batch, max_batch=args.dynamic_batch, max_queue_delay_us=args.max_queue_delay_us,
+        metadata=metadata_parameters(detector.config),
+    )  # fmt: skip
+    config = write_model_entry(
+        out, config=detector.config, resolution=detector.resolution, num_select=detector.num_select,
+        options=options, engine=args.engine,
+    )  # fmt: skip
+    print(f"wrote {config}")
+    if built is None and not args.engine:
+        plan = out / "1" / "model.plan"
+        print(f"no engine yet ('tensorrt' is not installed here): build one on the serving GPU from "
+              f"{onnx_path} (rfkp export --format engine) and place it at {plan}")  # fmt: skip
+    return 0

@@ -1,0 +1,143 @@
+"""The exportable module: normalised pixels in, final fixed-shape detections out (post-processing inside)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from rfkp.api import RFDETRKeypoint
+from rfkp.config import ModelConfig
+from rfkp.export.plugin_nodes import plugin_rescorer, use_plugin_attention
+from rfkp.nn.detector import KeypointDETR, SubArchitecture
+from rfkp.postprocess import decode_detections
+
+INPUT_NAME = "PIXELS"
+OUTPUT_NAMES = ("scores", "labels", "boxes", "keypoints", "covariances", "findable", "visible")
+_DECODED_KEYS = ("scores", "labels", "boxes", "keypoints", "covariance", "findable", "visible")
+
+
+class ExportedDetector(nn.Module):
+    """`PIXELS (B, 3, R, R)` float32, ImageNet-normalised (as `RFDETRKeypoint.preprocess` makes them) ->
+
+    - `scores (B, N)` rescored confidences in [0, 1),
+    - `labels (B, N)` int64 class ids,
+    - `boxes (B, N, 4)` xyxy in input pixels (of the R x R input), clamped to [0, R],
+    - `keypoints (B, N, K, 2)` x, y in input pixels,
+    - `covariances (B, N, K, 2, 2)` in input pixels^2 (box-area factor included),
+    - `findable (B, N, K)`, `visible (B, N, K)` probabilities,
+
+    exactly `rfkp.postprocess.decode_detections` for a source image of R x R pixels: N = min(num_select,
+    queries x classes) rows in descending order of the class probability before rescoring (not thresholded),
+    K = max keypoints over classes, keypoint slots a row's class does not have (and all slots of classes
+    without keypoints) NaN. Origin top-left, pixel centres at +0.5.
+
+    Args:
+        model: an `RFDETRKeypoint` or its `KeypointDETR` network (the config travels with the network).
+        resolution: R, a multiple of patch_size x num_windows (default: the model's).
+        dec_layers, num_queries, patch_size, num_windows: weight-sharing sub-architecture knobs (default: the
+            model's), exactly as `predict(**arch)` takes them.
+        num_select: N before the cap at queries x classes.
+        plugins: run deformable attention and rescoring through the plugin nodes of
+            `rfkp.export.plugin_nodes` (the network is copied; the given model is left untouched).
+    """
+
+    def __init__(
+        self,
+        model: RFDETRKeypoint | KeypointDETR,
+        *,
+        resolution: int | None = None,
+        dec_layers: int | None = None,
+        num_queries: int | None = None,
+        num_select: int = 100,
+        patch_size: int | None = None,
+        num_windows: int | None = None,
+        plugins: bool = False,
+    ) -> None:
+        super().__init__()
+        network = model.network if isinstance(model, RFDETRKeypoint) else model
+        if not isinstance(network, KeypointDETR):
+            raise TypeError(f"expected an RFDETRKeypoint or a KeypointDETR, got {type(model).__name__}")
+        cfg: ModelConfig = network.cfg
+        self.resolution = resolution or cfg.resolution
+        self.arch = SubArchitecture(
+            patch_size=patch_size, num_windows=num_windows, dec_layers=dec_layers, num_queries=num_queries
+        )
+        block = (patch_size or cfg.patch_size) * (num_windows or cfg.num_windows)
+        if self.resolution % block:
+            raise ValueError(
+                f"resolution {self.resolution} must be a multiple of {block} (patch size x windows)"
+            )
+        if not 1 <= (dec_layers or cfg.dec_layers) <= cfg.dec_layers:
+            raise ValueError(f"dec_layers must be in [1, {cfg.dec_layers}], got {dec_layers}")
+        if not 1 <= (num_queries or cfg.num_queries) <= cfg.num_queries:
+            raise ValueError(f"num_queries must be in [1, {cfg.num_queries}], got {num_queries}")
+        if num_select < 1:
+            raise ValueError(f"num_select must be >= 1, got {num_select}")
+        self.plugins = plugins
+        if plugins:
+            network = copy.deepcopy(network)
+            use_plugin_attention(network)
+        self.network = network
+        self.config = cfg
+        self.requested_select = num_select
+        self.register_buffer(
+            "image_size", torch.tensor([[self.resolution, self.resolution]]), persistent=False
+        )
+        self.warm_caches()
+
+    @property
+    def patch_size(self) -> int:
+        return self.arch.patch_size or self.config.patch_size
+
+    @property
+    def num_windows(self) -> int:
+        return self.arch.num_windows or self.config.num_windows
+
+    @property
+    def num_queries(self) -> int:
+        """Queries actually decoded: the knob, capped by the tokens of the feature map."""
+        tokens = (self.resolution // self.patch_size) ** 2
+        return min(self.arch.num_queries or self.config.num_queries, tokens)
+
+    @property
+    def num_select(self) -> int:
+        """N, the rows of every output."""
+        return min(self.requested_select, self.num_queries * self.config.num_classes)
+
+    @property
+    def max_keypoints(self) -> int:
+        return self.config.max_keypoints
+
+    @torch.no_grad()
+    def warm_caches(self) -> None:
+        """Compute the resized patch kernel and the interpolated position grid for this resolution now, so a
+        trace sees them as constants (their pseudo-inverse and antialiased interpolation do not export)."""
+        vit = self.network.backbone.vit
+        grid = self.resolution // self.patch_size
+        vit.patch_embed.kernel(self.patch_size)
+        vit.patch_pos_embed(grid, grid)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """pixels (B, 3, R, R) -> the outputs named in `OUTPUT_NAMES`, in that order."""
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, self.resolution, self.resolution):
+            raise ValueError(
+                f"expected pixels (B, 3, {self.resolution}, {self.resolution}), got {tuple(pixels.shape)}"
+            )
+        raw = self.network(pixels, self.arch, groups=1, with_aux=False)
+        decoded = decode_detections(
+            raw,
+            self.image_size.expand(pixels.shape[0], 2),
+            num_keypoints_per_class=self.config.num_keypoints_per_class,
+            num_select=self.requested_select,
+            alpha=self.config.rescore_alpha,
+            rescorer=plugin_rescorer if self.plugins else None,
+        )
+        return tuple(decoded[k] for k in _DECODED_KEYS)
+
+    def output_shapes(self, batch: int | str = "B") -> dict[str, tuple[int | str, ...]]:
+        """Output name -> shape for a batch size (an int, or a symbol)."""
+        n, k = self.num_select, self.max_keypoints
+        shapes = ((n,), (n,), (n, 4), (n, k, 2), (n, k, 2, 2), (n, k), (n, k))
+        return {name: (batch, *shape) for name, shape in zip(OUTPUT_NAMES, shapes)}

@@ -1,0 +1,196 @@
+"""`export_onnx`: an `ExportedDetector` as an ONNX graph, portable or with the rfkp plugin nodes.
+
+The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) is used on purpose: it traces one forward
+pass with concrete values, so the network's shape-dependent Python (proposal grids, level sizes, window
+layout) becomes constants of the chosen resolution, and autograd.Function ``symbolic`` methods write the
+plugin nodes. ``torch.export`` (the dynamo exporter) refuses the same network on data-dependent guards and
+needs onnxscript; see docs/export.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfkp.api import RFDETRKeypoint
+from rfkp.export import plugin_nodes
+from rfkp.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportedDetector
+from rfkp.nn.detector import KeypointDETR
+from rfkp.ops.backend import forced_ops_backend
+from rfkp.serving.repository import metadata_parameters
+
+DEFAULT_OPSET = 17
+BATCH_AXIS = "batch"
+PORTABLE, PLUGINS = "portable", "plugins"
+
+# metadata_props keys
+META_CONFIG = "rfkp_config"
+META_FLAVOUR = "rfkp_flavour"
+META_RESOLUTION = "rfkp_resolution"
+META_INPUT = "rfkp_input"
+META_OUTPUTS = "rfkp_outputs"
+META_OUTPUT_SHAPES = "rfkp_output_shapes"
+META_ARCH = "rfkp_sub_architecture"
+META_BATCH = "rfkp_batch"
+META_PLUGINS = "rfkp_plugins"
+META_CONVENTIONS = "rfkp_conventions"
+CONVENTIONS = (
+    "input: ImageNet-normalised RGB float32 (B, 3, R, R), bilinear resize without antialias; "
+    "outputs: rows in descending order of the class probability before rescoring, not thresholded; "
+    "coordinates in input pixels (origin top-left, pixel centres at +0.5); covariances in input "
+    "pixels^2; NaN in keypoint slots the class does not have"
+)
+
+
+def _cpu_copy(detector: ExportedDetector) -> ExportedDetector:
+    """The detector on CPU in eval mode (a copy when it lives elsewhere, so the caller's model stays put)."""
+    if any(p.device.type != "cpu" for p in detector.parameters()):
+        detector = copy.deepcopy(detector).cpu()
+        detector.warm_caches()
+    return detector.eval()
+
+
+def _metadata(
+    detector: ExportedDetector, flavour: str, batch: int | None, max_batch: int | None
+) -> dict[str, str]:
+    cfg = detector.config
+    meta = {
+        META_CONFIG: json.dumps(cfg.to_dict()),
+        **metadata_parameters(cfg),  # class_names, keypoint_names, skeletons: as the served ensemble has them
+        META_FLAVOUR: flavour,
+        META_RESOLUTION: str(detector.resolution),
+        META_INPUT: INPUT_NAME,
+        META_OUTPUTS: json.dumps(list(OUTPUT_NAMES)),
+        META_OUTPUT_SHAPES: json.dumps(detector.output_shapes(batch if batch is not None else BATCH_AXIS)),
+        META_ARCH: json.dumps(
+            {
+                "patch_size": detector.patch_size,
+                "num_windows": detector.num_windows,
+                "dec_layers": detector.arch.dec_layers or cfg.dec_layers,
+                "num_queries": detector.num_queries,
+                "num_select": detector.num_select,
+            }
+        ),
+        META_BATCH: json.dumps({"batch": batch, "max_batch": max_batch}),
+        META_CONVENTIONS: CONVENTIONS,
+    }
+    if flavour == PLUGINS:
+        meta[META_PLUGINS] = json.dumps(
+            {
+                "domain": plugin_nodes.DOMAIN,
+                "plugin_version": plugin_nodes.PLUGIN_VERSION,
+                "plugin_namespace": plugin_nodes.PLUGIN_NAMESPACE,
+                "ops": sorted(plugin_nodes.PLUGINS),
+            }
+        )
+    return meta
+
+
+def _declare_output_shapes(graph: Any, detector: ExportedDetector, batch: int | str) -> None:
+    """Write the exact output shapes into the graph (the tracer leaves the top-k sizes symbolic)."""
+    shapes = detector.output_shapes(batch)
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for size in shapes[output.name]:
+            dim = dims.add()
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an exported graph as a dict (weights are not loaded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def export_onnx(
+    model: RFDETRKeypoint | KeypointDETR | ExportedDetector,
+    path: str | Path,
+    *,
+    resolution: int | None = None,
+    batch: int = 1,
+    dynamic_batch: int | None = None,
+    plugins: bool | None = None,
+    opset: int = DEFAULT_OPSET,
+    dec_layers: int | None = None,
+    num_queries: int | None = None,
+    num_select: int = 100,
+    patch_size: int | None = None,
+    num_windows: int | None = None,
+    check: bool = True,
+) -> Path:
+    """Write the model with its post-processing as one ONNX graph (`ExportedDetector`'s inputs and outputs).
+
+    Args:
+        model: a model (the knobs below build the `ExportedDetector`) or a ready `ExportedDetector` (then the
+            knobs must be left at their defaults).
+        batch: the fixed batch size of the graph, unless `dynamic_batch` is given.
+        dynamic_batch: MAX: the batch axis is symbolic (named "batch"); MAX is recorded in the metadata for
+            engine optimisation profiles and serving configs.
+        plugins: False (default): standard ONNX ops only (GridSample samples the deformable attention).
+            True: deformable attention and rescoring as ``rfkp`` domain nodes for the TensorRT plugins.
+        check: run ``onnx.checker.check_model(full_check=True)`` on the result.
+
+    Returns:
+        The written path.
+    """
+    import onnx
+
+    if isinstance(model, ExportedDetector):
+        knobs = (resolution, dec_layers, num_queries, patch_size, num_windows)
+        if any(k is not None for k in knobs) or num_select != 100 or plugins not in (None, model.plugins):
+            raise ValueError("pass the knobs to ExportedDetector, not to export_onnx, when giving a detector")
+        detector = model
+    else:
+        detector = ExportedDetector(
+            model, resolution=resolution, dec_layers=dec_layers, num_queries=num_queries,
+            num_select=num_select, patch_size=patch_size, num_windows=num_windows, plugins=bool(plugins),
+        )  # fmt: skip
+    if dynamic_batch is not None and dynamic_batch < 1:
+        raise ValueError(f"dynamic_batch must be >= 1, got {dynamic_batch}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    detector = _cpu_copy(detector)
+    flavour = PLUGINS if detector.plugins else PORTABLE
+    example_batch = min(2, dynamic_batch) if dynamic_batch else batch
+    example = torch.zeros(example_batch, 3, detector.resolution, detector.resolution)
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), forced_ops_backend("reference"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*(TorchScript-based ONNX export|Constant folding).*")
+        detector.warm_caches()
+        torch.onnx.export(
+            detector,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            custom_opsets={plugin_nodes.DOMAIN: plugin_nodes.DOMAIN_VERSION} if detector.plugins else None,
+            do_constant_folding=True,
+        )
+    graph = onnx.load(str(path))
+    _declare_output_shapes(graph, detector, BATCH_AXIS if dynamic_batch else batch)
+    meta = _metadata(detector, flavour, None if dynamic_batch else batch, dynamic_batch)
+    graph.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())
+    graph.doc_string = f"rfkp keypoint detector with post-processing ({flavour}); {CONVENTIONS}"
+    if check:
+        onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(path))
+    return path

@@ -1,0 +1,105 @@
+"""`rfkp export`: onnx writes a graph, engine without TensorRT says what to install, triton writes a config
+that Triton's own protobuf schema parses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rfkp import RFDETRKeypoint
+from rfkp.cli.main import main
+from rfkp.config import ModelConfig
+from rfkp.export.engine import tensorrt_available
+from rfkp.export.triton_entry import TritonEntryOptions, render_config
+from rfkp.variants import tiny
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    RFDETRKeypoint.from_config(
+        tiny(num_classes=3, num_keypoints_per_class=[7, 4]), device="cpu"
+    ).save_checkpoint(path)
+    return path
+
+
+def _parse_config(text: str):  # noqa: ANN202
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_onnx_writes_a_graph_with_the_knobs(weights: Path, tmp_path: Path) -> None:
+    from rfkp.export import read_metadata
+
+    out = tmp_path / "m.onnx"
+    args = ["--num-select", "10", "--dynamic-batch", "4", "--dec-layers", "1", "--resolution", "192"]
+    rc = main(["export", "--weights", str(weights), "--out", str(out), *args])
+    assert rc == 0 and out.is_file()
+    meta = read_metadata(out)
+    assert meta["rfkp_flavour"] == "portable" and meta["rfkp_resolution"] == "192"
+    assert json.loads(meta["rfkp_sub_architecture"])["dec_layers"] == 1
+    assert json.loads(meta["rfkp_batch"]) == {"batch": None, "max_batch": 4}
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="tensorrt is installed here")
+def test_engine_without_tensorrt_says_what_to_install(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["export", "--weights", str(weights), "--format", "engine", "--out", str(tmp_path / "m.plan")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "pip install" in err and "tensorrt" in err
+    assert "cmake -S csrc/tensorrt -B build/tensorrt" in err and "RFKP_TRT_PLUGIN_LIB" in err
+    assert not any(tmp_path.iterdir())  # nothing exported before failing
+
+
+def test_triton_entry_parses_and_carries_the_engine(weights: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "built.plan"
+    plan.write_bytes(b"serialized engine bytes")
+    folder = tmp_path / "repo" / "rfkp_detector"
+    args = [
+        "--engine",
+        str(plan),
+        "--dynamic-batch",
+        "8",
+        "--num-select",
+        "30",
+        "--max-queue-delay-us",
+        "500",
+    ]
+    rc = main(["export", "--weights", str(weights), "--format", "triton", "--out", str(folder), *args])
+    assert rc == 0
+    assert (folder / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    assert (folder / "model.onnx").is_file()
+    cfg = _parse_config((folder / "config.pbtxt").read_text())
+    assert cfg.name == "rfkp_detector" and cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 8
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("PIXELS", [3, 256, 256])]
+    dims = {o.name: list(o.dims) for o in cfg.output}
+    assert dims == {"scores": [30], "labels": [30], "boxes": [30, 4], "keypoints": [30, 7, 2],
+                    "covariances": [30, 7, 2, 2], "findable": [30, 7], "visible": [30, 7]}  # fmt: skip
+    assert {o.name: o.data_type for o in cfg.output}["labels"] == 9  # TYPE_INT64
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert json.loads(cfg.parameters["class_names"].string_value) == ["class_0", "class_1", "class_2"]
+    assert "RfkpMSDeformAttn" in (folder / "config.pbtxt").read_text()  # the plugin note
+
+
+def test_fixed_batch_entry_has_no_batching() -> None:
+    config = ModelConfig(
+        num_classes=2, num_keypoints_per_class=[3], keypoint_names=[['a "quoted" name', "b", "c"]]
+    )
+    options = TritonEntryOptions(
+        batch=2, max_batch=None, metadata={"keypoint_names": json.dumps(config.keypoint_names)}
+    )
+    cfg = _parse_config(render_config("m", config=config, resolution=64, num_select=5, options=options))
+    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+    assert list(cfg.input[0].dims) == [2, 3, 64, 64] and list(cfg.output[3].dims) == [2, 5, 3, 2]
+    assert json.loads(cfg.parameters["keypoint_names"].string_value) == config.keypoint_names
+    with pytest.raises(ValueError, match="preferred"):
+        TritonEntryOptions(max_batch=4, preferred_batch_sizes=(8,)).preferred()
