@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:  # optional parts (serving, training extras) may be missing
             logging.getLogger(__name__).debug("subcommands of %s unavailable: %s", module_name, exc)
             continue
+        except Exception as exc:  # noqa: BLE001 - one broken subcommand must not take the others down
+            logging.getLogger(__name__).warning("subcommands of %s failed to load: %s", module_name, exc)
+            continue
         if hasattr(module, fn):
             getattr(module, fn)(sub)
     return parser

@@ -37,8 +37,10 @@ class DeformableAttention(nn.Module):
         H, L, P = self.heads, self.levels, self.points
         v = self.value_proj(value).view(B, value.shape[1], H, self.dim // H)
         offsets = self.sampling_offsets(query).view(B, Q, H, L, P, 2)
-        weights = self.attention_weights(query).view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
-        ref = ref_boxes[:, :, None, None, None, :]
-        locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
-        out = ops.multi_scale_deformable_attention(v, spatial_shapes, level_start_index, locations, weights)
+        logits = self.attention_weights(query).view(B, Q, H, L, P)
+        # one fused op: box-relative sampling locations, softmax over (L, P) and the bilinear sampling
+        # (CUDA or Triton kernels on GPU, the PyTorch reference on CPU)
+        out = ops.multi_scale_deformable_attention_fused(
+            v, spatial_shapes, level_start_index, ref_boxes[:, :, None], offsets, logits
+        )
         return self.output_proj(out)
