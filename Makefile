@@ -23,4 +23,4 @@ lint: setup
 	$(BIN)/ruff check rfkp trainer tests benchmarks
 
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ from rfkp.variants import nano
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
+
+
+DEFAULT_WEIGHTS = "rfkp_small_mouse.pt"
+
+
+def default_weights_path() -> Path | None:
+    """The bundled default checkpoint, or None when the package ships without it."""
+    path = Path(str(resources.files("rfkp") / "assets" / DEFAULT_WEIGHTS))
+    return path if path.is_file() else None
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -67,8 +77,12 @@ class RFDETRKeypoint:
 
     @classmethod
     def default(cls, device: str | torch.device | None = None) -> RFDETRKeypoint:
-        """The project's default model. No trained checkpoint ships yet: this is a seeded, randomly initialised
-        `nano` model (its detections are meaningless; `is_random_init` is True)."""
+        """The project's default model: the bundled checkpoint trained on the mirror-mouse data (two classes,
+        side and bottom view, 7 keypoints each; see `rfkp/assets/README.md`). Without it (a trimmed install),
+        a seeded, randomly initialised `nano` model whose detections are meaningless (`is_random_init`)."""
+        path = default_weights_path()
+        if path is not None:
+            return cls.from_checkpoint(path, device)
         return cls.from_config(nano(), device)
 
     def save_checkpoint(self, path: str | Path) -> None:

@@ -31,14 +31,18 @@ class PreparedWeights:
 
 def prepare_weights(weights: Path | str | None, run_dir: Path) -> PreparedWeights:
     """Read ``weights`` (rfkp or peer checkpoint) for its configuration; with None, write the project's
-    default model (``RFDETRKeypoint.default()``, random-initialised until a trained one ships) to
-    ``run_dir/weights/`` so every server process loads the very same tensors."""
+    default model: the bundled trained checkpoint, or (when the package ships without it) the random-initialised
+    stand-in written to ``run_dir/weights/`` so every server process loads the very same tensors."""
     if weights is not None:
         path = Path(weights).resolve()
         config, _ = load_config_and_state(path)
         return PreparedWeights(path, config, random_init=False)
-    from rfkp.api import RFDETRKeypoint
+    from rfkp.api import RFDETRKeypoint, default_weights_path
 
+    bundled = default_weights_path()
+    if bundled is not None:
+        config, _ = load_config_and_state(bundled)
+        return PreparedWeights(bundled, config, random_init=False)
     model = RFDETRKeypoint.default(device="cpu")
     path = run_dir / "weights" / "default.pth"
     model.save_checkpoint(path)
