@@ -82,7 +82,10 @@ def library_sources(root: Path | None = None) -> list[Path]:
 
 
 def _all_source_text(root: Path) -> bytes:
-    files = sorted(p for p in root.rglob("*") if p.suffix in {".cu", ".cuh", ".h"})
+    """Every source the library is built from (capi/ and kernels/; the TensorRT plugins are not part of it)."""
+    files = sorted(
+        p for d in ("capi", "kernels") for p in (root / d).rglob("*") if p.suffix in {".cu", ".cuh", ".h"}
+    )
     return b"".join(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() for p in files)
 
 
