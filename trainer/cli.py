@@ -21,6 +21,7 @@ from trainer.evaluation.plots import reliability_plot
 from trainer.evaluation.predict import predict_rows
 from trainer.evaluation.report import format_report, report_to_dict
 from trainer.evaluation.sigmas import DEFAULT_SIGMA
+from trainer.jsonfile import load_json, load_sigmas
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -70,30 +71,17 @@ def _predict_rows(
     )
 
 
-def _load_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path.name}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        ) from err
-
-
 def eval_main(args: argparse.Namespace) -> int:
     """Run the evaluation and print the report. Returns 0, or 1 with a message on stderr for bad input."""
     try:
         coco = load_coco_json(args.data)
         schema = infer_schema(coco, args.data.name)
         validate_coco(coco, schema, args.data.name)
-        sigmas = _load_json(args.sigmas, "sigmas") if args.sigmas else None
-        if sigmas is not None and not isinstance(sigmas, dict):
-            raise ValueError(f"{args.sigmas.name}: expected a JSON object {{category: sigma(s)}}")
+        sigmas = load_sigmas(args.sigmas)
         if args.weights is not None:
             rows = _predict_rows(args, coco, schema)
         else:
-            rows = _load_json(args.detections, "detections")
+            rows = load_json(args.detections, "detections")
             if not isinstance(rows, list):
                 raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
         report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)

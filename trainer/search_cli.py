@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.jsonfile import load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
 
 # (flag, attribute, search space axis, help) of the options that set an axis of the space
@@ -87,22 +88,6 @@ def select_choices(
     return [grid[i] for i in sorted(keep)]
 
 
-def _load_sigmas(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise FileNotFoundError(f"sigmas file not found: {path}")
-    try:
-        sigmas = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path.name}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        ) from err
-    if not isinstance(sigmas, dict):
-        raise ValueError(f"{path.name}: expected a JSON object {{category: sigma(s)}}")
-    return sigmas
-
-
 def format_front(front: list[Any]) -> str:
     """A text table of Pareto-front results, fastest first."""
     head = f"{'res':>5} {'patch':>5} {'win':>4} {'dec':>4} {'queries':>7} {'AP':>7} {'AP50':>7}"
@@ -132,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     for what, path in (("annotation", args.data), ("image folder", args.images)):
         if not path.exists():
             raise FileNotFoundError(f"{what} not found: {path}")
-    sigmas = _load_sigmas(args.sigmas)
+    sigmas = load_sigmas(args.sigmas)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
     space = SearchSpace.for_config(model.config).override(**axes)
     space.check_model(model.config)

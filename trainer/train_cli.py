@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.errors import CocoFormatError
+from trainer.jsonfile import load_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
                                       side_tokens=side_tokens)
         if val_set.schema.num_keypoints_per_class != train_set.schema.num_keypoints_per_class:
             raise ValueError(f"{args.val.name} and {args.data.name} describe different skeletons")
-    sigmas = _json_arg(args.sigmas.read_text(encoding="utf-8"), "--sigmas") if args.sigmas else None
+    sigmas = load_sigmas(args.sigmas)  # checked before training, not at the first validation
 
     if args.init is not None:
         base = architecture_of(args.init)

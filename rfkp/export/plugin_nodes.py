@@ -161,16 +161,11 @@ class PluginDeformableAttention(nn.Module):
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
         """query (B, Q, C), ref_boxes (B, Q, 4) cxcywh normalised, value (B, S, C) -> (B, Q, C)."""
-        a = self.attention
-        B, Q, _ = query.shape
-        H, L, P = a.heads, a.levels, a.points
-        v = a.value_proj(value).view(B, value.shape[1], H, a.dim // H)
-        offsets = a.sampling_offsets(query).view(B, Q, H, L, P, 2)
-        logits = a.attention_weights(query).view(B, Q, H, L, P)
+        v, offsets, logits = self.attention.sampling_inputs(query, value)
         out = MSDeformAttnNode.apply(
             v, spatial_shapes, level_start_index, ref_boxes[:, :, None, :], offsets, logits
         )
-        return a.output_proj(out)
+        return self.attention.output_proj(out)
 
 
 def use_plugin_attention(network: nn.Module) -> int:

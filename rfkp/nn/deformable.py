@@ -24,6 +24,17 @@ class DeformableAttention(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
 
+    def sampling_inputs(
+        self, query: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused op's inputs: value (B, S, H, D), raw offsets (B, Q, H, L, P, 2), raw logits (B, Q, H, L, P)."""
+        B, Q, _ = query.shape
+        H, L, P = self.heads, self.levels, self.points
+        v = self.value_proj(value).view(B, value.shape[1], H, self.dim // H)
+        offsets = self.sampling_offsets(query).view(B, Q, H, L, P, 2)
+        logits = self.attention_weights(query).view(B, Q, H, L, P)
+        return v, offsets, logits
+
     def forward(
         self,
         query: torch.Tensor,
@@ -33,11 +44,7 @@ class DeformableAttention(nn.Module):
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
         """query (B, Q, C), ref_boxes (B, Q, 4) cxcywh normalised, value (B, S, C) -> (B, Q, C)."""
-        B, Q, _ = query.shape
-        H, L, P = self.heads, self.levels, self.points
-        v = self.value_proj(value).view(B, value.shape[1], H, self.dim // H)
-        offsets = self.sampling_offsets(query).view(B, Q, H, L, P, 2)
-        logits = self.attention_weights(query).view(B, Q, H, L, P)
+        v, offsets, logits = self.sampling_inputs(query, value)
         # one fused op: box-relative sampling locations, softmax over (L, P) and the bilinear sampling
         # (CUDA or Triton kernels on GPU, the PyTorch reference on CPU)
         out = ops.multi_scale_deformable_attention_fused(

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rfkp import RFDETRKeypoint
-from rfkp.detections import KeypointDetections
 from rfkp.export import INPUT_NAME, OUTPUT_NAMES
+from rfkp.export.compare import in_input_pixels, match_rows  # noqa: F401 - used by the tests
 from rfkp.variants import tiny
 
 COORD_TOL = 1e-3  # pixels
@@ -52,36 +52,6 @@ def as_numpy(outputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
 
 def image_rows(out: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     return {name: value[i] for name, value in out.items()}
-
-
-def in_input_pixels(dets: KeypointDetections, resolution: int) -> dict[str, np.ndarray]:
-    """A `predict()` result mapped from source pixels to the pixels of the R x R network input."""
-    h, w = dets.image_size
-    s = np.array([resolution / w, resolution / h], dtype=np.float64)
-    return {
-        "scores": dets.score.astype(np.float64),
-        "labels": dets.class_id,
-        "boxes": dets.xyxy * np.tile(s, 2),
-        "keypoints": dets.keypoints * s,
-        "covariances": dets.covariance * s[:, None] * s[None, :],
-        "findable": dets.findable,
-        "visible": dets.visible,
-    }
-
-
-def match_rows(ref: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> np.ndarray:
-    """Index of `out`'s row holding the same detection as each row of `ref` (same label, nearest box and
-    keypoints). Runtimes may order near-tied class probabilities differently; the detections must agree."""
-    cost = np.abs(ref["boxes"][:, None, :] - out["boxes"][None, :, :]).max(-1)
-    n_ref, n_out = len(ref["labels"]), len(out["labels"])
-    kp = np.abs(ref["keypoints"][:, None] - out["keypoints"][None]).reshape(n_ref, n_out, -1)
-    kp = np.where(np.isnan(kp), 0.0, kp).max(-1)
-    cost = np.maximum(cost, kp)
-    cost[ref["labels"][:, None] != out["labels"][None, :]] = np.inf
-    rows = cost.argmin(1)
-    assert np.isfinite(cost[np.arange(len(rows)), rows]).all(), "a detection has no counterpart of its class"
-    assert len(set(rows.tolist())) == len(rows), "two detections paired with the same row"
-    return rows
 
 
 def assert_same_detections(ref: dict[str, np.ndarray], out: dict[str, np.ndarray], *, ordered: bool) -> None:

@@ -77,8 +77,16 @@ class BatchCollator:
 
     def __call__(self, samples: Sequence[tuple[np.ndarray, ImageTargets]]) -> Batch:
         resolution = int(self.random.generator.choice(self.resolutions))
-        images = normalize_batch(
-            [to_tensor(image) for image, _ in samples], resolution, self.image_mean, self.image_std
-        )
-        targets = [normalize_targets(t, image.shape[0], image.shape[1]) for image, t in samples]
-        return Batch(images=images, targets=targets)
+        return collate_at(samples, resolution, self.image_mean, self.image_std)
+
+
+def collate_at(
+    samples: Sequence[tuple[np.ndarray, ImageTargets]],
+    resolution: int,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> Batch:
+    """Samples resized and normalised to one ``resolution x resolution`` batch, with normalised targets."""
+    images = normalize_batch([to_tensor(image) for image, _ in samples], resolution, image_mean, image_std)
+    targets = [normalize_targets(t, image.shape[0], image.shape[1]) for image, t in samples]
+    return Batch(images=images, targets=targets)

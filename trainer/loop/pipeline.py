@@ -20,10 +20,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from rfkp.io import to_tensor
-from rfkp.preprocess import normalize_batch
 from trainer.data.coco import CocoKeypointDataset
-from trainer.data.collate import Batch, normalize_targets
 from trainer.data.targets import ImageTargets
 from trainer.data.transforms import TrainAugment
 
@@ -94,10 +91,3 @@ def epoch_loader(
         persistent_workers=False,
     )
     return iter(loader)
-
-
-def to_batch(samples: Sequence[Sample], resolution: int, mean: Sequence[float], std: Sequence[float]) -> Batch:
-    """Resize and normalise samples to one ``resolution x resolution`` batch with normalised targets."""
-    images = normalize_batch([to_tensor(image) for image, _ in samples], resolution, mean, std)
-    targets = [normalize_targets(t, image.shape[0], image.shape[1]) for image, t in samples]
-    return Batch(images=images, targets=targets)

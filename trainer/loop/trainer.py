@@ -24,12 +24,13 @@ from rfkp.checkpoint import write_checkpoint
 from rfkp.config import ModelConfig
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from trainer.data.coco import CocoKeypointDataset
+from trainer.data.collate import collate_at
 from trainer.evaluation.coco_eval import KeypointEvaluation, evaluate_keypoints
 from trainer.evaluation.predict import predict_rows
 from trainer.loop.checkpoints import load_train_state, save_train_state
 from trainer.loop.ema import ModelEMA
 from trainer.loop.optim import OptimizerSettings, build_optimizer
-from trainer.loop.pipeline import draw_generator, epoch_batches, epoch_loader, to_batch
+from trainer.loop.pipeline import draw_generator, epoch_batches, epoch_loader
 from trainer.losses import LossWeights, SetCriterion
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class Trainer:
         use_scaler = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.batches_per_epoch = len(epoch_batches(len(train_set), settings.batch_size, settings.seed, 0))
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{train_set.annotation_file.name} has no images to train on")
         updates = math.ceil(self.batches_per_epoch / settings.grad_accum)
         self.total_opt_steps = updates * settings.epochs
         # position
@@ -173,6 +176,7 @@ class Trainer:
         self.step = 0
         self.opt_step = 0
         self.best_ap = -math.inf
+        self.epoch_loss = (0.0, 0)  # (sum, count) of the current epoch's training losses
         self.history: list[dict[str, Any]] = []
         self._writer: Any = None
 
@@ -190,6 +194,7 @@ class Trainer:
             "step": self.step,
             "opt_step": self.opt_step,
             "best_ap": self.best_ap,
+            "epoch_loss": list(self.epoch_loss),
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
         }
@@ -206,6 +211,7 @@ class Trainer:
         self.step = int(state["step"])
         self.opt_step = int(state["opt_step"])
         self.best_ap = float(state["best_ap"])
+        self.epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
 
@@ -229,7 +235,7 @@ class Trainer:
 
     def _forward_losses(self, samples: Sequence[Any], choice: StepChoice) -> dict[str, torch.Tensor]:
         cfg = self.network.cfg
-        batch = to_batch(samples, choice.resolution, cfg.image_mean, cfg.image_std)
+        batch = collate_at(samples, choice.resolution, cfg.image_mean, cfg.image_std)
         images = batch.images.to(self.device, non_blocking=True)
         targets = [
             {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in batch.targets
@@ -280,7 +286,6 @@ class Trainer:
         bar = self._progress(self.batches_per_epoch, self.batch_in_epoch)
         pending = 0
         sums: dict[str, float] = {}
-        self._epoch_loss = getattr(self, "_epoch_loss", [0.0, 0])
         for samples in loader:
             choice = self.choice_for_step(self.step)
             losses = self._forward_losses(samples, choice)
@@ -290,7 +295,7 @@ class Trainer:
             pending += 1
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            self._epoch_loss = [self._epoch_loss[0] + float(losses["loss"].detach()), self._epoch_loss[1] + 1]
+            self.epoch_loss = (self.epoch_loss[0] + float(losses["loss"].detach()), self.epoch_loss[1] + 1)
             last = self.batch_in_epoch == self.batches_per_epoch
             if pending < s.grad_accum and not last:
                 continue
@@ -316,10 +321,10 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         s = self.settings
-        total, count = getattr(self, "_epoch_loss", [0.0, 0])
+        total, count = self.epoch_loss
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "opt_step": self.opt_step,
                                   "train_loss": total / max(count, 1), "time": time.time()}
-        self._epoch_loss = [0.0, 0]
+        self.epoch_loss = (0.0, 0)
         self.epoch += 1
         self.batch_in_epoch = 0
         evaluate = self.val_set is not None and (self.epoch % s.eval_every == 0 or self.epoch == s.epochs)

@@ -1,4 +1,4 @@
-"""A small synthetic COCO keypoint dataset for learning tests: two classes with different K.
+"""A small synthetic COCO keypoint dataset for learning checks (CI and smoke tests): two classes with different K.
 
 - ``triangle`` (K=3): a filled red triangle; its vertices are the keypoints.
 - ``kite`` (K=5): a filled blue quadrilateral; its four corners and its centre are the keypoints.
@@ -92,3 +92,18 @@ def make_dataset(root: Path, name: str, num_images: int, seed: int) -> Path:
     path = root / f"{name}.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
     return path
+
+
+#: ``rfkp train`` options of the CI learning check on this data (tests/trainer/test_learning.py and
+#: benchmarks/learning_synthetic.py run exactly these): the tiny variant at 128 px, 40 epochs on CPU.
+LEARNING_EPOCHS = 40
+LEARNING_OPTIONS = [
+    "--variant", "tiny", "--set", "resolution=128", "--epochs", str(LEARNING_EPOCHS), "--batch-size", "4",
+    "--lr", "4e-4", "--lr-backbone", "4e-4", "--warmup-steps", "20", "--ema-tau", "20",
+    "--eval-every", str(LEARNING_EPOCHS), "--no-progress", "--no-tensorboard",
+]  # fmt: skip
+
+
+def learning_check_data(root: Path) -> tuple[Path, Path]:
+    """The training (64 images) and validation (16 images) files of the learning check, written under root."""
+    return make_dataset(root, "train", 64, seed=0), make_dataset(root, "val", 16, seed=1)

@@ -1,0 +1,56 @@
+"""`rfkp train` on bad input: a precise message and exit status 1 before any training step."""
+
+from __future__ import annotations
+
+import pytest
+
+from rfkp.cli.main import main
+from trainer.data.synthetic import make_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("train_cli")
+    return root, make_dataset(root, "train", 4, seed=0)
+
+
+def _train(root, train_json, *extra: str) -> list[str]:
+    return ["train", "--data", str(train_json), "--images", str(root / "images"), "--out", str(root / "run"),
+            "--variant", "tiny", "--set", "resolution=64", "--epochs", "1", "--no-progress", "--no-tensorboard",
+            *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sigmas", "missing.json"], "sigmas file not found"),
+        (["--set", "no_such_field=1"], "unknown model config keys: ['no_such_field']"),
+        (["--set", "resolution"], "--set expects KEY=VALUE"),
+        (["--flip-pairs", "{not json"], "--flip-pairs: not valid JSON"),
+        (["--side-tokens", "LH-RH"], "--side-tokens: expected LEFT:RIGHT"),
+        (["--variant", "huge"], "unknown variant 'huge'"),
+        (["--resolutions", "70"], "resolution 70 is not a positive multiple"),
+        (["--resume"], "no training state to resume from"),
+        (["--val", "missing_val.json"], "not found"),
+    ],
+)
+def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message: str) -> None:
+    root, train_json = data
+    assert main(_train(root, train_json, *extra)) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_sigmas_that_are_not_an_object_are_refused_before_training(data, capsys, tmp_path) -> None:
+    root, train_json = data
+    sigmas = tmp_path / "sigmas.json"
+    sigmas.write_text("[0.05, 0.05]")
+    assert main(_train(root, train_json, "--sigmas", str(sigmas))) == 1
+    assert "expected a JSON object" in capsys.readouterr().err
+    assert not (root / "run" / "metrics.jsonl").exists()
+
+
+def test_one_step_run_writes_a_loadable_checkpoint(data, capsys) -> None:
+    root, train_json = data
+    assert main(_train(root, train_json, "--max-steps", "1")) == 0
+    assert "run directory" in capsys.readouterr().out
+    assert (root / "run" / "checkpoint.pt").is_file()
