@@ -56,6 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt.add_argument("--ema-tau", type=float, default=100.0, help="EMA decay warm-up in optimiser steps")
     opt.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                      help="autocast dtype (auto: bf16/fp16 on GPU, off on CPU)")
+    opt.add_argument("--loss-weight", action="append", default=[], metavar="TERM=VALUE",
+                     help="weight of one loss term (ce, bbox, giou, kp_l1, kp_findable, kp_visible, kp_nll), "
+                          "e.g. --loss-weight kp_l1=5")
     opt.add_argument("--resolutions", help="multi-scale training sides, e.g. 320,352,384 (default: the model's)")
     nas = p.add_argument_group("weight-sharing NAS (every step samples a sub-architecture)")
     nas.add_argument("--nas", action="store_true", help="sample from the default space of the model (or below)")
@@ -109,6 +112,26 @@ def _overrides(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _loss_weights(items: list[str]) -> Any:
+    from dataclasses import fields, replace
+
+    from trainer.losses import LossWeights
+
+    names = [f.name for f in fields(LossWeights)]
+    values: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"--loss-weight expects TERM=VALUE with TERM one of {names}, got {item!r}")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--loss-weight {key}: {value!r} is not a number") from None
+        if values[key] < 0:
+            raise ValueError(f"--loss-weight {key}: must be >= 0, got {value}")
+    return replace(LossWeights(), **values)
 
 
 def _nas_space(args: argparse.Namespace, cfg: Any) -> Any:
@@ -172,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
         amp=args.amp,
         resolutions=list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None,
         nas_full_fraction=args.nas_full_fraction,
+        loss_weights=_loss_weights(args.loss_weight),
         eval_every=args.eval_every,
         seed=args.seed,
         num_workers=args.workers,

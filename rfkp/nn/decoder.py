@@ -5,11 +5,11 @@ into the keypoint projector around the instance box, FFN)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rfkp.nn.deformable import DeformableAttention
 from rfkp.nn.layers import MLP, sine_embed_boxes
+from rfkp.nn.linear import Linear
 
 
 def keypoint_class_mask(num_keypoints_per_class: list[int]) -> torch.Tensor:
@@ -38,8 +38,8 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = DeformableAttention(dim, ca_heads, levels, points)
         self.norm2 = nn.LayerNorm(dim)
-        self.linear1 = nn.Linear(dim, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.linear1 = Linear(dim, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, dim)
         self.norm3 = nn.LayerNorm(dim)
         # keypoint stream
         self.kp_inst_self_attn = nn.MultiheadAttention(dim, sa_heads, batch_first=True)
@@ -48,8 +48,8 @@ class DecoderLayer(nn.Module):
         self.kp_norm = nn.LayerNorm(dim)
         self.kp_cross_attn = DeformableAttention(dim, ca_heads, levels, points)
         self.kp_cross_attn_norm = nn.LayerNorm(dim)
-        self.kp_linear1 = nn.Linear(dim, 4 * dim)
-        self.kp_linear3 = nn.Linear(4 * dim, dim)
+        self.kp_linear1 = Linear(dim, 4 * dim)
+        self.kp_linear3 = Linear(4 * dim, dim)
         self.kp_norm5 = nn.LayerNorm(dim)
 
     def forward(
@@ -79,7 +79,7 @@ class DecoderLayer(nn.Module):
             sa = self.self_attn(q, q, tgt, need_weights=False)[0]
         tgt = self.norm1(tgt + sa)
         tgt = self.norm2(tgt + self.cross_attn(tgt + query_pos, ref_boxes, memory, spatial_shapes, level_start_index))
-        tgt = self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        tgt = self.norm3(tgt + self.linear2(self.linear1(tgt, "relu")))
 
         K = kp.shape[2]
         tokens = torch.cat([tgt.unsqueeze(2), kp], dim=2).reshape(B * Q, 1 + K, C)
@@ -94,7 +94,7 @@ class DecoderLayer(nn.Module):
         kref = ref_boxes.unsqueeze(2).expand(B, Q, K, 4).reshape(B, Q * K, 4)
         ca = self.kp_cross_attn(kq, kref, kp_memory, spatial_shapes, level_start_index)
         kp = self.kp_cross_attn_norm(kp + ca.reshape(B, Q, K, C))
-        kp = self.kp_norm5(kp + self.kp_linear3(F.relu(self.kp_linear1(kp))))
+        kp = self.kp_norm5(kp + self.kp_linear3(self.kp_linear1(kp, "relu")))
         return tgt, kp
 
 

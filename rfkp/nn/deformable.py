@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from rfkp import ops
+from rfkp.nn.linear import Linear
 
 
 class DeformableAttention(nn.Module):
@@ -19,10 +20,10 @@ class DeformableAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"dim {dim} not divisible by {heads} heads")
         self.dim, self.heads, self.levels, self.points = dim, heads, levels, points
-        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
-        self.attention_weights = nn.Linear(dim, heads * levels * points)
-        self.value_proj = nn.Linear(dim, dim)
-        self.output_proj = nn.Linear(dim, dim)
+        self.sampling_offsets = Linear(dim, heads * levels * points * 2)
+        self.attention_weights = Linear(dim, heads * levels * points)
+        self.value_proj = Linear(dim, dim)
+        self.output_proj = Linear(dim, dim)
 
     def sampling_inputs(
         self, query: torch.Tensor, value: torch.Tensor

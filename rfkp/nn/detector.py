@@ -11,6 +11,7 @@ from rfkp.config import ModelConfig
 from rfkp.nn.decoder import Decoder
 from rfkp.nn.keypoint_queries import KeypointQueryInit
 from rfkp.nn.layers import MLP, apply_box_delta, decode_keypoint_delta
+from rfkp.nn.linear import Linear
 from rfkp.nn.projector import Projector
 from rfkp.nn.two_stage import TwoStage
 from rfkp.nn.vit import WindowedViT
@@ -78,7 +79,7 @@ class KeypointDETR(nn.Module):
             points=cfg.ca_points,
             dim_feedforward=cfg.dim_feedforward,
         )
-        self.class_embed = nn.Linear(d, cfg.num_classes)
+        self.class_embed = Linear(d, cfg.num_classes)
         self.bbox_embed = MLP(d, d, 4, 3)
         self.keypoint_embed = MLP(d, d, 8, 3)
         self.refpoint_embed = nn.Embedding(cfg.num_queries * cfg.group_detr, 4)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfkp.nn.linear import Linear
+
 
 class KeypointQueryInit(nn.Module):
     """out = proj(LN(q) * (1 + scale) + shift) * gate + q, with (scale, shift, gate) = MLP(instance feature).
@@ -16,10 +18,10 @@ class KeypointQueryInit(nn.Module):
     def __init__(self, dim: int, num_keypoints: int) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_keypoints, dim))
-        self.adaLN_modulation = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 3 * dim))
+        self.adaLN_modulation = nn.Sequential(Linear(dim, dim), nn.GELU(), Linear(dim, 3 * dim))
         nn.init.zeros_(self.adaLN_modulation[2].weight)
         nn.init.zeros_(self.adaLN_modulation[2].bias)
-        self.out_proj = nn.Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, instance: torch.Tensor) -> torch.Tensor:
         """instance (..., C) -> keypoint queries (..., K, C)."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from rfkp.nn.layers import MLP, apply_box_delta
+from rfkp.nn.linear import Linear
 
 
 def grid_proposals(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,9 +32,9 @@ class TwoStage(nn.Module):
 
     def __init__(self, *, dim: int, num_classes: int, groups: int) -> None:
         super().__init__()
-        self.enc_output = nn.ModuleList(nn.Linear(dim, dim) for _ in range(groups))
+        self.enc_output = nn.ModuleList(Linear(dim, dim) for _ in range(groups))
         self.enc_output_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(groups))
-        self.enc_out_class_embed = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(groups))
+        self.enc_out_class_embed = nn.ModuleList(Linear(dim, num_classes) for _ in range(groups))
         self.enc_out_bbox_embed = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(groups))
 
     def forward(

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfkp.nn.linear import Linear
 from rfkp.nn.patch_embed import ResizablePatchEmbed
 
 
@@ -21,8 +22,8 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -42,9 +43,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential()
-        self.mlp.fc1 = nn.Linear(dim, hidden)
+        self.mlp.fc1 = Linear(dim, hidden)
         self.mlp.act = nn.GELU()
-        self.mlp.fc2 = nn.Linear(hidden, dim)
+        self.mlp.fc2 = Linear(hidden, dim)
         self.ls2 = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, num_windows_sq: int, global_attn: bool) -> torch.Tensor:
@@ -55,7 +56,7 @@ class Block(nn.Module):
         else:
             a = self.attn(h)
         x = x + a * self.ls1
-        return x + self.mlp(self.norm2(x)) * self.ls2
+        return x + self.mlp.fc2(self.mlp.fc1(self.norm2(x), "gelu")) * self.ls2
 
 
 class WindowedViT(nn.Module):

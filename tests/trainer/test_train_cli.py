@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rfkp.cli.main import main
@@ -32,6 +34,9 @@ def _train(root, train_json, *extra: str) -> list[str]:
         (["--resolutions", "70"], "resolution 70 is not a positive multiple"),
         (["--resume"], "no training state to resume from"),
         (["--val", "missing_val.json"], "not found"),
+        (["--loss-weight", "kp=2"], "--loss-weight expects TERM=VALUE with TERM one of"),
+        (["--loss-weight", "kp_l1=much"], "--loss-weight kp_l1: 'much' is not a number"),
+        (["--loss-weight", "kp_nll=-1"], "--loss-weight kp_nll: must be >= 0"),
     ],
 )
 def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message: str) -> None:
@@ -51,6 +56,8 @@ def test_sigmas_that_are_not_an_object_are_refused_before_training(data, capsys,
 
 def test_one_step_run_writes_a_loadable_checkpoint(data, capsys) -> None:
     root, train_json = data
-    assert main(_train(root, train_json, "--max-steps", "1")) == 0
+    assert main(_train(root, train_json, "--max-steps", "1", "--loss-weight", "kp_l1=5")) == 0
     assert "run directory" in capsys.readouterr().out
     assert (root / "run" / "checkpoint.pt").is_file()
+    settings = json.loads((root / "run" / "train_settings.json").read_text())
+    assert settings["loss_weights"]["kp_l1"] == 5.0
