@@ -85,8 +85,15 @@ class RFDETRKeypoint:
             return cls.from_checkpoint(path, device)
         return cls.from_config(nano(), device)
 
-    def save_checkpoint(self, path: str | Path) -> None:
-        write_checkpoint(path, self.config, self.network.state_dict())
+    def save_checkpoint(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write rfkp's checkpoint format; `dtype` (e.g. torch.float16 to halve the file) casts the floating
+        tensors. Loading always computes in float32."""
+        state = self.network.state_dict()
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise ValueError(f"dtype must be a floating type, got {dtype}")
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        write_checkpoint(path, self.config, state)
 
     @property
     def config(self) -> ModelConfig:

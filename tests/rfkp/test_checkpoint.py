@@ -38,6 +38,22 @@ def test_round_trip_is_exact(two_skeleton_model: RFDETRKeypoint, tmp_path: Path)
     assert not loaded.is_random_init
 
 
+def test_half_precision_checkpoint(two_skeleton_model: RFDETRKeypoint, tmp_path: Path) -> None:
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    two_skeleton_model.save_checkpoint(full)
+    two_skeleton_model.save_checkpoint(half, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    stored = read_checkpoint(half)["model"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    loaded = RFDETRKeypoint.from_checkpoint(half, device="cpu")
+    for key, value in two_skeleton_model.network.state_dict().items():
+        got = loaded.network.state_dict()[key]
+        expected = value.half().to(value.dtype) if value.is_floating_point() else value
+        assert got.dtype == value.dtype and torch.equal(got, expected), key
+    with pytest.raises(ValueError, match="floating type"):
+        two_skeleton_model.save_checkpoint(half, dtype=torch.int8)
+
+
 def test_padded_keypoint_layout(two_skeleton_model: RFDETRKeypoint) -> None:
     out = two_skeleton_model.forward_raw(torch.randn(1, 3, 256, 256))
     kps = out["pred_keypoints"].reshape(1, 20, 2, 7, 8)
