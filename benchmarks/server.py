@@ -9,7 +9,7 @@ twice, with dynamic batching on and off, and also times in-process ``predict()``
 give the latency the server adds. Usage:
     python benchmarks/server.py [--variant nano|tiny|... | --weights CKPT] [--image IMG]
         [--cameras 8] [--fps 0] [--duration 20 | --requests N] [--batching both|on|off]
-        [--url HOST:PORT] [--device cpu] [--out benchmarks/results/server_cpu.json]
+        [--url HOST:PORT] [--device cpu] [--runtime auto|torch|onnxruntime] [--out benchmarks/results/server_cpu.json]
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def served_run(args: argparse.Namespace, weights: Path, frame: bytes, batching: 
         batching=BatchingOptions(enabled=batching, max_batch_size=args.max_batch_size,
                                  preferred_batch_sizes=(), max_queue_delay_us=args.max_queue_delay_us),
         num_threads=args.threads,
+        runtime=args.runtime,
     )
     server, _ = launch(weights, options=options, run_dir=folder / ("on" if batching else "off"),
                        grpc_port=0, http_port=0, metrics_port=0)
@@ -183,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-us", type=int, default=5000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="network runtime of the served model on CPU, as rfkp serve --runtime (default auto)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of the served network and of in-process predict (0: torch default)")
+                   help="threads of the served network (torch or ONNX Runtime) and of in-process predict (0: default)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", help="write the JSON result here")
     args = p.parse_args(argv)

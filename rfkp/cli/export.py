@@ -1,8 +1,12 @@
-"""`rfkp export --format onnx|engine|triton --out F`: the network with its post-processing as one graph.
+"""`rfkp export --format onnx|engine|triton [--outputs detections|raw] --out F`: the network with its
+post-processing as one graph (detections, default), or the network alone with its raw outputs (raw: what
+`rfkp_model` of the served `rfkp` ensemble produces).
 
 onnx: an ONNX graph (portable; --plugins for the TensorRT plugin nodes). engine: a TensorRT engine (plugin
 flavour; needs the `tensorrt` package and the plugin library). triton: a `tensorrt_plan` model folder
-(config.pbtxt, the plugin graph as model.onnx, and 1/model.plan when an engine is built or given).
+(config.pbtxt, the plugin graph as model.onnx, and 1/model.plan when an engine is built or given): with
+detections a standalone model, with raw the `rfkp_model` entry of the ensemble (the folder must be named
+rfkp_model; `rfkp serve --engine 1/model.plan` renders the same config).
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format", choices=("onnx", "engine", "triton"), default="onnx", help="what to write (default onnx)"
     )
     p.add_argument("--out", required=True, help="output file (onnx, engine) or model folder (triton)")
+    p.add_argument(
+        "--outputs", choices=("detections", "raw"), default="detections",
+        help="detections: final detections, post-processing in the graph (default); raw: the network's raw "
+             "outputs pred_logits, pred_boxes, pred_keypoints, for the served ensemble (rfkp serve)",
+    )  # fmt: skip
     p.add_argument("--resolution", type=int, help="input side R (default: the model's)")
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
@@ -32,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-queries", type=int, help="queries to decode (NAS knob)")
     p.add_argument("--patch-size", type=int, help="patch size (NAS knob)")
     p.add_argument("--num-windows", type=int, help="windows per side (NAS knob)")
-    p.add_argument("--num-select", type=int, default=100, help="output rows N (default 100)")
+    p.add_argument("--num-select", type=int, help="detections: output rows N (default 100)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
         "--fp32", action="store_true", help="engine: FP32 only (default: FP16 network, FP32 post-processing)"
@@ -63,9 +72,31 @@ def _onnx_path(args: argparse.Namespace, out: Path) -> Path:
     return out / "model.onnx" if args.format == "triton" else out.with_suffix(".onnx")
 
 
+def _check_raw_args(args: argparse.Namespace, out: Path) -> None:
+    """Arguments that make no sense for the raw outputs, or for the ensemble's rfkp_model entry."""
+    if args.outputs != "raw":
+        return
+    if args.num_select is not None:
+        raise ValueError("--num-select selects detection rows: the raw outputs have one row per query")
+    if args.format == "triton":
+        from rfkp.serving import protocol as P
+
+        if not args.dynamic_batch:
+            raise ValueError(
+                "--format triton --outputs raw writes rfkp_model of the rfkp ensemble, which batches: "
+                "pass --dynamic-batch MAX (at least the ensemble's max batch size)"
+            )
+        if out.resolve().name != P.NETWORK:
+            raise ValueError(
+                f"--format triton --outputs raw writes the ensemble's {P.NETWORK} entry: --out must be a folder "
+                f"named {P.NETWORK}, got {out}"
+            )
+
+
 def main(args: argparse.Namespace) -> int:
     from rfkp.export import engine as trt_engine
 
+    _check_raw_args(args, Path(args.out))
     if args.format == "engine" and not trt_engine.tensorrt_available():
         message = f"the 'tensorrt' Python package is not installed.\n{trt_engine.INSTALL_HINT}"
         print(f"rfkp export: error: {message}", file=sys.stderr)
@@ -87,13 +118,15 @@ def main(args: argparse.Namespace) -> int:
     plugins = args.plugins or args.format != "onnx"  # engines and Triton entries use the plugin flavour
     detector = ExportedDetector(
         model, resolution=args.resolution, dec_layers=args.dec_layers, num_queries=args.num_queries,
-        num_select=args.num_select, patch_size=args.patch_size, num_windows=args.num_windows, plugins=plugins,
+        num_select=100 if args.num_select is None else args.num_select, patch_size=args.patch_size,
+        num_windows=args.num_windows, plugins=plugins, outputs=args.outputs,
     )  # fmt: skip
     onnx_path = export_onnx(
         detector, _onnx_path(args, out), batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset
     )
     flavour = "plugins" if plugins else "portable"
-    print(f"wrote {onnx_path} ({flavour}, {detector.resolution} px, {detector.num_select} rows)")
+    rows = f"{detector.num_queries} queries, raw outputs" if args.outputs == "raw" else f"{detector.num_select} rows"
+    print(f"wrote {onnx_path} ({flavour}, {detector.resolution} px, {rows})")
     if args.format == "onnx":
         return 0
 
@@ -115,6 +148,9 @@ def main(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {built}")
     if args.format == "engine":
+        if args.outputs == "raw":
+            print(f"serve it in the rfkp ensemble: rfkp serve --engine {built} --server system (a tritonserver "
+                  "with the TensorRT backend and the rfkp plugin library loaded)")  # fmt: skip
         return 0
 
     from rfkp.export.triton_entry import TritonEntryOptions, write_model_entry
@@ -126,11 +162,11 @@ def main(args: argparse.Namespace) -> int:
     )  # fmt: skip
     config = write_model_entry(
         out, config=detector.config, resolution=detector.resolution, num_select=detector.num_select,
-        options=options, engine=args.engine,
+        options=options, engine=args.engine, outputs=args.outputs, num_queries=detector.num_queries,
     )  # fmt: skip
     print(f"wrote {config}")
     if built is None and not args.engine:
         plan = out / "1" / "model.plan"
         print(f"no engine yet ('tensorrt' is not installed here): build one on the serving GPU from "
-              f"{onnx_path} (rfkp export --format engine) and place it at {plan}")  # fmt: skip
+              f"{onnx_path} (rfkp export --format engine --outputs {args.outputs}) and place it at {plan}")  # fmt: skip
     return 0

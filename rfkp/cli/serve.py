@@ -3,6 +3,10 @@
 The server is the one bundled in the `nvidia-pytriton` wheel (default) or a `tritonserver` on PATH
 (`--server system`, e.g. inside the NGC container). It listens on loopback unless `--host` says
 otherwise, prints its endpoints once ready, and stops cleanly on SIGINT / SIGTERM.
+
+On CPU the network runs on ONNX Runtime when it is installed (`--runtime auto`, the default; faster than
+PyTorch eager): the raw-output graph is exported once per weights file and resolution and cached
+($RFKP_CACHE_DIR/onnx, default ~/.cache/rfkp/onnx). `--runtime torch` serves the checkpoint on PyTorch.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request alone")
     p.add_argument("--threshold", type=float, default=0.5, help="default score threshold (default 0.5)")
     p.add_argument("--max-detections", type=int, default=100, help="output rows per image (default 100)")
-    p.add_argument("--num-threads", type=int, default=0, help="torch threads of the network (0: default)")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="CPU network runtime: onnxruntime (the checkpoint's raw ONNX export, exported once and "
+                        "cached), torch (eager), or auto: onnxruntime when installed, else torch (default auto; "
+                        "on cuda the network runs on torch, or --engine)")
+    p.add_argument("--num-threads", type=int, default=0,
+                   help="intra-op threads of the network, torch or ONNX Runtime (0: the runtime's default)")
     p.add_argument("--instances", type=int, default=1, help="network instances (default 1)")
     p.add_argument("--engine", help="TensorRT plan for rfkp_model (needs a tritonserver with TensorRT)")
     p.add_argument("--run-dir", help="folder for the rendered repository and logs (default: a temporary one)")
@@ -74,6 +83,7 @@ def options_from_args(args: argparse.Namespace) -> ServingOptions:
         num_threads=args.num_threads,
         model_instances=args.instances,
         engine=Path(args.engine) if args.engine else None,
+        runtime=args.runtime,
     )
 
 
@@ -101,13 +111,14 @@ def main(args: argparse.Namespace) -> int:
                 server=args.server,
                 ready_timeout=args.ready_timeout,
             )
-        except (ServerStartError, TritonNotFoundError) as exc:
+        except (ServerStartError, TritonNotFoundError, RuntimeError, OSError, ValueError) as exc:
             print(f"rfkp serve: error: {exc}", file=sys.stderr)
             return 1
         try:
             if weights.random_init:
                 print(f"WARNING: {RANDOM_INIT_WARNING}", flush=True)
             print(f"rfkp server ready ({server.installation.kind} tritonserver, pid {server.pid})", flush=True)
+            print(f"  network  {weights.runtime}", flush=True)
             print(f"  gRPC     {server.grpc_url}   (rfkp predict --url {server.grpc_url} IMAGE)", flush=True)
             print(f"  HTTP     http://{server.http_url}", flush=True)
             print(f"  metrics  {server.metrics_url}", flush=True)

@@ -1,4 +1,5 @@
-"""The exportable module: normalised pixels in, final fixed-shape detections out (post-processing inside)."""
+"""The exportable module: normalised pixels in, final fixed-shape detections out (post-processing inside), or
+the network's raw outputs (what the ``rfkp_model`` step of the served ensemble produces)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from rfkp.config import ModelConfig
 from rfkp.export.plugin_nodes import plugin_rescorer, use_plugin_attention
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from rfkp.postprocess import decode_detections
+from rfkp.serving.protocol import RAW_OUTPUTS
 
 INPUT_NAME = "PIXELS"
 OUTPUT_NAMES = ("scores", "labels", "boxes", "keypoints", "covariances", "findable", "visible")
+RAW_OUTPUT_NAMES = RAW_OUTPUTS  # pred_logits, pred_boxes, pred_keypoints: `RFDETRKeypoint.forward_raw`
+DETECTIONS, RAW = "detections", "raw"
+OUTPUT_KINDS = {DETECTIONS: OUTPUT_NAMES, RAW: RAW_OUTPUT_NAMES}
 _DECODED_KEYS = ("scores", "labels", "boxes", "keypoints", "covariance", "findable", "visible")
 
 
 class ExportedDetector(nn.Module):
     """`PIXELS (B, 3, R, R)` float32, ImageNet-normalised (as `RFDETRKeypoint.preprocess` makes them) ->
+    with ``outputs="detections"`` (default):
 
     - `scores (B, N)` rescored confidences in [0, 1),
     - `labels (B, N)` int64 class ids,
@@ -33,14 +39,23 @@ class ExportedDetector(nn.Module):
     K = max keypoints over classes, keypoint slots a row's class does not have (and all slots of classes
     without keypoints) NaN. Origin top-left, pixel centres at +0.5.
 
+    With ``outputs="raw"``: the network's raw outputs, exactly `RFDETRKeypoint.forward_raw` (names in
+    `RAW_OUTPUT_NAMES`, the tensors ``rfkp_model`` of the served ensemble emits; Q = `num_queries`):
+
+    - `pred_logits (B, Q, C)` class logits,
+    - `pred_boxes (B, Q, 4)` cxcywh normalised to [0, 1],
+    - `pred_keypoints (B, Q, C_kp * K, 8)` one block of K slots per keypointed class (see `KeypointDETR`).
+
     Args:
         model: an `RFDETRKeypoint` or its `KeypointDETR` network (the config travels with the network).
         resolution: R, a multiple of patch_size x num_windows (default: the model's).
         dec_layers, num_queries, patch_size, num_windows: weight-sharing sub-architecture knobs (default: the
             model's), exactly as `predict(**arch)` takes them.
-        num_select: N before the cap at queries x classes.
+        num_select: N before the cap at queries x classes (detections only).
         plugins: run deformable attention and rescoring through the plugin nodes of
-            `rfkp.export.plugin_nodes` (the network is copied; the given model is left untouched).
+            `rfkp.export.plugin_nodes` (the network is copied; the given model is left untouched). The raw
+            outputs have no rescoring: only the attention nodes.
+        outputs: "detections" (default) or "raw".
     """
 
     def __init__(
@@ -54,8 +69,12 @@ class ExportedDetector(nn.Module):
         patch_size: int | None = None,
         num_windows: int | None = None,
         plugins: bool = False,
+        outputs: str = DETECTIONS,
     ) -> None:
         super().__init__()
+        if outputs not in OUTPUT_KINDS:
+            raise ValueError(f"outputs must be one of {sorted(OUTPUT_KINDS)}, got {outputs!r}")
+        self.outputs = outputs
         network = model.network if isinstance(model, RFDETRKeypoint) else model
         if not isinstance(network, KeypointDETR):
             raise TypeError(f"expected an RFDETRKeypoint or a KeypointDETR, got {type(model).__name__}")
@@ -110,6 +129,11 @@ class ExportedDetector(nn.Module):
     def max_keypoints(self) -> int:
         return self.config.max_keypoints
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The names of the outputs, in the order `forward` returns them."""
+        return OUTPUT_KINDS[self.outputs]
+
     @torch.no_grad()
     def warm_caches(self) -> None:
         """Compute the resized patch kernel and the interpolated position grid for this resolution now, so a
@@ -120,12 +144,14 @@ class ExportedDetector(nn.Module):
         vit.patch_pos_embed(grid, grid)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """pixels (B, 3, R, R) -> the outputs named in `OUTPUT_NAMES`, in that order."""
+        """pixels (B, 3, R, R) -> the outputs named in `output_names`, in that order."""
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, self.resolution, self.resolution):
             raise ValueError(
                 f"expected pixels (B, 3, {self.resolution}, {self.resolution}), got {tuple(pixels.shape)}"
             )
         raw = self.network(pixels, self.arch, groups=1, with_aux=False)
+        if self.outputs == RAW:
+            return tuple(raw[name] for name in RAW_OUTPUT_NAMES)
         decoded = decode_detections(
             raw,
             self.image_size.expand(pixels.shape[0], 2),
@@ -138,6 +164,11 @@ class ExportedDetector(nn.Module):
 
     def output_shapes(self, batch: int | str = "B") -> dict[str, tuple[int | str, ...]]:
         """Output name -> shape for a batch size (an int, or a symbol)."""
-        n, k = self.num_select, self.max_keypoints
-        shapes = ((n,), (n,), (n, 4), (n, k, 2), (n, k, 2, 2), (n, k), (n, k))
-        return {name: (batch, *shape) for name, shape in zip(OUTPUT_NAMES, shapes)}
+        k = self.max_keypoints
+        if self.outputs == RAW:
+            q, cfg = self.num_queries, self.config
+            shapes = ((q, cfg.num_classes), (q, 4), (q, len(cfg.num_keypoints_per_class) * k, 8))
+        else:
+            n = self.num_select
+            shapes = ((n,), (n,), (n, 4), (n, k, 2), (n, k, 2, 2), (n, k), (n, k))
+        return {name: (batch, *shape) for name, shape in zip(self.output_names, shapes)}

@@ -1,4 +1,5 @@
-"""`export_onnx`: an `ExportedDetector` as an ONNX graph, portable or with the rfkp plugin nodes.
+"""`export_onnx`: an `ExportedDetector` as an ONNX graph, portable or with the rfkp plugin nodes, with the final
+detections or the network's raw outputs as outputs.
 
 The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) is used on purpose: it traces one forward
 pass with concrete values, so the network's shape-dependent Python (proposal grids, level sizes, window
@@ -19,7 +20,7 @@ import torch
 
 from rfkp.api import RFDETRKeypoint
 from rfkp.export import plugin_nodes
-from rfkp.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportedDetector
+from rfkp.export.graph import DETECTIONS, INPUT_NAME, RAW, ExportedDetector
 from rfkp.nn.detector import KeypointDETR
 from rfkp.ops.backend import forced_ops_backend
 from rfkp.serving.repository import metadata_parameters
@@ -34,6 +35,7 @@ META_FLAVOUR = "rfkp_flavour"
 META_RESOLUTION = "rfkp_resolution"
 META_INPUT = "rfkp_input"
 META_OUTPUTS = "rfkp_outputs"
+META_OUTPUT_KIND = "rfkp_output_kind"
 META_OUTPUT_SHAPES = "rfkp_output_shapes"
 META_ARCH = "rfkp_sub_architecture"
 META_BATCH = "rfkp_batch"
@@ -44,6 +46,12 @@ CONVENTIONS = (
     "outputs: rows in descending order of the class probability before rescoring, not thresholded; "
     "coordinates in input pixels (origin top-left, pixel centres at +0.5); covariances in input "
     "pixels^2; NaN in keypoint slots the class does not have"
+)
+RAW_CONVENTIONS = (
+    "input: ImageNet-normalised RGB float32 (B, 3, R, R), bilinear resize without antialias; "
+    "outputs: the network's raw outputs (RFDETRKeypoint.forward_raw): pred_logits (B, Q, C) class logits, "
+    "pred_boxes (B, Q, 4) cxcywh normalised to [0, 1], pred_keypoints (B, Q, C_kp * K, 8) = x, y normalised, "
+    "findable logit, visible logit, log_l11, l21, log_l22, class term; zeros in padding slots"
 )
 
 
@@ -65,7 +73,8 @@ def _metadata(
         META_FLAVOUR: flavour,
         META_RESOLUTION: str(detector.resolution),
         META_INPUT: INPUT_NAME,
-        META_OUTPUTS: json.dumps(list(OUTPUT_NAMES)),
+        META_OUTPUT_KIND: detector.outputs,
+        META_OUTPUTS: json.dumps(list(detector.output_names)),
         META_OUTPUT_SHAPES: json.dumps(detector.output_shapes(batch if batch is not None else BATCH_AXIS)),
         META_ARCH: json.dumps(
             {
@@ -73,11 +82,11 @@ def _metadata(
                 "num_windows": detector.num_windows,
                 "dec_layers": detector.arch.dec_layers or cfg.dec_layers,
                 "num_queries": detector.num_queries,
-                "num_select": detector.num_select,
+                **({"num_select": detector.num_select} if detector.outputs == DETECTIONS else {}),
             }
         ),
         META_BATCH: json.dumps({"batch": batch, "max_batch": max_batch}),
-        META_CONVENTIONS: CONVENTIONS,
+        META_CONVENTIONS: RAW_CONVENTIONS if detector.outputs == RAW else CONVENTIONS,
     }
     if flavour == PLUGINS:
         meta[META_PLUGINS] = json.dumps(
@@ -127,9 +136,11 @@ def export_onnx(
     num_select: int = 100,
     patch_size: int | None = None,
     num_windows: int | None = None,
+    outputs: str | None = None,
     check: bool = True,
 ) -> Path:
-    """Write the model with its post-processing as one ONNX graph (`ExportedDetector`'s inputs and outputs).
+    """Write the model with its post-processing as one ONNX graph (`ExportedDetector`'s inputs and outputs),
+    or with ``outputs="raw"`` the network alone (outputs ``pred_logits``, ``pred_boxes``, ``pred_keypoints``).
 
     Args:
         model: a model (the knobs below build the `ExportedDetector`) or a ready `ExportedDetector` (then the
@@ -139,6 +150,7 @@ def export_onnx(
             engine optimisation profiles and serving configs.
         plugins: False (default): standard ONNX ops only (GridSample samples the deformable attention).
             True: deformable attention and rescoring as ``rfkp`` domain nodes for the TensorRT plugins.
+        outputs: "detections" (default) or "raw" (`ExportedDetector`).
         check: run ``onnx.checker.check_model(full_check=True)`` on the result.
 
     Returns:
@@ -148,13 +160,19 @@ def export_onnx(
 
     if isinstance(model, ExportedDetector):
         knobs = (resolution, dec_layers, num_queries, patch_size, num_windows)
-        if any(k is not None for k in knobs) or num_select != 100 or plugins not in (None, model.plugins):
+        if (
+            any(k is not None for k in knobs)
+            or num_select != 100
+            or plugins not in (None, model.plugins)
+            or outputs not in (None, model.outputs)
+        ):
             raise ValueError("pass the knobs to ExportedDetector, not to export_onnx, when giving a detector")
         detector = model
     else:
         detector = ExportedDetector(
             model, resolution=resolution, dec_layers=dec_layers, num_queries=num_queries,
             num_select=num_select, patch_size=patch_size, num_windows=num_windows, plugins=bool(plugins),
+            outputs=outputs or DETECTIONS,
         )  # fmt: skip
     if dynamic_batch is not None and dynamic_batch < 1:
         raise ValueError(f"dynamic_batch must be >= 1, got {dynamic_batch}")
@@ -164,9 +182,10 @@ def export_onnx(
     flavour = PLUGINS if detector.plugins else PORTABLE
     example_batch = min(2, dynamic_batch) if dynamic_batch else batch
     example = torch.zeros(example_batch, 3, detector.resolution, detector.resolution)
+    output_names = list(detector.output_names)
     dynamic_axes = None
     if dynamic_batch:
-        dynamic_axes = {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+        dynamic_axes = {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *output_names)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), forced_ops_backend("reference"), warnings.catch_warnings():
@@ -180,7 +199,7 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=output_names,
             dynamic_axes=dynamic_axes,
             custom_opsets={plugin_nodes.DOMAIN: plugin_nodes.DOMAIN_VERSION} if detector.plugins else None,
             do_constant_folding=True,
@@ -189,7 +208,10 @@ def export_onnx(
     _declare_output_shapes(graph, detector, BATCH_AXIS if dynamic_batch else batch)
     meta = _metadata(detector, flavour, None if dynamic_batch else batch, dynamic_batch)
     graph.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())
-    graph.doc_string = f"rfkp keypoint detector with post-processing ({flavour}); {CONVENTIONS}"
+    if detector.outputs == RAW:
+        graph.doc_string = f"rfkp keypoint detector network, raw outputs ({flavour}); {RAW_CONVENTIONS}"
+    else:
+        graph.doc_string = f"rfkp keypoint detector with post-processing ({flavour}); {CONVENTIONS}"
     if check:
         onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))

@@ -22,8 +22,8 @@ ensemble's config ``parameters`` (keys in ``METADATA_KEYS``).
 Internal tensors between the steps: ``PIXELS`` FP32 (N, 3, R, R) ImageNet-normalised network input
 and the network's raw outputs ``pred_logits`` (N, Q, C),
 ``pred_boxes`` (N, Q, 4) cxcywh normalised and ``pred_keypoints`` (N, Q, C_kp * K, 8) (one block of K
-slots per keypointed class). A ``tensorrt_plan``
-network must use these input/output names.
+slots per keypointed class). A ``tensorrt_plan`` network and an ONNX graph served on ONNX Runtime must use
+these input/output names (``rfkp export --outputs raw`` writes such graphs).
 """
 
 from __future__ import annotations
@@ -86,4 +86,10 @@ PARAM_THRESHOLD = "threshold"
 PARAM_MAX_DETECTIONS = "max_detections"
 PARAM_NUM_THREADS = "num_threads"
 PARAM_RANDOM_INIT = "random_init"
+PARAM_RUNTIME = "runtime"
+
+# runtimes of rfkp_model (the ``runtime`` parameter of the rendered ensemble and network)
+RUNTIME_TORCH = "torch"
+RUNTIME_ONNXRUNTIME = "onnxruntime"
+RUNTIME_TENSORRT = "tensorrt_plan"
 METADATA_KEYS = ("class_names", "keypoint_names", "skeletons")

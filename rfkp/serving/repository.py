@@ -3,11 +3,17 @@
 The templates (``<model>/config.pbtxt`` with ``$name`` placeholders and ``<model>/1/model.py``) are
 never modified; ``render_repository`` writes a complete Triton repository to a destination folder that
 the caller owns (never inside the package or the source tree).
+
+``rfkp_model`` is rendered one of three ways: the python backend running the PyTorch checkpoint (``torch``),
+the python backend running a raw-output ONNX export on ONNX Runtime (``onnxruntime``, CPU; the graph is
+placed in ``rfkp_model/1/model.onnx``), or a TensorRT engine (``tensorrt_plan``, ``1/model.plan``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import string
 from collections.abc import Mapping, Sequence
@@ -17,10 +23,23 @@ from pathlib import Path
 from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
 
-__all__ = ["BatchingOptions", "ServingOptions", "default_templates", "render_repository"]
+__all__ = [
+    "RUNTIMES",
+    "BatchingOptions",
+    "ServingOptions",
+    "check_engine_graph",
+    "default_templates",
+    "network_dims",
+    "render_repository",
+    "render_tensorrt_network",
+]
+
+logger = logging.getLogger(__name__)
 
 _MODELS = (P.ENSEMBLE, P.PREPROCESS, P.NETWORK, P.POSTPROCESS)
 _TENSORRT_TEMPLATE = "tensorrt_plan.pbtxt"
+GRAPH_FILE = "model.onnx"
+RUNTIMES = ("auto", P.RUNTIME_TORCH, P.RUNTIME_ONNXRUNTIME)
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,10 @@ class ServingOptions:
             request work: 1 avoids oversubscribing the cores the network needs).
         model_instances / preprocess_instances / postprocess_instances: Triton instance counts.
         engine: a TensorRT plan; when given, ``rfkp_model`` is rendered as ``tensorrt_plan``.
+        runtime: what runs the python-backend network on CPU: "torch" (the checkpoint, eager), "onnxruntime"
+            (a raw-output ONNX export of it) or "auto" (ONNX Runtime when it is installed, else torch; see
+            ``rfkp.serving.deploy.choose_runtime``). On CUDA, and with an engine, it must be "auto" (torch,
+            or the engine). ``render_repository`` serves ONNX Runtime only when given the exported graph.
     """
 
     device: str = "cpu"
@@ -75,10 +98,20 @@ class ServingOptions:
     preprocess_instances: int = 1
     postprocess_instances: int = 1
     engine: Path | None = None
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == P.RUNTIME_ONNXRUNTIME and self.device != "cpu":
+            raise ValueError(
+                f"runtime 'onnxruntime' is CPU only (device {self.device!r}): on CUDA the network runs on "
+                "torch or as a TensorRT engine (--engine)"
+            )
+        if self.runtime != "auto" and self.engine is not None:
+            raise ValueError(f"runtime {self.runtime!r} and an engine exclude each other: the engine is the runtime")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
         for name in ("max_detections", "max_pixels", "model_instances", "preprocess_instances",
@@ -135,18 +168,37 @@ def metadata_parameters(config: ModelConfig) -> dict[str, str]:
     }
 
 
-def _substitutions(config: ModelConfig, options: ServingOptions) -> dict[str, str]:
+def network_dims(
+    config: ModelConfig, *, resolution: int | None = None, num_queries: int | None = None
+) -> dict[str, list[int]]:
+    """The dims (without the batch axis) of ``rfkp_model``'s input and raw outputs, as its config declares
+    them: PIXELS (3, R, R), pred_logits (Q, C), pred_boxes (Q, 4), pred_keypoints (Q, C_kp * K, 8)."""
+    r = resolution or config.resolution
+    q = num_queries or config.num_queries
+    slots = len(config.num_keypoints_per_class) * config.max_keypoints
+    return {
+        P.PIXELS: [3, r, r],
+        "pred_logits": [q, config.num_classes],
+        "pred_boxes": [q, 4],
+        "pred_keypoints": [q, slots, 8],
+    }
+
+
+def _substitutions(
+    config: ModelConfig, options: ServingOptions, *, resolution: int | None = None, num_queries: int | None = None
+) -> dict[str, str]:
     b = options.batching
     kmax = config.max_keypoints
     if kmax < 1:
         raise ValueError("the served model has no keypointed class (max keypoints is 0)")
+    dims = network_dims(config, resolution=resolution, num_queries=num_queries)
     return {
         "max_batch_size": str(b.max_batch_size),
         "dynamic_batching": _dynamic_batching_block(b),
-        "resolution": str(config.resolution),
-        "num_queries": str(config.num_queries),
+        "resolution": str(dims[P.PIXELS][1]),
+        "num_queries": str(dims["pred_logits"][0]),
         "num_classes": str(config.num_classes),
-        "keypoint_slots": str(len(config.num_keypoints_per_class) * kmax),
+        "keypoint_slots": str(dims["pred_keypoints"][1]),
         "max_keypoints": str(kmax),
         "max_detections": str(options.max_detections),
         "model_instances": str(options.model_instances),
@@ -156,7 +208,12 @@ def _substitutions(config: ModelConfig, options: ServingOptions) -> dict[str, st
 
 
 def _model_parameters(
-    config: ModelConfig, weights: Path, options: ServingOptions, random_init: bool
+    config: ModelConfig,
+    weights: Path,
+    options: ServingOptions,
+    random_init: bool,
+    runtime: str,
+    network_weights: Path,
 ) -> dict[str, dict[str, str]]:
     config_json = json.dumps(config.to_dict())
     return {
@@ -164,6 +221,7 @@ def _model_parameters(
             **metadata_parameters(config),
             P.PARAM_WEIGHTS: str(weights),
             P.PARAM_RANDOM_INIT: json.dumps(random_init),
+            P.PARAM_RUNTIME: runtime,
         },
         P.PREPROCESS: {
             P.PARAM_MODEL_CONFIG: config_json,
@@ -171,9 +229,10 @@ def _model_parameters(
             P.PARAM_NUM_THREADS: str(options.pipeline_threads),
         },
         P.NETWORK: {
-            P.PARAM_WEIGHTS: str(weights),
+            P.PARAM_WEIGHTS: str(network_weights),
             P.PARAM_DEVICE: options.device,
             P.PARAM_NUM_THREADS: str(options.num_threads),
+            P.PARAM_RUNTIME: runtime,
         },
         P.POSTPROCESS: {
             P.PARAM_MODEL_CONFIG: config_json,
@@ -193,6 +252,84 @@ def _render(template: Path, values: Mapping[str, str]) -> str:
         raise ValueError(f"template {template} has a malformed placeholder: {exc}") from None
 
 
+def render_tensorrt_network(
+    config: ModelConfig,
+    options: ServingOptions | None = None,
+    *,
+    resolution: int | None = None,
+    num_queries: int | None = None,
+    templates: Path | str | None = None,
+) -> str:
+    """The ``config.pbtxt`` text of ``rfkp_model`` as a ``tensorrt_plan`` model: the template ``rfkp serve
+    --engine`` renders (and ``rfkp export --format triton --outputs raw`` writes), so both always agree.
+    `resolution` and `num_queries` default to the model's."""
+    options = options or ServingOptions()
+    src_root = Path(templates) if templates is not None else default_templates()
+    values = _substitutions(config, options, resolution=resolution, num_queries=num_queries)
+    return _render(src_root / P.NETWORK / _TENSORRT_TEMPLATE, {**values, "parameters": ""})
+
+
+def _companion_graph(engine: Path) -> Path | None:
+    """The ONNX graph ``rfkp export`` wrote beside an engine: ``X.onnx`` for ``X.plan``, or ``model.onnx``
+    of a Triton model folder for its ``1/model.plan``."""
+    candidates = [engine.with_suffix(".onnx")]
+    if engine.name == "model.plan":
+        candidates.append(engine.parent.parent / GRAPH_FILE)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def check_engine_graph(engine: Path | str, config: ModelConfig, max_batch_size: int | None = None) -> Path | None:
+    """Check, from the ONNX graph ``rfkp export`` left beside `engine`, that the engine is a raw-output export
+    of this model at its resolution and query count (what ``rfkp_model`` must produce), with a dynamic batch
+    of at least `max_batch_size`. Engines themselves are not readable without TensorRT: without that graph
+    (or without the ``onnx`` package) nothing is checked. Returns the graph that was checked, or None.
+
+    Raises:
+        ValueError: the engine was built from the final-detections export, for other shapes, or for a
+            fixed or smaller batch.
+    """
+    graph = _companion_graph(Path(engine))
+    if graph is None:
+        logger.info("no ONNX graph beside %s: its outputs are not checked", engine)
+        return None
+    try:
+        import onnx
+    except ImportError:
+        logger.info("onnx is not installed: the outputs of %s are not checked", engine)
+        return None
+    model = onnx.load(str(graph), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("rfkp_output_kind", "detections") != "raw":
+        raise ValueError(
+            f"{engine} was built from {graph}, the final-detections export; rfkp_model of the rfkp ensemble "
+            "needs the raw outputs: rebuild it with rfkp export --format engine --outputs raw --dynamic-batch MAX"
+        )
+    shapes = json.loads(meta.get("rfkp_output_shapes", "{}"))
+    got = {name: list(shape[1:]) for name, shape in shapes.items()}
+    got[P.PIXELS] = [3, int(meta.get("rfkp_resolution", "0")), int(meta.get("rfkp_resolution", "0"))]
+    want = network_dims(config)
+    if got != want:
+        raise ValueError(
+            f"{engine} ({graph}) has tensors {got}, but rfkp_model of this model needs {want} (export it at the "
+            "model's resolution and query count)"
+        )
+    batch = json.loads(meta.get("rfkp_batch", "{}"))
+    if max_batch_size is not None and (batch.get("max_batch") or 0) < max_batch_size:
+        raise ValueError(
+            f"{engine} ({graph}) was exported for batch {batch}, but rfkp_model batches up to {max_batch_size} "
+            f"requests: export it with --dynamic-batch {max_batch_size} (or more)"
+        )
+    return graph
+
+
+def _place_graph(graph: Path, target: Path) -> None:
+    """Hard-link the graph into the repository (a copy across file systems)."""
+    try:
+        os.link(graph, target)
+    except OSError:
+        shutil.copyfile(graph, target)
+
+
 def render_repository(
     dest: Path | str,
     *,
@@ -202,6 +339,7 @@ def render_repository(
     random_init: bool = False,
     templates: Path | str | None = None,
     models: Sequence[str] = _MODELS,
+    network_graph: Path | str | None = None,
 ) -> Path:
     """Write a ready-to-serve Triton repository to ``dest`` (created; must be empty if it exists).
 
@@ -209,6 +347,9 @@ def render_repository(
         config: the served model's configuration (shapes and metadata come from it).
         weights: an rfkp or peer checkpoint the network instance loads (made absolute).
         random_init: marks the weights as a random-initialised stand-in in the ensemble metadata.
+        network_graph: a raw-output ONNX export of `weights` (``rfkp export --outputs raw``, dynamic batch):
+            placed in ``rfkp_model/1/model.onnx``, which the network instance then runs on ONNX Runtime.
+            Required when ``options.runtime`` is "onnxruntime"; an error with runtime "torch" or an engine.
 
     Returns:
         ``dest`` as an absolute path.
@@ -220,21 +361,45 @@ def render_repository(
         raise FileNotFoundError(f"weights file not found: {weights}")
     src_root = Path(templates) if templates is not None else default_templates()
     if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"refusing to render into non-empty folder {dest}")
+        raise FileExistsError(f"refusing to render into non-empty folder {dest} (give an empty or new --run-dir)")
+    graph = Path(network_graph).resolve() if network_graph is not None else None
+    if options.engine is not None:
+        if graph is not None:
+            raise ValueError("give either a TensorRT engine or an ONNX graph for rfkp_model, not both")
+        engine = Path(options.engine)
+        if not engine.is_file():
+            raise FileNotFoundError(f"TensorRT engine not found: {engine}")
+        check_engine_graph(engine, config, options.batching.max_batch_size)
+        runtime = P.RUNTIME_TENSORRT
+    elif graph is not None:
+        if options.runtime == P.RUNTIME_TORCH:
+            raise ValueError("runtime 'torch' serves the checkpoint: give no ONNX graph")
+        if not graph.is_file():
+            raise FileNotFoundError(f"ONNX graph not found: {graph}")
+        if options.device != "cpu":
+            raise ValueError(f"an ONNX graph is served on ONNX Runtime on CPU only, not on {options.device!r}")
+        runtime = P.RUNTIME_ONNXRUNTIME
+    elif options.runtime == P.RUNTIME_ONNXRUNTIME:
+        raise ValueError(
+            "runtime 'onnxruntime' needs the raw-output ONNX graph (network_graph; rfkp.serving.deploy.launch "
+            "exports it)"
+        )
+    else:
+        runtime = P.RUNTIME_TORCH
+    network_weights = dest / P.NETWORK / "1" / GRAPH_FILE if runtime == P.RUNTIME_ONNXRUNTIME else weights
     values = _substitutions(config, options)
-    params = _model_parameters(config, weights, options, random_init)
+    params = _model_parameters(config, weights, options, random_init, runtime, network_weights)
     for name in models:
         src, out = src_root / name, dest / name
         (out / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version folder
         template = src / "config.pbtxt"
-        if name == P.NETWORK and options.engine is not None:
+        if name == P.NETWORK and runtime == P.RUNTIME_TENSORRT:
             template = src / _TENSORRT_TEMPLATE
-            engine = Path(options.engine)
-            if not engine.is_file():
-                raise FileNotFoundError(f"TensorRT engine not found: {engine}")
-            shutil.copyfile(engine, out / "1" / "model.plan")
+            shutil.copyfile(Path(options.engine), out / "1" / "model.plan")  # type: ignore[arg-type]
         elif (src / "1" / "model.py").is_file():
             shutil.copyfile(src / "1" / "model.py", out / "1" / "model.py")
+        if name == P.NETWORK and runtime == P.RUNTIME_ONNXRUNTIME:
+            _place_graph(graph, network_weights)  # type: ignore[arg-type]
         if not template.is_file():
             raise FileNotFoundError(f"missing template {template}")
         text = _render(template, {**values, "parameters": _parameters_block(params.get(name, {}))})

@@ -3,6 +3,8 @@
 Each ``model.py`` in ``model_repository/`` only converts between Triton tensors and these callables.
 The math is the one of ``RFDETRKeypoint.predict``: ``rfkp.preprocess`` (bilinear resize without
 antialias, mean/std), ``forward_raw``, and ``rfkp.postprocess`` (top-k, rescoring, source pixels).
+The network runs on PyTorch (a checkpoint, CPU or CUDA) or on ONNX Runtime (a raw-output ONNX export,
+``rfkp export --outputs raw``, CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +25,19 @@ from rfkp.serving import protocol as P
 from rfkp.serving.packing import pack_detections
 from rfkp.serving.payload import RequestError, decode_request_images
 
-__all__ = ["NetworkRunner", "Postprocessor", "Preprocessor", "make_network", "parameters_of"]
+__all__ = [
+    "NetworkRunner",
+    "OnnxRuntimeRunner",
+    "Postprocessor",
+    "Preprocessor",
+    "make_network",
+    "parameters_of",
+]
+
+ONNXRUNTIME_HINT = (
+    "install it with: pip install onnxruntime (or pip install -e '.[export]'), or serve the PyTorch checkpoint "
+    "(rfkp serve --runtime torch)"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +101,82 @@ class NetworkRunner:
         return {name: raw[name].float().cpu().numpy() for name in P.RAW_OUTPUTS}
 
 
+class OnnxRuntimeRunner:
+    """A raw-output ONNX export (``rfkp export --outputs raw``) on ONNX Runtime's CPU execution provider.
+
+    The graph must take ``PIXELS`` (N, 3, R, R) float32 and give exactly the raw outputs ``pred_logits``,
+    ``pred_boxes`` and ``pred_keypoints`` (float32); anything else (for example the final-detections export)
+    is refused when the runner is built, not at the first request.
+
+    Args:
+        num_threads: ONNX Runtime intra-op threads (0: ONNX Runtime's default, one per physical core).
+    """
+
+    def __init__(self, graph: Path | str, *, num_threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeError(f"serving {graph} needs the 'onnxruntime' package ({exc}); {ONNXRUNTIME_HINT}") from None
+        graph = Path(graph)
+        if not graph.is_file():
+            raise FileNotFoundError(f"ONNX graph not found: {graph}")
+        if num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self._check_signature(graph)
+        self.graph = graph
+        logger.info(
+            "rfkp_model: %s on ONNX Runtime %s (CPUExecutionProvider), %s intra-op threads",
+            graph, ort.__version__, num_threads or "default",
+        )  # fmt: skip
+
+    def _check_signature(self, graph: Path) -> None:
+        inputs = [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()]
+        outputs = {o.name: o.type for o in self.session.get_outputs()}
+        ok = (
+            len(inputs) == 1
+            and inputs[0][0] == P.PIXELS
+            and inputs[0][1] == "tensor(float)"
+            and len(inputs[0][2]) == 4
+            and inputs[0][2][1] == 3
+            and set(outputs) == set(P.RAW_OUTPUTS)
+            and all(t == "tensor(float)" for t in outputs.values())
+        )
+        if not ok:
+            got_in = ", ".join(f"{n} {t} {s}" for n, t, s in inputs)
+            got_out = ", ".join(f"{n} {t}" for n, t in outputs.items())
+            raise ValueError(
+                f"{graph} is not a raw-output rfkp graph: it takes [{got_in}] and gives [{got_out}]; rfkp_model "
+                f"needs input {P.PIXELS} float (N, 3, R, R) and exactly the float outputs "
+                f"{', '.join(P.RAW_OUTPUTS)} (export one with: rfkp export --outputs raw --dynamic-batch MAX)"
+            )
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
+        values = self.session.run(list(P.RAW_OUTPUTS), {P.PIXELS: x})
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(P.RAW_OUTPUTS, values)}
+
+
 def make_network(params: Mapping[str, str]) -> Network:
     """The network runner for a rendered ``rfkp_model`` configuration.
 
-    The weights' suffix picks the runtime: PyTorch checkpoints (``.pth``/``.pt``) run eagerly. This is
-    the hook for an exported ``.onnx`` graph on ONNX Runtime, which is not wired in yet.
+    The weights' suffix picks the runtime: PyTorch checkpoints (``.pth``/``.pt``) run eagerly on the
+    configured device; a raw-output ``.onnx`` export runs on ONNX Runtime (CPU only). Both use the
+    ``num_threads`` parameter for their intra-op threads.
     """
     weights = Path(_required(params, P.PARAM_WEIGHTS))
     if weights.suffix == ".onnx":
-        raise NotImplementedError(
-            f"{weights}: serving an ONNX graph on ONNX Runtime is not implemented yet; serve the PyTorch checkpoint"
-        )
+        device = params.get(P.PARAM_DEVICE, "cpu")
+        if device != "cpu":
+            raise ValueError(
+                f"{weights}: the ONNX Runtime runner is CPU only, got device {device!r} (serve the checkpoint "
+                "on CUDA with PyTorch, or a TensorRT engine)"
+            )
+        return OnnxRuntimeRunner(weights, num_threads=int(params.get(P.PARAM_NUM_THREADS, "0")))
     return NetworkRunner(
         weights,
         device=params.get(P.PARAM_DEVICE, "cpu"),

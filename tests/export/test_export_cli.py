@@ -1,5 +1,6 @@
-"""`rfkp export`: onnx writes a graph, engine without TensorRT says what to install, triton writes a config
-that Triton's own protobuf schema parses."""
+"""`rfkp export`: onnx writes a graph (final detections or raw outputs), engine without TensorRT says what to
+install, triton writes a config that Triton's own protobuf schema parses: a standalone detections model, or the
+ensemble's rfkp_model exactly as `rfkp serve --engine` renders it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rfkp.cli.main import main
 from rfkp.config import ModelConfig
 from rfkp.export.engine import tensorrt_available
 from rfkp.export.triton_entry import TritonEntryOptions, render_config
+from rfkp.serving.repository import BatchingOptions, ServingOptions, render_tensorrt_network
 from rfkp.variants import tiny
 
 pytest.importorskip("onnx")
@@ -45,6 +47,21 @@ def test_onnx_writes_a_graph_with_the_knobs(weights: Path, tmp_path: Path) -> No
     assert meta["rfkp_flavour"] == "portable" and meta["rfkp_resolution"] == "192"
     assert json.loads(meta["rfkp_sub_architecture"])["dec_layers"] == 1
     assert json.loads(meta["rfkp_batch"]) == {"batch": None, "max_batch": 4}
+
+
+def test_onnx_raw_outputs(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rfkp.export import read_metadata
+
+    out = tmp_path / "raw.onnx"
+    args = ["--outputs", "raw", "--dynamic-batch", "8", "--resolution", "192", "--num-queries", "10"]
+    assert main(["export", "--weights", str(weights), "--out", str(out), *args]) == 0
+    assert "10 queries, raw outputs" in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta["rfkp_output_kind"] == "raw" and meta["rfkp_resolution"] == "192"
+    assert json.loads(meta["rfkp_outputs"]) == ["pred_logits", "pred_boxes", "pred_keypoints"]
+    assert json.loads(meta["rfkp_output_shapes"])["pred_logits"] == ["batch", 10, 3]
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--outputs", "raw", "--num-select", "5"]) == 1
+    assert "--num-select" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="tensorrt is installed here")
@@ -88,6 +105,56 @@ def test_triton_entry_parses_and_carries_the_engine(weights: Path, tmp_path: Pat
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert json.loads(cfg.parameters["class_names"].string_value) == ["class_0", "class_1", "class_2"]
     assert "RfkpMSDeformAttn" in (folder / "config.pbtxt").read_text()  # the plugin note
+
+
+def test_raw_triton_entry_is_the_served_rfkp_model(weights: Path, tmp_path: Path) -> None:
+    """--format triton --outputs raw writes rfkp_model of the ensemble: the config `rfkp serve --engine` renders
+    (same template), the raw-output plugin graph beside the plan, which `rfkp serve --engine` then accepts."""
+    plan = tmp_path / "built.plan"
+    plan.write_bytes(b"serialized engine bytes")
+    folder = tmp_path / "repo" / "rfkp_model"
+    args = ["--outputs", "raw", "--engine", str(plan), "--dynamic-batch", "8", "--max-queue-delay-us", "500"]
+    assert main(["export", "--weights", str(weights), "--format", "triton", "--out", str(folder), *args]) == 0
+    assert (folder / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    text = (folder / "config.pbtxt").read_text()
+    cfg = _parse_config(text)
+    model = RFDETRKeypoint.from_checkpoint(weights, device="cpu").config
+    served = ServingOptions(
+        batching=BatchingOptions(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=500)
+    )
+    assert cfg == _parse_config(render_tensorrt_network(model, served))  # what rfkp serve --engine renders
+    assert cfg.name == "rfkp_model" and cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 8
+    assert {o.name: list(o.dims) for o in cfg.output} == {
+        "pred_logits": [20, 3], "pred_boxes": [20, 4], "pred_keypoints": [20, 14, 8]
+    }  # fmt: skip
+    assert "RfkpMSDeformAttn" in text and "RfkpGaussianRescore" not in text
+    from rfkp.export import read_metadata
+
+    meta = read_metadata(folder / "model.onnx")
+    assert meta["rfkp_output_kind"] == "raw" and meta["rfkp_flavour"] == "plugins"
+    # rfkp serve --engine accepts this engine (its graph is the raw export); the detections entry is refused
+    from rfkp.serving.repository import render_repository
+
+    repo = render_repository(tmp_path / "served", config=model, weights=weights,
+                             options=ServingOptions(engine=folder / "1" / "model.plan"))  # fmt: skip
+    assert (repo / "rfkp_model" / "config.pbtxt").read_text() == render_tensorrt_network(model)
+    detections = tmp_path / "standalone" / "rfkp_model"
+    args = ["--engine", str(plan), "--dynamic-batch", "8"]
+    assert main(["export", "--weights", str(weights), "--format", "triton", "--out", str(detections), *args]) == 0
+    with pytest.raises(ValueError, match="final-detections export"):
+        render_repository(tmp_path / "refused", config=model, weights=weights,
+                          options=ServingOptions(engine=detections / "1" / "model.plan"))  # fmt: skip
+
+
+def test_raw_triton_entry_needs_a_dynamic_batch_and_the_network_name(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["export", "--weights", str(weights), "--format", "triton", "--outputs", "raw"]
+    assert main([*base, "--out", str(tmp_path / "rfkp_model")]) == 1
+    assert "--dynamic-batch MAX" in capsys.readouterr().err
+    assert main([*base, "--dynamic-batch", "4", "--out", str(tmp_path / "detector")]) == 1
+    assert "named rfkp_model" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before exporting anything
 
 
 def test_fixed_batch_entry_has_no_batching() -> None:

@@ -1,4 +1,5 @@
-"""Helpers of the serving tests: locations, a server launcher with test settings, images."""
+"""Helpers of the serving tests: locations, a server launcher with test settings, images, comparison of served
+and in-process detections."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rfkp.detections import KeypointDetections
 from rfkp.serving.embedded import TritonNotFoundError, find_installation
 from rfkp.serving.launcher import TritonServer
 from rfkp.serving.repository import BatchingOptions, ServingOptions
@@ -18,6 +20,7 @@ from rfkp.serving.repository import BatchingOptions, ServingOptions
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared"
 READY_TIMEOUT = 90.0
+PIXEL_TOL = 1e-3
 
 
 def require_triton() -> None:
@@ -27,15 +30,19 @@ def require_triton() -> None:
         pytest.skip(f"no Triton server available: {exc}")
 
 
-def launch_for_tests(weights: Path, run_dir: Path, **options: object) -> TritonServer:
+def launch_for_tests(
+    weights: Path, run_dir: Path, *, cache_dir: Path | None = None, **options: object
+) -> TritonServer:
     """A ready real server on free loopback ports: dynamic batching (max 8, preferred 4 and 8, 10 ms
-    queue delay), one torch thread per instance; ``options`` override ``ServingOptions`` fields."""
+    queue delay), one thread per instance, the network on torch unless ``runtime`` says otherwise;
+    ``options`` override ``ServingOptions`` fields; ``cache_dir``: where raw ONNX graphs are cached."""
     require_triton()
     from rfkp.serving.deploy import launch
 
     settings: dict[str, object] = dict(
         batching=BatchingOptions(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=10_000),
         num_threads=1,
+        runtime="torch",
     )
     settings.update(options)
     triton, _ = launch(
@@ -46,8 +53,26 @@ def launch_for_tests(weights: Path, run_dir: Path, **options: object) -> TritonS
         http_port=0,
         metrics_port=0,
         ready_timeout=READY_TIMEOUT,
+        cache_dir=cache_dir,
     )
     return triton
+
+
+def assert_same(remote: KeypointDetections, local: KeypointDetections) -> None:
+    """Served detections equal in-process ones: coordinates within PIXEL_TOL px, scores and probabilities
+    within 1e-5, covariances within 1e-4, the same metadata."""
+    assert len(remote) == len(local) > 0
+    assert remote.image_size == local.image_size
+    np.testing.assert_array_equal(remote.class_id, local.class_id)
+    np.testing.assert_allclose(remote.score, local.score, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(remote.xyxy, local.xyxy, atol=PIXEL_TOL, rtol=0)
+    np.testing.assert_allclose(remote.keypoints, local.keypoints, atol=PIXEL_TOL, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(remote.covariance, local.covariance, rtol=1e-4, atol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(remote.findable, local.findable, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(remote.visible, local.visible, atol=1e-5, equal_nan=True)
+    assert remote.class_names == local.class_names
+    assert remote.keypoint_names == local.keypoint_names
+    assert remote.skeletons == local.skeletons
 
 
 

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
 
 import argparse
+import importlib.util
 import json
 import os
 import queue
@@ -78,6 +79,18 @@ def test_parser_defaults_listen_on_loopback() -> None:
         parser.parse_args(["serve", "--preferred-batch-sizes", "two"])
 
 
+def test_runtime_option() -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert options_from_args(parser.parse_args(["serve"])).runtime == "auto"
+    for runtime in ("torch", "onnxruntime"):
+        assert options_from_args(parser.parse_args(["serve", "--runtime", runtime])).runtime == runtime
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--runtime", "tensorflow"])
+    with pytest.raises(ValueError, match="CPU only"):
+        options_from_args(parser.parse_args(["serve", "--runtime", "onnxruntime", "--device", "cuda"]))
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_from_venv_default_weights(venv_python: Path, tmp_path: Path, stop_signal: int) -> None:
     require_triton()
@@ -94,6 +107,8 @@ def test_serve_from_venv_default_weights(venv_python: Path, tmp_path: Path, stop
         trained_default = default_weights_path() is not None
         assert ("RANDOM-INITIALISED" in banner) is not trained_default
         assert f"127.0.0.1:{grpc_port}" in banner
+        with_ort = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx"))
+        assert ("network  onnxruntime (auto: " if with_ort else "network  torch (auto: ") in banner  # --runtime auto
         image = tmp_path / "frame.png"
         image.write_bytes(encode(noise_image(90, 120, seed=7)))
         with KeypointClient(f"127.0.0.1:{grpc_port}") as client:
@@ -126,3 +141,17 @@ def test_cli_reports_bad_weights(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot read checkpoint" in result.stderr
+
+
+def test_cli_refuses_a_used_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "model_repository").mkdir(parents=True)  # what an earlier `rfkp serve --run-dir` leaves
+    (run_dir / "model_repository" / "keep.txt").write_text("earlier run")
+    result = subprocess.run(
+        [sys.executable, "-m", "rfkp.cli.main", "serve", "--run-dir", str(run_dir), "--grpc-port", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "refusing to render into non-empty folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (run_dir / "model_repository" / "keep.txt").read_text() == "earlier run"

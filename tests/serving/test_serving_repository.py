@@ -15,7 +15,9 @@ from rfkp.serving.repository import (  # noqa: E402
     BatchingOptions,
     ServingOptions,
     default_templates,
+    network_dims,
     render_repository,
+    render_tensorrt_network,
 )
 from rfkp.variants import tiny  # noqa: E402
 
@@ -90,6 +92,100 @@ def test_tensorrt_engine_variant(tmp_path: Path, weights: Path) -> None:
     assert net.platform == "tensorrt_plan"
     assert (repo / P.NETWORK / "1" / "model.plan").read_bytes() == b"engine bytes"
     assert not (repo / P.NETWORK / "1" / "model.py").exists()
+    assert dims(net, "output") == {k: v for k, v in network_dims(tiny()).items() if k != P.PIXELS}
+    assert (repo / P.NETWORK / "config.pbtxt").read_text() == render_tensorrt_network(tiny())
+    ens = parse(repo / P.ENSEMBLE / "config.pbtxt")
+    assert ens.parameters[P.PARAM_RUNTIME].string_value == P.RUNTIME_TENSORRT
+
+
+def test_torch_and_onnxruntime_variants(tmp_path: Path, weights: Path) -> None:
+    cfg = tiny()
+    repo = render_repository(tmp_path / "t", config=cfg, weights=weights)  # runtime auto without a graph: torch
+    net = parse(repo / P.NETWORK / "config.pbtxt")
+    assert net.parameters[P.PARAM_RUNTIME].string_value == P.RUNTIME_TORCH
+    assert net.parameters[P.PARAM_WEIGHTS].string_value == str(weights.resolve())
+
+    graph = tmp_path / "cache" / "raw.onnx"
+    graph.parent.mkdir()
+    graph.write_bytes(b"placeholder graph: rendering only places the file")
+    options = ServingOptions(runtime="onnxruntime", num_threads=2)
+    repo = render_repository(tmp_path / "o", config=cfg, weights=weights, options=options, network_graph=graph)
+    net = parse(repo / P.NETWORK / "config.pbtxt")
+    placed = repo / P.NETWORK / "1" / "model.onnx"
+    assert net.backend == "python" and (repo / P.NETWORK / "1" / "model.py").is_file()
+    params = {key: v.string_value for key, v in net.parameters.items()}
+    assert params[P.PARAM_WEIGHTS] == str(placed) and params[P.PARAM_RUNTIME] == P.RUNTIME_ONNXRUNTIME
+    assert params[P.PARAM_NUM_THREADS] == "2" and params[P.PARAM_DEVICE] == "cpu"
+    assert placed.read_bytes() == graph.read_bytes() and placed.stat().st_ino == graph.stat().st_ino  # hard link
+    assert dims(net, "output")["pred_keypoints"] == [cfg.num_queries, cfg.max_keypoints, 8]
+    ens = {key: v.string_value for key, v in parse(repo / P.ENSEMBLE / "config.pbtxt").parameters.items()}
+    assert ens[P.PARAM_WEIGHTS] == str(weights.resolve()) and ens[P.PARAM_RUNTIME] == P.RUNTIME_ONNXRUNTIME
+    # auto with a graph also serves it
+    auto = render_repository(tmp_path / "a", config=cfg, weights=weights, network_graph=graph)
+    assert parse(auto / P.NETWORK / "config.pbtxt").parameters[P.PARAM_RUNTIME].string_value == "onnxruntime"
+
+
+def test_runtime_choices_that_do_not_fit(tmp_path: Path, weights: Path) -> None:
+    graph = tmp_path / "raw.onnx"
+    graph.write_bytes(b"graph")
+    engine = tmp_path / "net.plan"
+    engine.write_bytes(b"engine")
+    with pytest.raises(ValueError, match="needs the raw-output ONNX graph"):
+        render_repository(tmp_path / "a", config=tiny(), weights=weights, options=ServingOptions(runtime="onnxruntime"))
+    with pytest.raises(ValueError, match="give no ONNX graph"):
+        render_repository(tmp_path / "b", config=tiny(), weights=weights, options=ServingOptions(runtime="torch"),
+                          network_graph=graph)
+    with pytest.raises(ValueError, match="not both"):
+        render_repository(tmp_path / "c", config=tiny(), weights=weights, options=ServingOptions(engine=engine),
+                          network_graph=graph)
+    with pytest.raises(ValueError, match="CPU only"):
+        render_repository(tmp_path / "d", config=tiny(), weights=weights, options=ServingOptions(device="cuda"),
+                          network_graph=graph)
+    with pytest.raises(FileNotFoundError, match="ONNX graph not found"):
+        render_repository(tmp_path / "e", config=tiny(), weights=weights, network_graph=tmp_path / "none.onnx")
+
+
+def _companion(path: Path, kind: str, shapes: dict, resolution: int, batch: dict) -> None:
+    """An ONNX file carrying only the metadata `rfkp export` writes (the checks read nothing else)."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    meta = {"rfkp_output_kind": kind, "rfkp_output_shapes": json.dumps(shapes),
+            "rfkp_resolution": str(resolution), "rfkp_batch": json.dumps(batch)}
+    if kind == "detections":
+        del meta["rfkp_output_kind"]  # exports made before raw outputs existed carry no kind
+    model.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())
+    onnx.save(model, path)
+
+
+def test_engine_must_come_from_the_raw_export(tmp_path: Path, weights: Path) -> None:
+    cfg = tiny()
+    q, c, slots = cfg.num_queries, cfg.num_classes, cfg.max_keypoints
+    raw = {"pred_logits": ["batch", q, c], "pred_boxes": ["batch", q, 4], "pred_keypoints": ["batch", q, slots, 8]}
+    dynamic8 = {"batch": None, "max_batch": 8}
+    engine = tmp_path / "rfkp.plan"  # rfkp export --format engine writes rfkp.onnx beside rfkp.plan
+    engine.write_bytes(b"engine")
+    options = ServingOptions(engine=engine)
+
+    _companion(tmp_path / "rfkp.onnx", "detections", {"scores": ["batch", 100]}, cfg.resolution, dynamic8)
+    with pytest.raises(ValueError, match="final-detections export.*--outputs raw"):
+        render_repository(tmp_path / "a", config=cfg, weights=weights, options=options)
+    _companion(tmp_path / "rfkp.onnx", "raw", raw, 192, dynamic8)
+    with pytest.raises(ValueError, match="resolution and query count"):
+        render_repository(tmp_path / "b", config=cfg, weights=weights, options=options)
+    _companion(tmp_path / "rfkp.onnx", "raw", raw, cfg.resolution, {"batch": 1, "max_batch": None})
+    with pytest.raises(ValueError, match="--dynamic-batch 8"):
+        render_repository(tmp_path / "c", config=cfg, weights=weights, options=options)
+    _companion(tmp_path / "rfkp.onnx", "raw", raw, cfg.resolution, dynamic8)
+    repo = render_repository(tmp_path / "d", config=cfg, weights=weights, options=options)
+    assert parse(repo / P.NETWORK / "config.pbtxt").platform == "tensorrt_plan"
+    # the layout of rfkp export --format triton: folder/model.onnx beside folder/1/model.plan
+    folder = tmp_path / "rfkp_model"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.plan").write_bytes(b"engine")
+    _companion(folder / "model.onnx", "detections", {"scores": ["batch", 100]}, cfg.resolution, dynamic8)
+    with pytest.raises(ValueError, match="final-detections export"):
+        render_repository(tmp_path / "e", config=cfg, weights=weights,
+                          options=ServingOptions(engine=folder / "1" / "model.plan"))
 
 
 def test_templates_are_untouched(tmp_path: Path, weights: Path) -> None:
@@ -139,6 +235,9 @@ def test_batching_options_are_validated(kwargs: dict, fragment: str) -> None:
         (dict(threshold=1.5), "threshold must lie in [0, 1]"),
         (dict(max_detections=0), "max_detections must be >= 1"),
         (dict(num_threads=-1), "thread counts"),
+        (dict(runtime="tensorflow"), "runtime must be one of auto, torch, onnxruntime"),
+        (dict(runtime="onnxruntime", device="cuda"), "CPU only"),
+        (dict(runtime="torch", engine=Path("e.plan")), "exclude each other"),
     ],
 )
 def test_serving_options_are_validated(kwargs: dict, fragment: str) -> None:

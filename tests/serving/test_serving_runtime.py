@@ -1,9 +1,11 @@
-"""The server-side steps run in-process: same numbers as RFDETRKeypoint.predict, exact packing."""
+"""The server-side steps run in-process: same numbers as RFDETRKeypoint.predict, exact packing; the ONNX Runtime
+network runner against forward_raw."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,16 @@ from rfkp.serving import protocol as P
 from rfkp.serving.packing import ServedMetadata, pack_detections, unpack_detections
 from rfkp.serving.payload import RequestError
 from rfkp.serving.repository import metadata_parameters
-from rfkp.serving.runtime import NetworkRunner, Postprocessor, Preprocessor, make_network, parameters_of
+from rfkp.serving.runtime import (
+    NetworkRunner,
+    OnnxRuntimeRunner,
+    Postprocessor,
+    Preprocessor,
+    make_network,
+    parameters_of,
+)
+
+RAW_TOL = 1e-4  # ONNX Runtime vs PyTorch on the raw outputs (measured: <= 1e-6 on tiny, 1e-5 on the peer model)
 
 
 def test_parameters_of_reads_string_values() -> None:
@@ -98,11 +109,79 @@ def test_metadata_requires_keys() -> None:
         ServedMetadata.from_parameters({"class_names": "[]"})
 
 
-def test_onnx_hook_is_explicit(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError, match="ONNX Runtime"):
-        make_network({P.PARAM_WEIGHTS: str(tmp_path / "model.onnx")})
+@pytest.fixture(scope="module")
+def raw_graph(tiny_model: RFDETRKeypoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's raw-output export at its resolution, dynamic batch (what `rfkp serve` exports)."""
+    pytest.importorskip("onnx")
+    from rfkp.export import export_onnx
+
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("raw") / "raw.onnx", dynamic_batch=4, outputs="raw")
+
+
+def test_onnxruntime_runner_equals_forward_raw(tiny_model: RFDETRKeypoint, raw_graph: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    net = make_network({P.PARAM_WEIGHTS: str(raw_graph), P.PARAM_DEVICE: "cpu", P.PARAM_NUM_THREADS: "1"})
+    assert isinstance(net, OnnxRuntimeRunner)
+    assert net.session.get_session_options().intra_op_num_threads == 1
+    assert net.session.get_providers() == ["CPUExecutionProvider"]
+    images = [noise_image(70, 90, seed=1), noise_image(120, 64, seed=2), noise_image(33, 47, seed=3)]
+    x, _ = tiny_model.preprocess(images)
+    for batch in (x[:1], x):  # one graph, batch 1 and 3
+        raw = net(batch.numpy())
+        want = tiny_model.forward_raw(batch)
+        assert list(raw) == list(P.RAW_OUTPUTS)
+        for name in P.RAW_OUTPUTS:
+            assert raw[name].dtype == np.float32 and raw[name].shape == tuple(want[name].shape)
+            np.testing.assert_allclose(raw[name], want[name].numpy(), rtol=0, atol=RAW_TOL, err_msg=name)
+
+
+def test_onnxruntime_runner_feeds_the_postprocessor_like_predict(tiny_model: RFDETRKeypoint, raw_graph: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    cfg = tiny_model.config
+    image = noise_image(203, 317, seed=5)
+    x, sizes = tiny_model.preprocess([image])
+    raw = OnnxRuntimeRunner(raw_graph, num_threads=1)(x.numpy())
+    packed = Postprocessor(cfg, threshold=0.0, max_detections=100)(raw, sizes.numpy())
+    packed[P.SOURCE_SIZE] = sizes.numpy()
+    got = unpack_detections(packed, ServedMetadata.from_parameters(metadata_parameters(cfg)))[0]
+    want = tiny_model.predict(image, threshold=0.0)
+    assert len(got) == len(want) > 0
+    np.testing.assert_array_equal(got.class_id, want.class_id)
+    np.testing.assert_allclose(got.xyxy, want.xyxy, atol=1e-3)
+    np.testing.assert_allclose(got.keypoints, want.keypoints, atol=1e-3, equal_nan=True)
+
+
+def test_onnxruntime_runner_rejects_other_graphs(tiny_model: RFDETRKeypoint, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from rfkp.export import export_onnx
+
+    detections = export_onnx(tiny_model, tmp_path / "detections.onnx", num_select=10)  # the final-detections export
+    with pytest.raises(ValueError, match=r"not a raw-output rfkp graph.*gives \[scores") as info:
+        make_network({P.PARAM_WEIGHTS: str(detections)})
+    assert "rfkp export --outputs raw" in str(info.value)
+    pixels = helper.make_tensor_value_info(P.PIXELS, TensorProto.FLOAT, ["n", 3, 8, 8])
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3, 8, 8]) for n in ("pred_logits", "x")]
+    nodes = [helper.make_node("Identity", [P.PIXELS], [o.name]) for o in outputs]
+    graph = helper.make_graph(nodes, "wrong", [pixels], outputs)
+    wrong = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(wrong, tmp_path / "wrong.onnx")
+    with pytest.raises(ValueError, match="not a raw-output rfkp graph"):
+        OnnxRuntimeRunner(tmp_path / "wrong.onnx")
+    with pytest.raises(FileNotFoundError, match="ONNX graph not found"):
+        OnnxRuntimeRunner(tmp_path / "missing.onnx")
+
+
+def test_onnxruntime_runner_errors(raw_graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        make_network({P.PARAM_WEIGHTS: str(raw_graph), P.PARAM_DEVICE: "cuda"})
     with pytest.raises(KeyError, match="weights"):
         make_network({})
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with pytest.raises(RuntimeError, match=r"needs the 'onnxruntime' package.*pip install onnxruntime"):
+        make_network({P.PARAM_WEIGHTS: str(raw_graph)})
 
 
 def test_network_runner_threads(tiny_weights: Path) -> None:

@@ -13,30 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from serving_helpers import SHARED, encode, noise_image, png_header_only
+from serving_helpers import PIXEL_TOL, SHARED, assert_same, encode, noise_image, png_header_only
 
 from rfkp.api import RFDETRKeypoint
 from rfkp.client import AsyncKeypointClient, KeypointClient, RemoteError
 from rfkp.detections import KeypointDetections
 from rfkp.serving import protocol as P
 from rfkp.serving.launcher import TritonServer
-
-PIXEL_TOL = 1e-3
-
-
-def assert_same(remote: KeypointDetections, local: KeypointDetections) -> None:
-    assert len(remote) == len(local) > 0
-    assert remote.image_size == local.image_size
-    np.testing.assert_array_equal(remote.class_id, local.class_id)
-    np.testing.assert_allclose(remote.score, local.score, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(remote.xyxy, local.xyxy, atol=PIXEL_TOL, rtol=0)
-    np.testing.assert_allclose(remote.keypoints, local.keypoints, atol=PIXEL_TOL, rtol=0, equal_nan=True)
-    np.testing.assert_allclose(remote.covariance, local.covariance, rtol=1e-4, atol=1e-4, equal_nan=True)
-    np.testing.assert_allclose(remote.findable, local.findable, atol=1e-5, equal_nan=True)
-    np.testing.assert_allclose(remote.visible, local.visible, atol=1e-5, equal_nan=True)
-    assert remote.class_names == local.class_names
-    assert remote.keypoint_names == local.keypoint_names
-    assert remote.skeletons == local.skeletons
 
 
 @pytest.fixture(scope="module")

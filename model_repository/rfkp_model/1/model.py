@@ -1,7 +1,8 @@
 """rfkp_model: PIXELS (N, 3, R, R) -> pred_logits, pred_boxes, pred_keypoints (python backend).
 
 All requests of a dynamic batch are stacked into one forward pass and split back in order. The
-runtime (PyTorch eager on CPU or CUDA) is chosen by ``rfkp.serving.runtime.make_network``.
+runtime (PyTorch eager on CPU or CUDA for a checkpoint, ONNX Runtime on CPU for a raw-output ``.onnx``
+export) is chosen by ``rfkp.serving.runtime.make_network`` from the ``weights`` parameter.
 """
 
 import numpy as np

@@ -1,0 +1,127 @@
+"""The ONNX Runtime network runtime of the served ensemble: which runtime is chosen and why, the raw ONNX export
+cached by weights hash and resolution, and a real Triton server on ONNX Runtime against in-process predict()."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving_helpers import SHARED, assert_same, encode, launch_for_tests, noise_image
+
+from rfkp.api import RFDETRKeypoint
+from rfkp.serving import deploy
+from rfkp.serving import protocol as P
+from rfkp.serving.deploy import PreparedWeights, choose_runtime, prepare_raw_graph
+from rfkp.serving.launcher import TritonServer
+from rfkp.serving.repository import ServingOptions
+
+
+@pytest.mark.parametrize(
+    ("options", "installed", "runtime", "why"),
+    [
+        (ServingOptions(), True, "onnxruntime", "auto: onnxruntime is installed"),
+        (ServingOptions(), False, "torch", "auto: onnxruntime and onnx not installed"),
+        (ServingOptions(runtime="torch"), True, "torch", "--runtime torch"),
+        (ServingOptions(runtime="onnxruntime"), True, "onnxruntime", "--runtime onnxruntime"),
+        (ServingOptions(device="cuda"), True, "torch", "device cuda: ONNX Runtime is used on CPU only"),
+        (ServingOptions(engine=Path("m.plan")), True, "tensorrt_plan", "TensorRT engine m.plan"),
+    ],
+    ids=["auto", "auto-without-onnxruntime", "torch", "onnxruntime", "cuda", "engine"],
+)
+def test_runtime_choice_and_reason(
+    options: ServingOptions, installed: bool, runtime: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy, "_importable", lambda module: installed)
+    choice = choose_runtime(options)
+    assert choice.name == runtime and why in choice.reason and choice.graph is None
+
+
+def test_asking_for_onnxruntime_without_it_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "_importable", lambda module: module != "onnxruntime")
+    with pytest.raises(RuntimeError, match=r"needs the onnxruntime package.*pip install.*--runtime torch"):
+        choose_runtime(ServingOptions(runtime="onnxruntime"))
+
+
+def test_raw_graph_is_exported_once_per_weights_and_resolution(
+    tiny_model: RFDETRKeypoint, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnx")
+    from rfkp.export import read_metadata
+
+    prepared = PreparedWeights(tiny_weights, tiny_model.config, random_init=False)
+    cache = tmp_path / "cache"
+    graph, exported = prepare_raw_graph(prepared, max_batch=4, cache_dir=cache)
+    assert exported and graph.parent == cache and f"-r{tiny_model.config.resolution}.onnx" in graph.name
+    assert [p.name for p in cache.iterdir()] == [graph.name]  # no partial file left behind
+    meta = read_metadata(graph)
+    assert meta["rfkp_output_kind"] == "raw" and json.loads(meta["rfkp_outputs"]) == list(P.RAW_OUTPUTS)
+    assert json.loads(meta["rfkp_batch"]) == {"batch": None, "max_batch": 4}
+    assert meta["rfkp_flavour"] == "portable"
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported again")
+
+    import rfkp.export
+
+    monkeypatch.setattr(rfkp.export, "export_onnx", no_export)
+    mtime = graph.stat().st_mtime_ns
+    again, exported = prepare_raw_graph(prepared, max_batch=8, cache_dir=cache)  # a restart, other max batch
+    assert again == graph and not exported and graph.stat().st_mtime_ns == mtime
+    # other weights bytes (same config) or another resolution: another key
+    other = tmp_path / "other.pth"
+    RFDETRKeypoint.from_config(tiny_model.config, device="cpu", seed=4).save_checkpoint(other)
+    with pytest.raises(AssertionError, match="exported again"):
+        prepare_raw_graph(PreparedWeights(other, tiny_model.config, False), max_batch=4, cache_dir=cache)
+    config_192 = type(tiny_model.config).from_dict({**tiny_model.config.to_dict(), "resolution": 192})
+    with pytest.raises(AssertionError, match="exported again"):
+        prepare_raw_graph(PreparedWeights(tiny_weights, config_192, False), max_batch=4, cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def ort_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A real server whose rfkp_model runs the tiny model's raw ONNX export on ONNX Runtime (1 thread)."""
+    pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    cache = tmp_path_factory.mktemp("graphs")
+    triton = launch_for_tests(tiny_weights, tmp_path_factory.mktemp("served-ort"), cache_dir=cache,
+                              runtime="onnxruntime")  # fmt: skip
+    try:
+        yield triton
+    finally:
+        triton.stop()
+
+
+def test_served_on_onnxruntime_matches_in_process_predict(
+    ort_server: TritonServer, tiny_model: RFDETRKeypoint, tmp_path: Path
+) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from rfkp.client import KeypointClient
+
+    config = text_format.Parse(
+        (ort_server.repository / P.NETWORK / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    graph = ort_server.repository / P.NETWORK / "1" / "model.onnx"
+    assert params[P.PARAM_RUNTIME] == "onnxruntime" and params[P.PARAM_WEIGHTS] == str(graph) and graph.is_file()
+
+    image = noise_image(203, 317, seed=5)  # odd sizes: resize and scaling back are exercised
+    path = tmp_path / "frame.png"
+    path.write_bytes(encode(image, "PNG"))
+    payloads: list[object] = [path, image]
+    coco = SHARED / "data" / "coco-sample" / "images" / "000000000785.jpg"
+    if coco.is_file():
+        payloads.append(coco)
+    with KeypointClient(ort_server.grpc_url, timeout=60) as client:
+        assert client.metadata.class_names == list(tiny_model.config.class_names)
+        for payload in payloads:
+            remote = client.predict(payload, threshold=0.0)
+            local = tiny_model.predict(payload, threshold=0.0)
+            assert_same(remote, local)  # <= 1e-3 px, scores within 1e-5
+    assert ort_server.poll() is None
+    assert os.stat(graph).st_nlink >= 2  # hard-linked from the cache, not exported into the run folder again
