@@ -23,6 +23,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _portable_argv(argv: list[str]) -> list[str]:
+    """The command line with absolute paths made relative to the repository, or, outside it, reduced to their
+    last part (result files name no machine's folders)."""
+    repo = Path(__file__).resolve().parents[1]
+    out = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute():
+            inside = path.resolve().is_relative_to(repo)
+            arg = str(path.resolve().relative_to(repo)) if inside else f"<path>/{path.name}"
+        out.append(arg)
+    return out
+
+
 def write_result(path: Path, what: str, results: dict[str, Any], **extra: Any) -> None:
     record = {
         "what": what,
@@ -33,7 +47,7 @@ def write_result(path: Path, what: str, results: dict[str, Any], **extra: Any) -
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", *_portable_argv(sys.argv)]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

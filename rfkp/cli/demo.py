@@ -37,7 +37,10 @@ def main(args: argparse.Namespace) -> int:
 
     model = RFDETRKeypoint.from_checkpoint(args.weights) if args.weights else RFDETRKeypoint.default()
     if model.is_random_init:
-        print("NOTE: no trained checkpoint ships yet; this is a RANDOM-INITIALISED model, detections are noise.")
+        print(
+            "NOTE: this install lacks the bundled mouse checkpoint; this is a RANDOM-INITIALISED model, "
+            "detections are noise."
+        )
     image = sample_image_path()
     dets = model.predict(image, threshold=args.threshold)
     out = Path(args.out)

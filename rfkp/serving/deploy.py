@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 RAW_GRAPH_VERSION = 1  # bump when the exported raw graph changes, so cached graphs are not reused
 
 RANDOM_INIT_WARNING = (
-    "no trained checkpoint ships with rfkp yet: serving the default RANDOM-INITIALISED model; "
+    "this install lacks the bundled mouse checkpoint: serving the default RANDOM-INITIALISED model; "
     "its detections are meaningless (pass --weights for a real checkpoint)"
 )
 
@@ -212,7 +212,7 @@ def launch(
         ServerStartError: the server exited or was not ready within ``ready_timeout`` seconds.
     """
     installation = find_installation(server)
-    run = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))
+    run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
     run.mkdir(parents=True, exist_ok=True)
     options = options or ServingOptions()
     prepared = prepare_weights(weights, run)

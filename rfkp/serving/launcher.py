@@ -89,7 +89,8 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port(host)
         self.http_port = http_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="rfkp-triton-"))
+        # absolute: the server runs with cwd=workdir, so a relative --backend-directory would not resolve
+        self.workdir = (Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="rfkp-triton-"))).resolve()
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
