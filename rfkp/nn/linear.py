@@ -55,9 +55,14 @@ def _capturing() -> bool:
     )
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    # mismatched shapes go to F.linear, whose error names them (oneDNN's does not)
     return (
         _enabled
+        and x.dim() >= 1
+        and weight.dim() == 2
+        and x.shape[-1] == weight.shape[1]
+        and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == torch.float32))
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -78,7 +83,7 @@ def linear(
     for fp32 CPU inference."""
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
-    if _use_onednn(x, weight):
+    if _use_onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation or "none", [], "none")
     out = F.linear(x, weight, bias)
     act = _ACTIVATIONS[activation]

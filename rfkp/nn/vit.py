@@ -42,9 +42,8 @@ class Block(nn.Module):
         self.ls1 = nn.Parameter(torch.ones(dim))
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential()
+        self.mlp = nn.Module()  # holds fc1/fc2 under DINOv2's names; exact GELU between them (fused on CPU)
         self.mlp.fc1 = Linear(dim, hidden)
-        self.mlp.act = nn.GELU()
         self.mlp.fc2 = Linear(hidden, dim)
         self.ls2 = nn.Parameter(torch.ones(dim))
 

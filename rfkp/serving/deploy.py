@@ -38,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RAW_GRAPH_VERSION = 1  # bump when the exported raw graph changes, so cached graphs are not reused
 
 RANDOM_INIT_WARNING = (
     "this install lacks the bundled mouse checkpoint: serving the default RANDOM-INITIALISED model; "
@@ -127,11 +126,34 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# the sources a raw graph is traced from: a change to any of them (or to torch) makes cached graphs stale
+_GRAPH_SOURCES = ("nn", "export", "ops", "config.py", "checkpoint.py")
+
+
+def graph_code_fingerprint() -> str:
+    """SHA-256 over the rfkp sources the raw graph is traced from and the torch version."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(f"torch {torch_version()}".encode())
+    for name in _GRAPH_SOURCES:
+        entry = root / name
+        for source in sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]:
+            digest.update(str(source.relative_to(root)).encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def prepare_raw_graph(
     prepared: PreparedWeights, *, max_batch: int, cache_dir: Path | str | None = None
 ) -> tuple[Path, bool]:
     """The raw-output ONNX export of ``prepared`` (portable, the model's resolution, dynamic batch), exported
-    on first use and cached by the weights file's SHA-256 and the resolution.
+    on first use and cached by the weights file's SHA-256, the resolution and ``graph_code_fingerprint()`` (so
+    an rfkp or torch upgrade never reuses a graph traced from older code).
 
     The batch axis is symbolic: ONNX Runtime runs any batch, so a cached graph serves every max batch size
     (`max_batch` is only recorded in the metadata of a new export, raised to at least 2 so that the export
@@ -145,8 +167,8 @@ def prepare_raw_graph(
 
     folder = Path(cache_dir) if cache_dir is not None else graph_cache_dir()
     resolution = prepared.config.resolution
-    key = _file_sha256(prepared.path)[:32]
-    path = folder / f"raw-v{RAW_GRAPH_VERSION}-{key}-r{resolution}.onnx"
+    key = hashlib.sha256(f"{_file_sha256(prepared.path)} {graph_code_fingerprint()}".encode()).hexdigest()[:32]
+    path = folder / f"raw-{key}-r{resolution}.onnx"
     if path.is_file():
         logger.info("reusing the raw ONNX export %s of %s", path, prepared.path)
         return path, False

@@ -110,3 +110,14 @@ def test_unknown_activation_is_refused() -> None:
 
 def test_state_dict_keys_are_those_of_nn_linear() -> None:
     assert Linear(4, 3).state_dict().keys() == torch.nn.Linear(4, 3).state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "b_shape"), [((2, 5), (4, 3), (4,)), ((2, 3), (4, 3), (5,)), ((2, 3), (4, 3, 1), (4,))]
+)
+def test_shape_mismatch_gets_torch_s_message(x_shape, w_shape, b_shape) -> None:
+    set_onednn_linear(True)
+    with torch.no_grad(), pytest.raises(RuntimeError) as err:
+        linear(torch.randn(*x_shape), torch.randn(*w_shape), torch.randn(*b_shape))
+    assert "primitive descriptor" not in str(err.value)
+    assert any(str(n) in str(err.value) for n in (*x_shape, *w_shape, *b_shape))

@@ -78,6 +78,12 @@ def test_raw_graph_is_exported_once_per_weights_and_resolution(
     config_192 = type(tiny_model.config).from_dict({**tiny_model.config.to_dict(), "resolution": 192})
     with pytest.raises(AssertionError, match="exported again"):
         prepare_raw_graph(PreparedWeights(tiny_weights, config_192, False), max_batch=4, cache_dir=cache)
+    # same weights, but rfkp's network/export code (or torch) changed: the cached graph is stale
+    import rfkp.serving.deploy as deploy
+
+    monkeypatch.setattr(deploy, "torch_version", lambda: "0.0.0-other")
+    with pytest.raises(AssertionError, match="exported again"):
+        prepare_raw_graph(prepared, max_batch=4, cache_dir=cache)
 
 
 @pytest.fixture(scope="module")
