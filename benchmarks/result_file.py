@@ -23,7 +23,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _portable_argv(argv: list[str]) -> list[str]:
+def portable_argv(argv: list[str]) -> list[str]:
     """The command line with absolute paths made relative to the repository, or, outside it, reduced to their
     last part (result files name no machine's folders)."""
     repo = Path(__file__).resolve().parents[1]
@@ -37,7 +37,10 @@ def _portable_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def write_result(path: Path, what: str, results: dict[str, Any], **extra: Any) -> None:
+def write_result(path: Path, what: str, results: dict[str, Any], *, argv: list[str] | None = None,
+                 **extra: Any) -> None:
+    """Write ``results`` with the device, versions, date and command. ``argv``: the command line (script first)
+    when the script was called as a function, not from the shell (default ``sys.argv``)."""
     record = {
         "what": what,
         "results": results,
@@ -47,7 +50,7 @@ def write_result(path: Path, what: str, results: dict[str, Any], **extra: Any) -
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *_portable_argv(sys.argv)]),
+        "command": " ".join(["python", *portable_argv(sys.argv if argv is None else argv)]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from result_file import cpu_model, portable_argv
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "rfkp" / "assets" / "sample_mouse.png"
@@ -37,6 +38,19 @@ class CameraLog:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: int = 0
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the parts on the request path (None: not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for dist in ("torch", "onnxruntime", "tritonclient", "nvidia-pytriton", "rfkp"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -130,6 +144,35 @@ def in_process_latency(weights: Path, frame: bytes, device: str, runs: int, thre
     return {"runs": runs, **percentiles(times)}
 
 
+def in_process_pipeline(weights: Path, graph: Path | None, frame: bytes, options, runs: int) -> dict:
+    """The served pipeline (preprocess, the same network runner, postprocess) called in-process, no Triton: the
+    served latency minus this is what the server and gRPC add."""
+    from rfkp.api import RFDETRKeypoint
+    from rfkp.serving.runtime import NetworkRunner, OnnxRuntimeRunner, Postprocessor, Preprocessor
+
+    config = RFDETRKeypoint.from_checkpoint(weights, device="cpu").config
+    pre = Preprocessor(config, max_pixels=options.max_pixels)
+    if graph is not None:
+        net = OnnxRuntimeRunner(graph, num_threads=options.num_threads)
+    else:
+        net = NetworkRunner(weights, device=options.device, num_threads=options.num_threads)
+    post = Postprocessor(config, threshold=options.threshold, max_detections=options.max_detections)
+    payload = np.array([[frame]], dtype=object)
+
+    def once() -> None:
+        pixels, sizes = pre(payload, None)
+        post(net(pixels), sizes)
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return {"runs": runs, **percentiles(times)}
+
+
 def make_weights(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
     if args.weights:
         return Path(args.weights), str(args.weights)
@@ -142,7 +185,8 @@ def make_weights(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
         model = RFDETRKeypoint.from_config(VARIANTS[args.variant](), device="cpu")
     path = folder / f"{args.variant}.pth"
     model.save_checkpoint(path)
-    return path, f"{args.variant} (random-initialised, {model.config.resolution} px)"
+    origin = "random-initialised" if model.is_random_init or args.variant != "default" else "bundled trained weights"
+    return path, f"{args.variant} ({origin}, {model.config.resolution} px)"
 
 
 def served_run(args: argparse.Namespace, weights: Path, frame: bytes, batching: bool, folder: Path) -> dict:
@@ -154,9 +198,10 @@ def served_run(args: argparse.Namespace, weights: Path, frame: bytes, batching: 
         batching=BatchingOptions(enabled=batching, max_batch_size=args.max_batch_size,
                                  preferred_batch_sizes=(), max_queue_delay_us=args.max_queue_delay_us),
         num_threads=args.threads,
+        threshold=args.threshold,
         runtime=args.runtime,
     )
-    server, _ = launch(weights, options=options, run_dir=folder / ("on" if batching else "off"),
+    server, prepared = launch(weights, options=options, run_dir=folder / ("on" if batching else "off"),
                        grpc_port=0, http_port=0, metrics_port=0)
     try:
         single = asyncio.run(stream(server.grpc_url, frame, 1, 0, 0, args.single_requests, args.threshold))
@@ -165,7 +210,9 @@ def served_run(args: argparse.Namespace, weights: Path, frame: bytes, batching: 
         alive = server.poll() is None
     finally:
         server.stop()
-    return {"dynamic_batching": batching, "single_camera_sequential": single, "cameras": many,
+    pipeline = in_process_pipeline(weights, prepared.runtime.graph, frame, options, args.single_requests)
+    return {"dynamic_batching": batching, "network_runtime": prepared.runtime.name,
+            "in_process_pipeline": pipeline, "single_camera_sequential": single, "cameras": many,
             "server_alive_after": alive}
 
 
@@ -197,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         "what": "rfkp over gRPC to a real Triton server: N cameras streaming one encoded frame each",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
-                    "load_average_at_start": os.getloadavg()},
+                    "cpu": cpu_model(), "load_average_at_start": os.getloadavg()},
+        "versions": versions(),
+        "command": " ".join(["python", "benchmarks/server.py",
+                             *portable_argv(sys.argv[1:] if argv is None else list(argv))]),
         "image": {"path": os.path.relpath(args.image, REPO), "bytes": len(frame)},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "image")},
     }
@@ -227,13 +277,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(result: dict) -> None:
-    """Added latency (served single camera p50 - in-process p50) and the dynamic-batching gain."""
+    """Added latency (served single camera p50 - in-process predict() p50), the server's own overhead (served p50
+    - the same pipeline called in-process p50) and the dynamic-batching gain."""
     local = result["in_process_predict"]["p50_ms"]
     summary = {}
     for run in result["runs"]:
         key = "batching_on" if run["dynamic_batching"] else "batching_off"
         served = run["single_camera_sequential"]["latency"]["p50_ms"]
         summary[f"{key}_added_latency_p50_ms"] = None if served is None else served - local
+        pipeline = run["in_process_pipeline"]["p50_ms"]
+        summary[f"{key}_server_overhead_p50_ms"] = None if served is None else served - pipeline
         summary[f"{key}_throughput_rps"] = run["cameras"]["throughput_rps"]
     if "batching_on_throughput_rps" in summary and "batching_off_throughput_rps" in summary:
         off = summary["batching_off_throughput_rps"]
