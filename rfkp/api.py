@@ -133,6 +133,7 @@ class RFDETRKeypoint:
             num_keypoints_per_class=self.config.num_keypoints_per_class,
             num_select=num_select,
             alpha=self.config.rescore_alpha,
+            covariance_scale=self.config.covariance_scale_table(),
         )
         return to_keypoint_detections(decoded, source_sizes, self.config, threshold)
 

@@ -6,6 +6,7 @@ Read once at the edge (checkpoint or variant function) and passed to constructor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,9 @@ class ModelConfig:
     image_std: tuple[float, float, float] = IMAGENET_STD
     # inference
     rescore_alpha: float = 0.2
+    # post-hoc calibration of the keypoint Gaussians (`rfkp calibrate`): output covariances of keypoint j of
+    # keypointed class c are multiplied by covariance_scale[c][j]; empty means 1 everywhere
+    covariance_scale: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -73,6 +77,17 @@ class ModelConfig:
         for c, (names, k) in enumerate(zip(self.keypoint_names, self.num_keypoints_per_class)):
             if len(names) != k:
                 raise ValueError(f"class {c}: {len(names)} keypoint names for {k} keypoints")
+        self.covariance_scale = [[float(v) for v in row] for row in self.covariance_scale]
+        if self.covariance_scale:
+            shape = [len(row) for row in self.covariance_scale]
+            if shape != list(self.num_keypoints_per_class):
+                raise ValueError(
+                    f"covariance_scale has rows of lengths {shape}, expected one value per keypoint: "
+                    f"{list(self.num_keypoints_per_class)}"
+                )
+            bad = [v for row in self.covariance_scale for v in row if not (math.isfinite(v) and v > 0)]
+            if bad:
+                raise ValueError(f"covariance_scale values must be finite and > 0, got {bad[0]}")
 
     @property
     def max_keypoints(self) -> int:
@@ -81,6 +96,13 @@ class ModelConfig:
     @property
     def total_keypoints(self) -> int:
         return sum(self.num_keypoints_per_class)
+
+    def covariance_scale_table(self) -> list[list[float]] | None:
+        """`covariance_scale` padded with 1.0 to (keypointed classes, max_keypoints), or None when unset."""
+        if not self.covariance_scale:
+            return None
+        kmax = self.max_keypoints
+        return [row + [1.0] * (kmax - len(row)) for row in self.covariance_scale]
 
     @property
     def block_size(self) -> int:

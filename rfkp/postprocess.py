@@ -42,6 +42,7 @@ def decode_detections(
     num_select: int = 100,
     alpha: float = 0.2,
     rescorer: Rescorer | None = None,
+    covariance_scale: list[list[float]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fixed-size decoded detections for a batch.
 
@@ -52,6 +53,9 @@ def decode_detections(
         alpha: rescoring strength; 0 disables rescoring.
         rescorer: computes the rescored scores and pixel covariances of the B * N rows in one call (an
             exported graph passes a fused op here); default: the same math inline.
+        covariance_scale: (keypointed classes, K) factors applied to the output covariances
+            (`ModelConfig.covariance_scale_table()`, fitted by `rfkp calibrate`); scores and the rescoring
+            are unaffected. None: no scaling.
 
     Returns (all in source-image pixels, origin top-left, pixel centres at +0.5):
         `scores (B, N)` rescored, `labels (B, N)` int64, `boxes (B, N, 4)` xyxy clamped to the image,
@@ -112,6 +116,12 @@ def decode_detections(
             wh[:, None, None, :],
         )
         cov = torch.where(active[..., None, None], cov, nan)
+
+    if covariance_scale is not None:
+        factors = torch.tensor(covariance_scale, dtype=cov.dtype, device=cov.device)
+        if factors.shape != (n_kp_classes, kmax):
+            raise ValueError(f"covariance_scale must be ({n_kp_classes}, {kmax}), got {tuple(factors.shape)}")
+        cov = cov * factors[kp_class][..., None, None]
 
     keypoints = torch.where(active[..., None], cls_kps[..., :2] * wh[:, None, None, :], nan)
     return {

@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     ("trainer.cli", "add_eval_parser"),
     ("trainer.train_cli", "add_parser"),
     ("trainer.search_cli", "add_parser"),
+    ("trainer.calibrate_cli", "add_parser"),
 ]
 
 

@@ -159,6 +159,7 @@ class ExportedDetector(nn.Module):
             num_select=self.requested_select,
             alpha=self.config.rescore_alpha,
             rescorer=plugin_rescorer if self.plugins else None,
+            covariance_scale=self.config.covariance_scale_table(),
         )
         return tuple(decoded[k] for k in _DECODED_KEYS)
 

@@ -226,6 +226,7 @@ class Postprocessor:
             num_keypoints_per_class=self.config.num_keypoints_per_class,
             num_select=self.max_detections,
             alpha=self.config.rescore_alpha,
+            covariance_scale=self.config.covariance_scale_table(),
         )
         detections = []
         for i, limit in enumerate(limits):

@@ -43,6 +43,8 @@ def test_gaussian_errors_reach_nominal_coverage() -> None:
         dt_xy = rng.uniform(0, 500, (k, 2))
         vis = np.where(np.arange(k) < 3, 2.0, 1.0)
         gt_anns[p + 1] = {
+            "image_id": p // 4,
+            "category_id": 1,
             "keypoints": np.concatenate([dt_xy + errors[p], vis[:, None]], 1).reshape(-1).tolist()
         }
         dt_anns[p + 1] = {

@@ -84,30 +84,99 @@ def matched_pairs(evaluator: Any, oks_threshold: float = 0.5) -> list[tuple[int,
     return pairs
 
 
-def keypoint_distances(
+@dataclass(frozen=True)
+class KeypointErrors:
+    """One row per labelled ground-truth keypoint of a matched (detection, ground truth) pair.
+
+    Attributes:
+        distance: squared Mahalanobis distance of the error under the predicted covariance (float64).
+        visibility: the ground truth's v, 1 (occluded) or 2 (visible).
+        image_id / category_id: of the ground truth.
+        keypoint: the keypoint's index in its category's keypoint list.
+    """
+
+    distance: np.ndarray
+    visibility: np.ndarray
+    image_id: np.ndarray
+    category_id: np.ndarray
+    keypoint: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.distance.size)
+
+    @classmethod
+    def empty(cls) -> KeypointErrors:
+        ints = np.zeros(0, np.int64)
+        return cls(np.zeros(0), ints, ints, ints, ints)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[KeypointErrors]) -> KeypointErrors:
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in _ERROR_FIELDS))
+
+    def select(self, mask: np.ndarray) -> KeypointErrors:
+        return KeypointErrors(*(getattr(self, name)[mask] for name in _ERROR_FIELDS))
+
+    def kind(self, kind: str) -> KeypointErrors:
+        """The rows of ``kind``: "visible", "occluded" or "all"."""
+        if kind == "all":
+            return self
+        if kind in ("visible", "occluded"):
+            return self.select(self.visibility == (2 if kind == "visible" else 1))
+        raise ValueError(f"kind must be 'visible', 'occluded' or 'all', got {kind!r}")
+
+    def with_distance(self, distance: np.ndarray) -> KeypointErrors:
+        return KeypointErrors(np.asarray(distance, np.float64), self.visibility, self.image_id, self.category_id,
+                              self.keypoint)  # fmt: skip
+
+    def calibration(self) -> CalibrationResult:
+        return calibration_from_distances(self.distance, self.visibility)
+
+
+_ERROR_FIELDS = ("distance", "visibility", "image_id", "category_id", "keypoint")
+
+
+def keypoint_errors(
     pairs: Sequence[tuple[int, int]], gt_anns: dict[int, Any], dt_anns: dict[int, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Squared Mahalanobis distances and GT visibilities of the labelled keypoints of matched pairs.
+) -> KeypointErrors:
+    """The labelled keypoints of matched pairs with their squared Mahalanobis distances.
 
     Args:
         gt_anns / dt_anns: annotations by id; detections carry ``keypoint_covariance`` (K, 2, 2) pixels^2.
+    """
+    parts = []
+    for dt_id, gt_id in pairs:
+        gt_ann = gt_anns[gt_id]
+        gt = np.asarray(gt_ann["keypoints"], np.float64).reshape(-1, 3)
+        dt = np.asarray(dt_anns[dt_id]["keypoints"], np.float64).reshape(-1, 3)
+        cov = np.asarray(dt_anns[dt_id][COVARIANCE_KEY], np.float64)
+        labelled = np.flatnonzero(gt[:, 2] > 0)
+        d = gt[labelled, :2] - dt[labelled, :2]
+        inv = np.linalg.inv(cov[labelled])
+        n = labelled.size
+        parts.append(
+            KeypointErrors(
+                distance=np.einsum("ni,nij,nj->n", d, inv, d),
+                visibility=gt[labelled, 2].astype(np.int64),
+                image_id=np.full(n, int(gt_ann["image_id"]), np.int64),
+                category_id=np.full(n, int(gt_ann["category_id"]), np.int64),
+                keypoint=labelled.astype(np.int64),
+            )
+        )
+    return KeypointErrors.concatenate(parts)
+
+
+def keypoint_distances(
+    pairs: Sequence[tuple[int, int]], gt_anns: dict[int, Any], dt_anns: dict[int, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared Mahalanobis distances and GT visibilities (``keypoint_errors`` without the indices).
 
     Returns:
         ``(m, v)``, both (n,): ``m`` float64, ``v`` int in {1, 2}.
     """
-    distances, visibility = [], []
-    for dt_id, gt_id in pairs:
-        gt = np.asarray(gt_anns[gt_id]["keypoints"], np.float64).reshape(-1, 3)
-        dt = np.asarray(dt_anns[dt_id]["keypoints"], np.float64).reshape(-1, 3)
-        cov = np.asarray(dt_anns[dt_id][COVARIANCE_KEY], np.float64)
-        labelled = gt[:, 2] > 0
-        d = (gt[:, :2] - dt[:, :2])[labelled]
-        inv = np.linalg.inv(cov[labelled])
-        distances.append(np.einsum("ni,nij,nj->n", d, inv, d))
-        visibility.append(gt[labelled, 2].astype(np.int64))
-    if not distances:
-        return np.zeros(0), np.zeros(0, np.int64)
-    return np.concatenate(distances), np.concatenate(visibility)
+    errors = keypoint_errors(pairs, gt_anns, dt_anns)
+    return errors.distance, errors.visibility
 
 
 def calibration_from_distances(m: np.ndarray, v: np.ndarray) -> CalibrationResult:

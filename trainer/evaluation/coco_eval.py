@@ -26,8 +26,8 @@ from trainer.data.validate import validate_coco
 from trainer.evaluation.calibration import (
     COVARIANCE_KEY,
     CalibrationResult,
-    calibration_from_distances,
-    keypoint_distances,
+    KeypointErrors,
+    keypoint_errors,
     matched_pairs,
 )
 from trainer.evaluation.results import check_results
@@ -52,6 +52,7 @@ class KeypointEvaluation:
         overall: the ten COCO keypoint stats over all categories.
         per_category: the same per category, in class-index order.
         calibration: None when the detections carry no ``keypoint_covariance``.
+        errors: the per-keypoint rows behind ``calibration`` (``rfkp calibrate`` fits on them), or None.
         num_images / num_detections: what was evaluated.
     """
 
@@ -60,6 +61,7 @@ class KeypointEvaluation:
     calibration: CalibrationResult | None
     num_images: int
     num_detections: int
+    errors: KeypointErrors | None = None
 
 
 def ground_truth_for_eval(coco: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,7 +132,7 @@ def evaluate_keypoints(
 
     per_category: list[CategoryScores] = []
     evaluators: list[COCOeval] = []
-    distances, visibility = [], []
+    errors: list[KeypointErrors] = []
     for category in schema.categories:
         evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
         evaluator.params.catIds = [category.category_id]
@@ -147,9 +149,7 @@ def evaluate_keypoints(
         )
         evaluators.append(evaluator)
         if with_covariance:
-            m, v = keypoint_distances(matched_pairs(evaluator), coco_gt.anns, coco_dt.anns)
-            distances.append(m)
-            visibility.append(v)
+            errors.append(keypoint_errors(matched_pairs(evaluator), coco_gt.anns, coco_dt.anns))
 
     combined = COCOeval(coco_gt, coco_dt, iouType="keypoints")
     combined.params.catIds = list(schema.category_ids)
@@ -160,15 +160,12 @@ def evaluate_keypoints(
         "recall": np.concatenate([e.eval["recall"] for e in evaluators], axis=1),
         "scores": np.concatenate([e.eval["scores"] for e in evaluators], axis=2),
     }
-    calibration = (
-        calibration_from_distances(np.concatenate(distances), np.concatenate(visibility))
-        if with_covariance
-        else None
-    )
+    all_errors = KeypointErrors.concatenate(errors) if with_covariance else None
     return KeypointEvaluation(
         overall=_summarize(combined),
         per_category=per_category,
-        calibration=calibration,
+        calibration=None if all_errors is None else all_errors.calibration(),
         num_images=len(image_ids),
         num_detections=len(rows),
+        errors=all_errors,
     )

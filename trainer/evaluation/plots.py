@@ -50,3 +50,39 @@ def reliability_plot(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def reliability_comparison_plot(
+    results: dict[str, CalibrationResult], path: str | Path, kind: str = "visible",
+    title: str = "Keypoint calibration",
+) -> Path:
+    """Write a PNG with one reliability curve per labelled result (e.g. before and after calibration) for the
+    keypoints of ``kind``; dots mark the 1/2/3-sigma ellipses."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="ideal")
+    colours = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown")
+    for (label, result), colour in zip(results.items(), colours):
+        n = result.distances(kind).size
+        if not n:
+            continue
+        ax.plot(RELIABILITY_LEVELS, result.reliability(kind, RELIABILITY_LEVELS), color=colour,
+                label=f"{label} (n={n})")  # fmt: skip
+        for k in SIGMA_LEVELS:
+            ax.scatter([nominal_coverage(k)], [result.coverage(kind, [k])[k]], color=colour, zorder=3)
+    for k in SIGMA_LEVELS:
+        ax.axvline(nominal_coverage(k), color="0.85", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage of the predicted ellipse")
+    ax.set_ylabel(f"fraction of {kind} ground-truth keypoints inside")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

@@ -1,0 +1,185 @@
+"""``rfkp calibrate``: fit covariance factors on held-out images and write a calibrated checkpoint.
+
+The model runs once over ``--data`` (images it was not trained on); ground-truth keypoints are matched to
+detections as in ``rfkp eval`` (OKS 0.5); the factors that make the ``--level``-sigma ellipses cover their
+nominal share are fitted per class (``--by``) and stored in the checkpoint's ``covariance_scale``, which
+``predict()``, exported graphs and the server apply. Scores, boxes and keypoints are unchanged. The report
+gives the coverage before, after (on the fitting images) and cross-validated over images (fitted without the
+image measured: what to expect on new images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.data.errors import CocoFormatError
+from trainer.evaluation.calibration import SIGMA_LEVELS, CalibrationResult, nominal_coverage
+from trainer.evaluation.covariance_scale import (
+    FIT_MODES,
+    apply_covariance_scale,
+    cross_validate,
+    fit_covariance_scale,
+)
+
+KINDS = ("visible", "occluded", "all")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit covariance factors on held-out images so the keypoint ellipses cover what they claim",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+    )
+    p.add_argument("--weights", type=Path, required=True, help="rfkp or rfdetr checkpoint to calibrate")
+    p.add_argument("--data", type=Path, required=True, help="COCO keypoint JSON of images the model was not trained on")
+    p.add_argument("--images", type=Path, required=True, help="image folder of --data")
+    p.add_argument("--out", type=Path, required=True, help="calibrated checkpoint to write (not --weights)")
+    p.add_argument("--by", choices=FIT_MODES, default="class", help="one factor overall, per class or per keypoint")
+    p.add_argument("--level", type=float, default=2.0, help="n-sigma ellipse whose coverage is made nominal")
+    p.add_argument("--fit-on", choices=KINDS, default="visible", help="which labelled keypoints to fit on")
+    p.add_argument("--min-count", type=int, default=20,
+                   help="groups with fewer keypoints take their parent's factor (keypoint -> class -> global)")
+    p.add_argument("--folds", type=int, default=0, help="cross-validation folds over images (0: one per image)")
+    p.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
+    p.add_argument("--threshold", type=float, default=0.001, help="score threshold of the detections")
+    p.add_argument("--resolution", type=int, help="inference resolution")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--plot", type=Path, help="write the reliability plot (before / after / cross-validated) here")
+    p.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")
+    p.set_defaults(func=main)
+    return p
+
+
+def _coverage(result: CalibrationResult, kind: str) -> dict[str, Any]:
+    n = int(result.distances(kind).size)
+    cover = result.coverage(kind) if n else {k: None for k in SIGMA_LEVELS}
+    return {"count": n, **{f"{k}_sigma": cover[k] for k in SIGMA_LEVELS}}
+
+
+def _stored_float_dtype(path: Path) -> Any:
+    """The dtype of the checkpoint's floating tensors, so the calibrated file keeps its size."""
+    from rfkp.checkpoint import read_checkpoint
+
+    for tensor in read_checkpoint(path)["model"].values():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the model, fit, write ``--out``; returns the report. Raises ValueError etc. for bad input."""
+    import dataclasses
+
+    from rfkp.api import RFDETRKeypoint
+    from trainer.data.schema import infer_schema
+    from trainer.data.validate import check_image_files, load_coco_json, validate_coco
+    from trainer.evaluation.coco_eval import evaluate_keypoints
+    from trainer.evaluation.predict import predict_rows
+    from trainer.evaluation.results import class_categories
+    from trainer.jsonfile import load_sigmas
+
+    if args.out.resolve() == args.weights.resolve():
+        raise ValueError(f"--out must be a new file, not --weights ({args.weights})")
+    if args.level <= 0:
+        raise ValueError(f"--level must be > 0, got {args.level}")
+    coco = load_coco_json(args.data)
+    schema = infer_schema(coco, args.data.name)
+    validate_coco(coco, schema, args.data.name)
+    check_image_files(coco, args.images, args.data.name)
+    sigmas = load_sigmas(args.sigmas)
+    dtype = _stored_float_dtype(args.weights)
+    model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
+    config = model.config
+    categories = class_categories(config.class_names, schema)[: len(config.num_keypoints_per_class)]
+    missing = [config.class_names[c] for c, cat in enumerate(categories) if cat is None]
+    if missing:
+        raise ValueError(f"{args.data.name} has no category for the keypointed classes {missing}")
+    category_ids = [cat.category_id for cat in categories]  # type: ignore[union-attr]
+    num_keypoints = list(config.num_keypoints_per_class)
+
+    rows = predict_rows(model, coco, args.images, schema, threshold=args.threshold, resolution=args.resolution,
+                        batch_size=args.batch_size, progress=True)  # fmt: skip
+    report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
+    errors = report.errors
+    if errors is None or not len(errors):
+        raise ValueError(f"no detection matched a ground truth of {args.data.name} at OKS 0.5: nothing to fit on")
+    options = {"by": args.by, "level": args.level, "kind": args.fit_on, "min_count": args.min_count}
+    fit = fit_covariance_scale(errors, category_ids, num_keypoints, **options)
+    after = apply_covariance_scale(errors, fit.scales, category_ids)
+    crossed = cross_validate(errors, category_ids, num_keypoints, folds=args.folds, **options)
+
+    previous = config.covariance_scale_table()
+    total = [[float(fit.scales[c][j] * (previous[c][j] if previous else 1.0)) for j in range(k)]
+             for c, k in enumerate(num_keypoints)]  # fmt: skip
+    model.network.cfg = dataclasses.replace(config, covariance_scale=total)
+    model.save_checkpoint(args.out, dtype=dtype)
+
+    results = {"before": errors.calibration(), "after (fitted images)": after.calibration(),
+               "cross-validated": crossed.calibration()}  # fmt: skip
+    out = {
+        "weights": args.weights.name,
+        "out": args.out.name,
+        "data": args.data.name,
+        "images": int(np.unique(errors.image_id).size),
+        "settings": {**options, "folds": args.folds, "threshold": args.threshold, "resolution": args.resolution},
+        "keypoint_ap": report.overall["AP"],
+        "classes": [
+            {"name": config.class_names[c], "category_id": category_ids[c],
+             "keypoints": list(config.keypoint_names[c]), "fitted_factor": fit.scales[c],
+             "covariance_scale": total[c], "count": fit.counts[c], "source": fit.sources[c]}
+            for c in range(len(num_keypoints))
+        ],  # fmt: skip
+        "coverage": {name: {kind: _coverage(r, kind) for kind in KINDS} for name, r in results.items()},
+        "ideal": {f"{k}_sigma": nominal_coverage(k) for k in SIGMA_LEVELS},
+    }
+    if args.plot:
+        from trainer.evaluation.plots import reliability_comparison_plot
+
+        kind = "visible" if args.fit_on == "visible" else "all"
+        out["plot"] = str(reliability_comparison_plot(results, args.plot, kind=kind))
+    return out
+
+
+def format_calibration(report: dict[str, Any]) -> str:
+    lines = [f"images: {report['images']}   keypoint AP (unchanged): {report['keypoint_ap']:.3f}", ""]
+    lines.append("covariance factors (x the model's covariances):")
+    for cls in report["classes"]:
+        factors = cls["fitted_factor"]
+        if len(set(factors)) == 1:
+            lines.append(f"  {cls['name']}: {factors[0]:.3f}  (fitted on {cls['count'][0]} keypoints, {cls['source'][0]})")
+            continue
+        lines.append(f"  {cls['name']}:")
+        for name, f, n, src in zip(cls["keypoints"], factors, cls["count"], cls["source"]):
+            lines.append(f"    {name:<16} {f:8.3f}  (n={n}, {src})")
+    ideal = " / ".join(f"{100 * v:.1f}" for v in report["ideal"].values())
+    lines += ["", f"ground-truth keypoints inside the 1/2/3-sigma ellipses, % (ideal {ideal}):"]
+    for name, by_kind in report["coverage"].items():
+        for kind in ("visible", "occluded"):
+            c = by_kind[kind]
+            if c["count"]:
+                shown = " / ".join(f"{100 * c[f'{k}_sigma']:.1f}" for k in SIGMA_LEVELS)
+                lines.append(f"  {name:<22} {kind:<9} {shown}   (n={c['count']})")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        report = calibrate(args)
+    except (CocoFormatError, ValueError, FileNotFoundError) as err:
+        print(f"rfkp calibrate: error: {err}", file=sys.stderr)
+        return 1
+    print(format_calibration(report))
+    print(f"\ncalibrated checkpoint: {args.out}")
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if "plot" in report:
+        print(f"reliability plot: {report['plot']}")
+    return 0
