@@ -16,12 +16,15 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from result_file import portable_argv
 
 import rfkp.ops as ops
 from rfkp.ops import backend
@@ -104,6 +107,17 @@ def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: in
     return statistics.median(times)
 
 
+def copy_bandwidth_gb_per_s(device: torch.device, nbytes: int = 1 << 30, iters: int = 20) -> float | None:
+    """Device-to-device copy bandwidth, counting the bytes read and written (None off CUDA): the yardstick the
+    kernels' achieved GB/s is compared with."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = _time(lambda: dst.copy_(src), device, iters, warmup=3)
+    return 2 * nbytes / ms / 1e6
+
+
 def _callables(shape: Shape, dtype: torch.dtype, device: torch.device, fused: bool, name: str):
     x = msda_inputs(shape.batch, shape.queries, shape.heads, shape.channels, list(shape.levels), shape.points,
                     dtype=dtype, device=device, reference_dim=4 if fused else None)
@@ -147,6 +161,9 @@ def main(args: argparse.Namespace) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --device cpu for a smoke run")
     backends = _available(device)
+    copy_gb_per_s = copy_bandwidth_gb_per_s(device)
+    if copy_gb_per_s is not None:
+        print(f"device-to-device copy: {copy_gb_per_s:.0f} GB/s (read + write)")
     rows = []
     print(f"{'shape':<16}{'op':<6}{'dtype':<6}{'backend':<10}{'mode':<9}{'ms':>10}{'speedup':>9}{'GB/s':>9}")
     for shape_name in args.shapes:
@@ -164,7 +181,8 @@ def main(args: argparse.Namespace) -> dict:
                         nbytes = must_move_bytes(shape, dtype, fused, mode != "fwd")
                         row = dict(shape=shape_name, op="fused" if fused else "plain", dtype=dtype_name,
                                    backend=name, mode=mode, ms=ms, speedup=baseline[mode] / ms,
-                                   gb_per_s=nbytes / ms / 1e6, must_move_bytes=nbytes)
+                                   gb_per_s=nbytes / ms / 1e6, must_move_bytes=nbytes,
+                                   pct_of_copy=(100 * nbytes / ms / 1e6 / copy_gb_per_s) if copy_gb_per_s else None)
                         rows.append(row)
                         print(f"{shape_name:<16}{row['op']:<6}{dtype_name:<6}{name:<10}{mode:<9}{ms:>10.4f}"
                               f"{row['speedup']:>8.2f}x{row['gb_per_s']:>9.1f}")
@@ -177,6 +195,9 @@ def main(args: argparse.Namespace) -> dict:
         "cuda": torch.version.cuda,
         "triton": _triton_version(),
         "iters": args.iters,
+        "copy_gb_per_s": copy_gb_per_s,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/kernels.py", *portable_argv(args.argv)]),
         "shapes": {n: asdict(SHAPES[n]) for n in args.shapes},
         "rows": rows,
     }
@@ -208,7 +229,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default=None, help="result file (default benchmarks/results/kernels_<gpu>.json)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("rfkp_kernel_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling result_file
+    try:
+        spec = importlib.util.spec_from_file_location("rfkp_kernel_benchmark", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
@@ -27,6 +31,9 @@ def test_smoke_run_writes_results(tmp_path):
                                  "--warmup", "1", "--out", str(out)]))
     result = json.loads(out.read_text())
     assert result["torch"] == torch.__version__ and result["device"]
+    assert result["copy_gb_per_s"] is None and result["date"]
+    assert result["command"].startswith("python benchmarks/kernels.py --device cpu --shapes tiny")
+    assert result["command"].endswith("--out <path>/kernels.json")
     rows = result["rows"]
     assert {(r["op"], r["mode"]) for r in rows} == {("plain", "fwd"), ("plain", "fwd+bwd"), ("fused", "fwd"),
                                                     ("fused", "fwd+bwd")}
@@ -41,3 +48,30 @@ def test_byte_count_of_the_detection_shape():
         (204800 + 9600 + 25600) * 4 + 24
     assert bench.must_move_bytes(shape, torch.float16, fused=True, backward=False) == \
         (204800 + 9600 + 400 + 25600) * 2 + 24
+
+
+def test_end_to_end_benchmark_smoke_run(tmp_path):
+    """benchmarks/end_to_end.py on CPU (eager only): forward rows per batch, a training step, a result file; its
+    "eager" mode makes the public ops call the reference directly even for CUDA tensors."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("rfkp_end_to_end_benchmark", SCRIPT.parent / "end_to_end.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    import rfkp.ops
+
+    with bench.implementation("eager"):
+        assert rfkp.ops.uses_reference_directly(torch.device("cuda"))
+    assert not rfkp.ops.uses_reference_directly(torch.device("cuda"))
+    out = tmp_path / "e2e.json"
+    assert bench.main(["--device", "cpu", "--variant", "tiny", "--resolution", "128", "--batches", "1", "2",
+                       "--train-batch", "2", "--iters", "1", "--train-iters", "1", "--warmup", "0",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["results"]["rows"]
+    assert [(r["mode"], r["batch"], r["ops"]) for r in rows] == [
+        ("forward", 1, "eager"), ("forward", 2, "eager"), ("train_step_fp32", 2, "eager")]
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] == 1.0 for r in rows)
+    assert result["gpu"] == "cpu" and result["command"].startswith("python benchmarks/end_to_end.py --device cpu")
