@@ -59,6 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt.add_argument("--loss-weight", action="append", default=[], metavar="TERM=VALUE",
                      help="weight of one loss term (ce, bbox, giou, kp_l1, kp_findable, kp_visible, kp_nll), "
                           "e.g. --loss-weight kp_l1=5")
+    opt.add_argument("--match-cost", action="append", default=[], metavar="TERM=VALUE",
+                     help="weight of one Hungarian matching cost (cls, bbox, giou, kp_l1, kp_findable, kp_visible, "
+                          "kp_nll), e.g. --match-cost kp_l1=5")
     opt.add_argument("--resolutions", help="multi-scale training sides, e.g. 320,352,384 (default: the model's)")
     nas = p.add_argument_group("weight-sharing NAS (every step samples a sub-architecture)")
     nas.add_argument("--nas", action="store_true", help="sample from the default space of the model (or below)")
@@ -114,24 +117,23 @@ def _overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _loss_weights(items: list[str]) -> Any:
+def _term_weights(items: list[str], defaults: Any, flag: str) -> Any:
+    """``TERM=VALUE`` items over the fields of the dataclass instance ``defaults``."""
     from dataclasses import fields, replace
 
-    from trainer.losses import LossWeights
-
-    names = [f.name for f in fields(LossWeights)]
+    names = [f.name for f in fields(defaults)]
     values: dict[str, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in names:
-            raise ValueError(f"--loss-weight expects TERM=VALUE with TERM one of {names}, got {item!r}")
+            raise ValueError(f"{flag} expects TERM=VALUE with TERM one of {names}, got {item!r}")
         try:
             values[key] = float(value)
         except ValueError:
-            raise ValueError(f"--loss-weight {key}: {value!r} is not a number") from None
+            raise ValueError(f"{flag} {key}: {value!r} is not a number") from None
         if values[key] < 0:
-            raise ValueError(f"--loss-weight {key}: must be >= 0, got {value}")
-    return replace(LossWeights(), **values)
+            raise ValueError(f"{flag} {key}: must be >= 0, got {value}")
+    return replace(defaults, **values)
 
 
 def _nas_space(args: argparse.Namespace, cfg: Any) -> Any:
@@ -158,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.loop.init_from import architecture_of
     from trainer.loop.optim import OptimizerSettings
     from trainer.loop.trainer import Trainer, TrainSettings
+    from trainer.losses import LossWeights
+    from trainer.matcher import MatchCosts
     from trainer.nas.space import parse_int_list
 
     flip_pairs = _json_arg(args.flip_pairs, "--flip-pairs")
@@ -195,7 +199,8 @@ def _run(args: argparse.Namespace) -> int:
         amp=args.amp,
         resolutions=list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None,
         nas_full_fraction=args.nas_full_fraction,
-        loss_weights=_loss_weights(args.loss_weight),
+        loss_weights=_term_weights(args.loss_weight, LossWeights(), "--loss-weight"),
+        match_costs=_term_weights(args.match_cost, MatchCosts(), "--match-cost"),
         eval_every=args.eval_every,
         seed=args.seed,
         num_workers=args.workers,

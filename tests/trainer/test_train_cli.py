@@ -37,6 +37,8 @@ def _train(root, train_json, *extra: str) -> list[str]:
         (["--loss-weight", "kp=2"], "--loss-weight expects TERM=VALUE with TERM one of"),
         (["--loss-weight", "kp_l1=much"], "--loss-weight kp_l1: 'much' is not a number"),
         (["--loss-weight", "kp_nll=-1"], "--loss-weight kp_nll: must be >= 0"),
+        (["--match-cost", "ce=2"], "--match-cost expects TERM=VALUE with TERM one of ['cls', 'bbox'"),
+        (["--match-cost", "giou=x"], "--match-cost giou: 'x' is not a number"),
     ],
 )
 def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message: str) -> None:
@@ -56,8 +58,10 @@ def test_sigmas_that_are_not_an_object_are_refused_before_training(data, capsys,
 
 def test_one_step_run_writes_a_loadable_checkpoint(data, capsys) -> None:
     root, train_json = data
-    assert main(_train(root, train_json, "--max-steps", "1", "--loss-weight", "kp_l1=5")) == 0
+    assert main(_train(root, train_json, "--max-steps", "1", "--loss-weight", "kp_l1=5",
+                      "--match-cost", "giou=3")) == 0
     assert "run directory" in capsys.readouterr().out
     assert (root / "run" / "checkpoint.pt").is_file()
     settings = json.loads((root / "run" / "train_settings.json").read_text())
     assert settings["loss_weights"]["kp_l1"] == 5.0
+    assert settings["match_costs"]["giou"] == 3.0 and settings["match_costs"]["bbox"] == 5.0

@@ -182,3 +182,14 @@ def test_an_empty_training_set_is_refused(tmp_path) -> None:
     empty = CocoKeypointDataset(json_path, tmp_path / "images")
     with pytest.raises(ValueError, match="empty.json has no images to train on"):
         Trainer(_network(empty), empty, tmp_path / "run", _settings(), device="cpu")
+
+
+def test_loss_weights_and_match_costs_reach_the_criterion(synthetic, tmp_path) -> None:
+    from trainer.losses import LossWeights
+    from trainer.matcher import MatchCosts
+
+    train = synthetic[0]
+    settings = _settings(loss_weights=LossWeights(kp_l1=4.0), match_costs=MatchCosts(giou=3.0, kp_nll=0.0))
+    trainer = Trainer(_network(train), train, tmp_path / "run", settings, device="cpu")
+    assert trainer.criterion.weights.kp_l1 == 4.0
+    assert trainer.criterion.matcher.costs == MatchCosts(giou=3.0, kp_nll=0.0)

@@ -32,6 +32,7 @@ from trainer.loop.ema import ModelEMA
 from trainer.loop.optim import OptimizerSettings, build_optimizer
 from trainer.loop.pipeline import draw_generator, epoch_batches, epoch_loader
 from trainer.losses import LossWeights, SetCriterion
+from trainer.matcher import HungarianMatcher, MatchCosts
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class TrainSettings:
     progress: bool = True
     tensorboard: bool = True
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    match_costs: MatchCosts = field(default_factory=MatchCosts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +161,11 @@ class Trainer:
         self.sigmas = sigmas
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.criterion = SetCriterion(cfg.num_keypoints_per_class, weights=settings.loss_weights)
+        self.criterion = SetCriterion(
+            cfg.num_keypoints_per_class,
+            matcher=HungarianMatcher(cfg.num_keypoints_per_class, costs=settings.match_costs),
+            weights=settings.loss_weights,
+        )
         self.optimizer = build_optimizer(network, settings.optimizer, len(network.backbone.vit.blocks))
         self.ema = ModelEMA(network, settings.ema_decay, settings.ema_tau)
         self.autocast_dtype = amp_dtype(settings.amp, self.device)
