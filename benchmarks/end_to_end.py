@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import torch
 from result_file import write_result
+from timing import median_ms
 
 import rfkp.ops
 from rfkp.nn.detector import KeypointDETR
@@ -59,26 +58,6 @@ def available(device: torch.device) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - report and skip an unusable backend
             print(f"skipping {name}: {exc}")
     return names
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
-    """Median milliseconds per call (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def synthetic_targets(batch: int, num_keypoints: list[int], device: torch.device, seed: int = 0) -> list[dict]:
@@ -125,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
             with implementation(name), torch.inference_mode():
                 out = network(x)
                 got = {k: out[k].float() for k in RAW}
-                ms = time_ms(lambda: network(x), device, args.iters, args.warmup)  # noqa: B023
+                ms = median_ms(lambda: network(x), device, args.iters, args.warmup)  # noqa: B023
             if want is None:
                 want, base = got, ms
             else:
@@ -154,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     base = None
     for name in names:
         with implementation(name):
-            ms = time_ms(step, device, args.train_iters, args.warmup)
+            ms = median_ms(step, device, args.train_iters, args.warmup)
         base = base or ms
         rows.append({"mode": f"train_step_{args.amp}", "batch": args.train_batch, "ops": name, "ms": ms,
                      "speedup_vs_eager": base / ms})  # fmt: skip

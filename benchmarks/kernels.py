@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from result_file import portable_argv
+from timing import median_ms
 
 import rfkp.ops as ops
 from rfkp.ops import backend
@@ -85,28 +83,6 @@ def must_move_bytes(shape: Shape, dtype: torch.dtype, fused: bool, backward: boo
     return forward + (value + out + per_sample + B * S * H * D + per_sample) * e + levels
 
 
-def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
-    """Median milliseconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def copy_bandwidth_gb_per_s(device: torch.device, nbytes: int = 1 << 30, iters: int = 20) -> float | None:
     """Device-to-device copy bandwidth, counting the bytes read and written (None off CUDA): the yardstick the
     kernels' achieved GB/s is compared with."""
@@ -114,7 +90,7 @@ def copy_bandwidth_gb_per_s(device: torch.device, nbytes: int = 1 << 30, iters: 
         return None
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    ms = _time(lambda: dst.copy_(src), device, iters, warmup=3)
+    ms = median_ms(lambda: dst.copy_(src), device, iters, warmup=3)
     return 2 * nbytes / ms / 1e6
 
 
@@ -176,7 +152,7 @@ def main(args: argparse.Namespace) -> dict:
                     backend.set_ops_backend(None if name == "reference" else name)
                     fwd, fwd_bwd = _callables(shape, dtype, device, fused, name)
                     for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                        ms = _time(fn, device, args.iters, args.warmup)
+                        ms = median_ms(fn, device, args.iters, args.warmup)
                         baseline.setdefault(mode, ms)
                         nbytes = must_move_bytes(shape, dtype, fused, mode != "fwd")
                         row = dict(shape=shape_name, op="fused" if fused else "plain", dtype=dtype_name,
