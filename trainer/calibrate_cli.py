@@ -113,7 +113,10 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     options = {"by": args.by, "level": args.level, "kind": args.fit_on, "min_count": args.min_count}
     fit = fit_covariance_scale(errors, category_ids, num_keypoints, **options)
     after = apply_covariance_scale(errors, fit.scales, category_ids)
-    crossed = cross_validate(errors, category_ids, num_keypoints, folds=args.folds, **options)
+    try:
+        crossed, why_not = cross_validate(errors, category_ids, num_keypoints, folds=args.folds, **options), None
+    except ValueError as exc:  # one image only, or a fold whose complement has nothing to fit on
+        crossed, why_not = None, str(exc)
 
     previous = config.covariance_scale_table()
     total = [[float(fit.scales[c][j] * (previous[c][j] if previous else 1.0)) for j in range(k)]
@@ -121,8 +124,9 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     model.network.cfg = dataclasses.replace(config, covariance_scale=total)
     model.save_checkpoint(args.out, dtype=dtype)
 
-    results = {"before": errors.calibration(), "after (fitted images)": after.calibration(),
-               "cross-validated": crossed.calibration()}  # fmt: skip
+    results = {"before": errors.calibration(), "after (fitted images)": after.calibration()}
+    if crossed is not None:
+        results["cross-validated"] = crossed.calibration()
     out = {
         "weights": args.weights.name,
         "out": args.out.name,
@@ -138,6 +142,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         ],  # fmt: skip
         "coverage": {name: {kind: _coverage(r, kind) for kind in KINDS} for name, r in results.items()},
         "ideal": {f"{k}_sigma": nominal_coverage(k) for k in SIGMA_LEVELS},
+        "cross_validation_skipped": why_not,
     }
     if args.plot:
         from trainer.evaluation.plots import reliability_comparison_plot
@@ -166,6 +171,8 @@ def format_calibration(report: dict[str, Any]) -> str:
             if c["count"]:
                 shown = " / ".join(f"{100 * c[f'{k}_sigma']:.1f}" for k in SIGMA_LEVELS)
                 lines.append(f"  {name:<22} {kind:<9} {shown}   (n={c['count']})")
+    if report.get("cross_validation_skipped"):
+        lines.append(f"  no cross-validation: {report['cross_validation_skipped']}")
     return "\n".join(lines)
 
 

@@ -136,3 +136,20 @@ def test_calibrate_per_keypoint_and_bad_input(dataset: dict[str, Path], capsys: 
     assert rfkp_main(argv) == 1
     assert "no category for the keypointed classes ['side']" in capsys.readouterr().err
     assert not (dataset["root"] / "x.pt").exists()
+
+
+def test_one_image_fits_but_skips_cross_validation(dataset: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    coco = json.loads(dataset["data"].read_text())
+    coco["images"] = coco["images"][:1]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] == coco["images"][0]["id"]]
+    one = dataset["root"] / "one.json"
+    one.write_text(json.dumps(coco))
+    report_path = dataset["root"] / "one_report.json"
+    argv = ["calibrate", "--weights", str(dataset["weights"]), "--data", str(one), "--images", str(dataset["images"]),
+            "--sigmas", str(dataset["sigmas"]), "--out", str(dataset["root"] / "one.pt"), "--min-count", "1",
+            "--device", "cpu", "--json", str(report_path)]  # fmt: skip
+    assert rfkp_main(argv) == 0
+    assert "no cross-validation: cross-validation needs keypoints on at least two images" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert "cross-validated" not in report["coverage"] and report["images"] == 1
+    assert (dataset["root"] / "one.pt").is_file()
