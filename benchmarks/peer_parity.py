@@ -28,7 +28,8 @@ def compare(fixture: Path, image: Path | None) -> dict:
         p = torch.load(pred_file, weights_only=True)
         x, sizes = model.preprocess([image])
         dec = {k: v[0] for k, v in decode_detections(
-            model.forward_raw(x), sizes, num_keypoints_per_class=model.config.num_keypoints_per_class).items()}
+            model.forward_raw(x), sizes, num_keypoints_per_class=model.config.num_keypoints_per_class,
+            alpha=model.config.rescore_alpha).items()}
         kp = ~torch.isnan(p["precision_cholesky"][:, 0, 0])
         res["labels_equal"] = bool(torch.equal(dec["labels"], p["class_id"]))
         res["boxes_px"] = (dec["boxes"] - p["xyxy"]).abs().max().item()
@@ -45,12 +46,14 @@ def main() -> int:
     ap.add_argument("fixture", type=Path)
     ap.add_argument("--image", type=Path, help="the image the fixture's predict outputs were made from")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--note", help="how the fixture was made (recorded in the result file)")
     args = ap.parse_args()
     res = compare(args.fixture, args.image)
     for key, value in res.items():
         print(f"{key:24s} {value}")
     if args.out:
-        write_result(args.out, "max abs difference rfkp vs peer rfdetr 1.11.2 (fp32, CPU)", res)
+        extra = {"fixture": args.note} if args.note else {}
+        write_result(args.out, "max abs difference rfkp vs peer rfdetr 1.11.2 (fp32, CPU)", res, **extra)
     return 0
 
 

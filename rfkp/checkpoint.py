@@ -9,6 +9,7 @@ Two layouts are read:
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import pathlib
 import pickle
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from rfkp.config import ModelConfig
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "rfkp"
 FORMAT_VERSION = 1
@@ -157,6 +160,42 @@ def convert_peer_state_dict(peer: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+# the peer's defaults for what its tensors cannot tell
+PEER_CA_HEADS, PEER_SA_HEADS, PEER_POINTS = 16, 8, 2
+
+
+def _cross_attention_split(peer: dict[str, torch.Tensor], args: dict[str, Any], hidden: int) -> tuple[int, int]:
+    """(heads, points) of the decoder's deformable cross-attention (one feature level).
+
+    Its sampling offsets have heads * points * 2 rows, so the tensors give the product and ``args`` (the peer's
+    ``ca_nheads`` / ``dec_n_points``) the split; a missing one is derived from the other, both missing take the
+    peer's defaults (16 heads) with a warning, since the same tensors fit other splits.
+    """
+    rows = peer["transformer.decoder.layers.0.cross_attn.sampling_offsets.weight"].shape[0]
+    if rows % 2:
+        raise CheckpointError(f"cross-attention sampling offsets have {rows} rows, expected heads x points x 2")
+    product = rows // 2
+    heads = int(args["ca_nheads"]) if "ca_nheads" in args else None
+    points = int(args["dec_n_points"]) if "dec_n_points" in args else None
+    if heads is None and points is None:
+        heads = PEER_CA_HEADS if product % PEER_CA_HEADS == 0 else math.gcd(product, PEER_CA_HEADS)
+        logger.warning(
+            "checkpoint args name neither ca_nheads nor dec_n_points: assuming %d cross-attention heads x %d points "
+            "(the tensors only fix their product, %d); pass a checkpoint whose args carry them if this is wrong",
+            heads, product // heads, product,
+        )  # fmt: skip
+    if heads is None:
+        heads = product // points if points and product % points == 0 else 0
+    if points is None:
+        points = product // heads if heads and product % heads == 0 else 0
+    if heads * points != product or hidden % heads:
+        raise CheckpointError(
+            f"cross-attention of {product} heads x points (sampling offsets {rows} rows) does not fit "
+            f"ca_nheads={args.get('ca_nheads')} / dec_n_points={args.get('dec_n_points')} with hidden size {hidden}"
+        )
+    return heads, points
+
+
 def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> ModelConfig:
     """Architecture from tensor shapes; what shapes cannot tell (heads, points, windows, resolution) from args."""
     def count(pattern: str) -> int:
@@ -187,6 +226,9 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
         raise CheckpointError(f"keypoints per class {kpc} do not add up to the {total_kp} keypoint embeddings")
     num_classes = peer["class_embed.weight"].shape[0]
     names = list(args.get("class_names") or [])
+    ca_heads, ca_points = _cross_attention_split(peer, args, hidden)
+    if "sa_nheads" not in args:
+        logger.warning("checkpoint args do not name sa_nheads: assuming %d self-attention heads", PEER_SA_HEADS)
     return ModelConfig(
         num_classes=num_classes,
         num_keypoints_per_class=kpc,
@@ -200,11 +242,12 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
         out_feature_indexes=[int(i) for i in args.get("out_feature_indexes", [3, 6, 9, 12])],
         hidden_dim=hidden,
         dec_layers=dec_layers,
-        sa_heads=int(args.get("sa_nheads", 8)),
-        ca_heads=int(args.get("ca_nheads", 16)),
-        ca_points=int(args.get("dec_n_points", 2)),
+        sa_heads=int(args.get("sa_nheads", PEER_SA_HEADS)),
+        ca_heads=ca_heads,
+        ca_points=ca_points,
         dim_feedforward=peer["transformer.decoder.layers.0.linear1.weight"].shape[0],
         num_queries=num_queries,
         group_detr=groups,
         resolution=int(args.get("resolution", grid * patch)),
+        rescore_alpha=float(args.get("postprocess_trace_alpha", 0.2)),
     )

@@ -57,3 +57,26 @@ def test_predict_matches_peer(peer_model: RFDETRKeypoint) -> None:
     order = torch.sort(dec["scores"], descending=True, stable=True).indices
     assert abs(dets.score - dec["scores"][order].numpy()).max() <= 1e-6
     assert abs(dets.xyxy - dec["boxes"][order].numpy()).max() <= 1e-4
+
+
+def test_peer_args_fix_what_the_tensors_cannot(caplog: pytest.LogCaptureFixture) -> None:
+    """Sampling offsets give heads x points (32 here); the peer's args split it, or the peer's defaults with a
+    warning; its postprocess_trace_alpha becomes the rescoring strength."""
+    from rfkp.checkpoint import CheckpointError, config_from_peer, read_checkpoint
+
+    data = read_checkpoint(shared_path(*FIXTURE, "checkpoint.pth"))
+    state, args = data["model"], dict(data["args"])
+    with caplog.at_level("WARNING", logger="rfkp.checkpoint"):
+        cfg = config_from_peer(state, args)
+    assert (cfg.ca_heads, cfg.ca_points, cfg.sa_heads, cfg.rescore_alpha) == (16, 2, 8, 0.2)
+    assert "assuming 16 cross-attention heads x 2 points" in caplog.text and "assuming 8 self-attention" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rfkp.checkpoint"):
+        cfg = config_from_peer(state, {**args, "dec_n_points": 4, "sa_nheads": 4, "postprocess_trace_alpha": 0.3})
+    assert (cfg.ca_heads, cfg.ca_points, cfg.sa_heads, cfg.rescore_alpha) == (8, 4, 4, 0.3)
+    assert not caplog.text
+    assert (config_from_peer(state, {**args, "ca_nheads": 32}).ca_points) == 1
+    with pytest.raises(CheckpointError, match="does not fit ca_nheads=8 / dec_n_points=2"):
+        config_from_peer(state, {**args, "ca_nheads": 8, "dec_n_points": 2})
+    with pytest.raises(CheckpointError, match="does not fit ca_nheads=None / dec_n_points=3"):
+        config_from_peer(state, {**args, "dec_n_points": 3})
