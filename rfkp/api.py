@@ -56,7 +56,11 @@ class RFDETRKeypoint:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> RFDETRKeypoint:
         config, state = load_config_and_state(path)
         network = KeypointDETR(config)
-        missing, unexpected = network.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = network.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+            raise CheckpointError(f"{path}: checkpoint does not match the inferred architecture: {detail}") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"{path}: checkpoint does not match the inferred architecture; "

@@ -92,12 +92,25 @@ def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torc
         args = data.get("args")
         if isinstance(args, argparse.Namespace):
             args = vars(args)
-        config = config_from_peer(data["model"], args if isinstance(args, dict) else {})
-        state = convert_peer_state_dict(data["model"])
+        try:
+            config = config_from_peer(data["model"], args if isinstance(args, dict) else {})
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        state = _drop_unused_vit_blocks(convert_peer_state_dict(data["model"]), max(config.out_feature_indexes))
     else:
         raise CheckpointError(f"{path}: unrecognised checkpoint layout (neither rfkp nor rfdetr keypoint)")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     return config, state
+
+
+def _drop_unused_vit_blocks(state: dict[str, torch.Tensor], used: int) -> dict[str, torch.Tensor]:
+    """The peer keeps every encoder layer even when its last output comes earlier; those layers never reach
+    the outputs, so rfkp does not build them."""
+    rx = re.compile(r"backbone\.vit\.blocks\.(\d+)\.")
+    unused = sorted({int(m.group(1)) for k in state if (m := rx.match(k)) and int(m.group(1)) >= used})
+    if unused:
+        logger.info("ViT blocks %s come after the last feature output (block %d): not loaded", unused, used)
+    return {k: v for k, v in state.items() if not ((m := rx.match(k)) and int(m.group(1)) >= used)}
 
 
 # -- peer layout ---------------------------------------------------------------------------------------------
@@ -196,6 +209,29 @@ def _cross_attention_split(peer: dict[str, torch.Tensor], args: dict[str, Any], 
     return heads, points
 
 
+# peer options rfkp does not implement, recognised by the tensors they add: (pattern, option)
+_UNSUPPORTED_PEER_TENSORS = [
+    (re.compile(r"transformer\.register_(tokens|ref_points)"), "num_decoder_registers > 0"),
+    (re.compile(r"transformer\.decoder\.layers\.\d+\.inter_inst_kp_(attn|norm)"), "inter_instance_kp_attn=True"),
+    (re.compile(r"backbone\.0\.(cross_attn_)?projector\..*running_mean$"), "layer_norm=False (BatchNorm projectors)"),
+]
+
+
+def _check_supported(peer: dict[str, torch.Tensor], hidden: int) -> None:
+    """Refuse peer options that change the architecture in ways rfkp does not implement, naming the option."""
+    for pattern, option in _UNSUPPORTED_PEER_TENSORS:
+        hit = next((k for k in peer if pattern.match(k)), None)
+        if hit is not None:
+            raise CheckpointError(f"the checkpoint was trained with the peer option {option} (tensor {hit}), which "
+                                  "rfkp does not implement")  # fmt: skip
+    queries = peer.get("transformer.keypoint_query_initializer.queries")
+    if queries is not None and queries.shape[-1] != hidden:
+        raise CheckpointError(
+            f"the keypoint stream is {queries.shape[-1]} wide, the instance stream {hidden}: the peer option "
+            "grouppose_keypoint_dim_downscale > 1, which rfkp does not implement"
+        )
+
+
 def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> ModelConfig:
     """Architecture from tensor shapes; what shapes cannot tell (heads, points, windows, resolution) from args."""
     def count(pattern: str) -> int:
@@ -214,6 +250,7 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
     groups = count(r"transformer\.enc_output\.(\d+)\.")
     dec_layers = count(r"transformer\.decoder\.layers\.(\d+)\.")
     n_rows, hidden = peer["query_feat.weight"].shape
+    _check_supported(peer, hidden)
     num_queries = int(args.get("num_queries", n_rows // groups))
     if "num_keypoints_per_class" in args:
         kpc = [int(k) for k in args["num_keypoints_per_class"]]

@@ -80,3 +80,29 @@ def test_peer_args_fix_what_the_tensors_cannot(caplog: pytest.LogCaptureFixture)
         config_from_peer(state, {**args, "ca_nheads": 8, "dec_n_points": 2})
     with pytest.raises(CheckpointError, match="does not fit ca_nheads=None / dec_n_points=3"):
         config_from_peer(state, {**args, "dec_n_points": 3})
+
+
+def test_unsupported_peer_options_and_mismatches_are_named(tmp_path) -> None:  # noqa: ANN001
+    from rfkp.checkpoint import CheckpointError, read_checkpoint
+
+    data = read_checkpoint(shared_path(*FIXTURE, "checkpoint.pth"))
+
+    def load(state: dict, args: dict | None = None) -> RFDETRKeypoint:
+        path = tmp_path / "variant.pth"
+        torch.save({"model": state, "args": args or data["args"]}, path)
+        return RFDETRKeypoint.from_checkpoint(path, device="cpu")
+
+    state = data["model"]
+    with pytest.raises(CheckpointError, match=r"variant.pth: .*peer option num_decoder_registers > 0"):
+        load({**state, "transformer.register_tokens": torch.zeros(2, 256)})
+    with pytest.raises(CheckpointError, match="peer option inter_instance_kp_attn=True"):
+        load({**state, "transformer.decoder.layers.1.inter_inst_kp_norm.weight": torch.zeros(256)})
+    queries = state["transformer.keypoint_query_initializer.queries"]
+    with pytest.raises(CheckpointError, match="keypoint stream is 128 wide, the instance stream 256"):
+        load({**state, "transformer.keypoint_query_initializer.queries": queries[:, :128]})
+    linear = state["transformer.decoder.layers.0.linear2.weight"]
+    with pytest.raises(CheckpointError, match="does not match the inferred architecture: size mismatch for decoder"):
+        load({**state, "transformer.decoder.layers.0.linear2.weight": linear[:, :100]})
+    # the peer keeps encoder layers after its last feature output; they never reach the outputs
+    model = load(state, {**data["args"], "out_feature_indexes": [2, 5, 8, 11]})
+    assert len(model.network.backbone.vit.blocks) == 11
