@@ -34,6 +34,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     data.add_argument("--flip-pairs", help='JSON {category id or name or "*": [[i, j], ...]} left/right pairs')
     data.add_argument("--side-tokens", help="extra left:right name tokens for flip pairs, e.g. LH:RH,LF:RF")
     data.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS of --val")
+    data.add_argument("--calibrate", action="store_true",
+                      help="after training, fit covariance factors on --val (rfkp calibrate, per class) and write "
+                           "best_calibrated.pt, calibration.json and calibration.png")
     data.add_argument("--no-augment", action="store_true", help="no flip / crop augmentation")
     model = p.add_argument_group("model")
     model.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, metrics)")
@@ -168,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
     side_tokens = _side_tokens(args.side_tokens)
     train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)
     val_set = None
+    if args.calibrate and args.val is None:
+        raise ValueError("--calibrate needs --val: the covariance factors are fitted on held-out images")
     if args.val is not None:
         val_set = CocoKeypointDataset(args.val, args.val_images or args.images, flip_pairs=flip_pairs,
                                       side_tokens=side_tokens)
@@ -221,7 +226,32 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run directory: {args.out}")
     ap = "" if best is None else f", val AP {best['ap']:.4f}"
     print(f"weights: {args.out / 'best.pt'} (EMA{ap}), {args.out / 'last.pt'}")
+    if args.calibrate:
+        _calibrate_best(args)
     return 0
+
+
+def _calibrate_best(args: argparse.Namespace) -> None:
+    """``rfkp calibrate`` on best.pt with --val; a failure (nothing matched yet) is reported, the run stands."""
+    from trainer.calibrate_cli import calibrate, format_calibration
+
+    options = argparse.Namespace(
+        weights=args.out / "best.pt", data=args.val, images=args.val_images or args.images,
+        out=args.out / "best_calibrated.pt", by="class", level=2.0, fit_on="visible", min_count=20, folds=0,
+        sigmas=args.sigmas, threshold=0.001, resolution=None, device=args.device, batch_size=4,
+        plot=args.out / "calibration.png",
+    )  # fmt: skip
+    if not options.weights.is_file():
+        print("no calibration: the run wrote no best.pt (it stopped before its first validation)", file=sys.stderr)
+        return
+    try:
+        report = calibrate(options)
+    except ValueError as err:
+        print(f"no calibration: {err}", file=sys.stderr)
+        return
+    (args.out / "calibration.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(format_calibration(report))
+    print(f"calibrated weights: {options.out}")
 
 
 def main(args: argparse.Namespace) -> int:

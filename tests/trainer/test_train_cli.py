@@ -39,6 +39,7 @@ def _train(root, train_json, *extra: str) -> list[str]:
         (["--loss-weight", "kp_nll=-1"], "--loss-weight kp_nll: must be >= 0"),
         (["--match-cost", "ce=2"], "--match-cost expects TERM=VALUE with TERM one of ['cls', 'bbox'"),
         (["--match-cost", "giou=x"], "--match-cost giou: 'x' is not a number"),
+        (["--calibrate"], "--calibrate needs --val"),
     ],
 )
 def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message: str) -> None:
@@ -65,3 +66,48 @@ def test_one_step_run_writes_a_loadable_checkpoint(data, capsys) -> None:
     settings = json.loads((root / "run" / "train_settings.json").read_text())
     assert settings["loss_weights"]["kp_l1"] == 5.0
     assert settings["match_costs"]["giou"] == 3.0 and settings["match_costs"]["bbox"] == 5.0
+
+
+def test_calibrate_after_training_writes_calibrated_weights(data, capsys, tmp_path) -> None:
+    """One step is far from a useful model; a very wide OKS sigma still matches its detections to the ground
+    truth, which is all the calibration needs."""
+    root, train_json = data
+    sigmas = tmp_path / "sigmas.json"
+    categories = json.loads(train_json.read_text())["categories"]
+    sigmas.write_text(json.dumps({c["name"]: 50.0 for c in categories}))
+    run = tmp_path / "run"
+    argv = _train(root, train_json, "--batch-size", "4", "--val", str(train_json), "--sigmas", str(sigmas),
+                  "--calibrate", "--device", "cpu")  # fmt: skip
+    argv[argv.index("--out") + 1] = str(run)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "covariance factors" in out and "calibrated weights" in out
+    report = json.loads((run / "calibration.json").read_text())
+    assert report["weights"] == "best.pt" and (run / "best_calibrated.pt").is_file() and (run / "calibration.png").is_file()
+
+    from rfkp import RFDETRKeypoint
+
+    scales = RFDETRKeypoint.from_checkpoint(run / "best_calibrated.pt", device="cpu").config.covariance_scale
+    assert scales == [c["covariance_scale"] for c in report["classes"]]
+
+
+def test_calibrate_that_finds_nothing_to_fit_leaves_the_run_standing(data, capsys, tmp_path) -> None:
+    root, train_json = data
+    run = tmp_path / "run"
+    sigmas = tmp_path / "sigmas.json"
+    categories = json.loads(train_json.read_text())["categories"]
+    sigmas.write_text(json.dumps({c["name"]: 1e-6 for c in categories}))  # nothing reaches OKS 0.5
+    argv = _train(root, train_json, "--batch-size", "4", "--val", str(train_json), "--sigmas", str(sigmas),
+                  "--calibrate", "--device", "cpu")  # fmt: skip
+    argv[argv.index("--out") + 1] = str(run)
+    assert main(argv) == 0
+    assert "no calibration: no detection matched a ground truth" in capsys.readouterr().err
+    assert (run / "best.pt").is_file() and not (run / "best_calibrated.pt").exists()
+
+
+def test_calibrate_without_a_validated_best_says_so(data, capsys, tmp_path) -> None:
+    root, train_json = data
+    argv = _train(root, train_json, "--max-steps", "1", "--val", str(train_json), "--calibrate", "--device", "cpu")
+    argv[argv.index("--out") + 1] = str(tmp_path / "run")
+    assert main(argv) == 0
+    assert "no calibration: the run wrote no best.pt (it stopped before its first validation)" in capsys.readouterr().err
