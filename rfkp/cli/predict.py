@@ -1,15 +1,23 @@
-"""`rfkp predict IMAGE... --weights PATH`: annotated images and a JSON of the detections."""
+"""`rfkp predict IMAGE|DIR... --weights PATH`: annotated images and a JSON of the detections.
+
+A folder stands for the images directly inside it. An image that cannot be read is reported and skipped; the
+others are still predicted and written, and the exit status is 1 when any image failed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect keypoints in images", description=__doc__)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of images")
     p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--url", help="HOST:PORT of a running rfkp server (gRPC) instead of local weights")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum rescored score (default 0.5)")
@@ -19,33 +27,70 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    from rfkp.viz import draw_detections
+def expand_images(items: list[str]) -> list[str]:
+    """Files as given; a folder becomes its image files (by suffix, sorted). An empty folder is an error."""
+    paths: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def picture_names(paths: list[str]) -> list[str]:
+    """``<stem>_keypoints.png`` per image; images that share a stem get ``_2``, ``_3``... in input order."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}_keypoints.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_keypoints.png")
+    return names
+
+
+def _predictor(args: argparse.Namespace) -> Callable:
     if args.url:
         from rfkp.client import KeypointClient
 
         client = KeypointClient(args.url)
-        detections = [client.predict(Path(p), threshold=args.threshold) for p in args.images]
-    else:
-        from rfkp.api import RFDETRKeypoint
+        return lambda path: client.predict(Path(path), threshold=args.threshold)
+    from rfkp.api import RFDETRKeypoint
 
-        model = (
-            RFDETRKeypoint.from_checkpoint(args.weights, args.device)
-            if args.weights
-            else RFDETRKeypoint.default(args.device)
-        )
-        if model.is_random_init:
-            print("warning: no --weights given and no trained default ships: using a RANDOM-INITIALISED model")
-        detections = [model.predict(p, threshold=args.threshold, resolution=args.resolution) for p in args.images]
-    results = {}
-    for path, dets in zip(args.images, detections):
-        stem = Path(path).stem
-        draw_detections(path, dets).save(out / f"{stem}_keypoints.png")
+    model = RFDETRKeypoint.from_checkpoint(args.weights, args.device) if args.weights else RFDETRKeypoint.default(args.device)
+    if model.is_random_init:
+        print("warning: no --weights given and no trained default ships: using a RANDOM-INITIALISED model")
+    return lambda path: model.predict(path, threshold=args.threshold, resolution=args.resolution)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from rfkp.viz import draw_detections
+
+    paths = expand_images(args.images)
+    predict = _predictor(args)  # a bad checkpoint or server stops here, before any output is written
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, object] = {}
+    errors: dict[str, str] = {}
+    for path, name in zip(tqdm(paths, desc="predict", unit="image", disable=len(paths) < 2), picture_names(paths)):
+        try:
+            dets = predict(path)
+        except (OSError, ValueError, RuntimeError) as exc:  # unreadable or rejected image: report, go on
+            errors[str(path)] = str(exc)
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            continue
+        draw_detections(path, dets).save(out / name)
         results[str(path)] = dets.to_dict()
-        print(f"{path}: {len(dets)} detections")
+        print(f"{path}: {len(dets)} detections -> {name}")
     (out / "detections.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out / 'detections.json'} and annotated images to {out}/")
-    return 0
+    if errors:
+        (out / "errors.json").write_text(json.dumps(errors, indent=1))
+    print(f"wrote {out / 'detections.json'} and annotated images to {out}/"
+          + (f"; {len(errors)} of {len(paths)} images failed (errors.json)" if errors else ""))  # fmt: skip
+    return 1 if errors else 0

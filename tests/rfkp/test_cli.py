@@ -34,6 +34,35 @@ def test_predict_reports_a_missing_image(tmp_path: Path, capsys) -> None:  # noq
     assert "nope.jpg" in capsys.readouterr().err
 
 
+def test_predict_keeps_the_good_images_when_some_fail(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    weights = tmp_path / "tiny.pt"
+    RFDETRKeypoint.from_config(tiny(), device="cpu").save_checkpoint(weights)
+    folder, other = tmp_path / "cams", tmp_path / "other"
+    folder.mkdir()
+    other.mkdir()
+    rng = np.random.default_rng(1)
+    for path in (folder / "a.png", folder / "b.jpg", other / "a.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+    (folder / "notes.txt").write_text("not an image")  # not picked up from the folder
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    rc = main(["predict", str(folder), str(other / "a.png"), str(tmp_path / "gone.jpg"), "--weights", str(weights),
+               "--threshold", "0.0", "--out", str(out)])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "broken.png: error: could not decode" in err and "gone.jpg: error:" in err
+    data = json.loads((out / "detections.json").read_text())
+    assert sorted(data) == sorted([str(folder / "a.png"), str(folder / "b.jpg"), str(other / "a.png")])
+    errors = json.loads((out / "errors.json").read_text())
+    assert sorted(errors) == [str(folder / "broken.png"), str(tmp_path / "gone.jpg")]
+    # the two a.png do not overwrite each other's picture
+    assert {p.name for p in out.glob("*.png")} == {"a_keypoints.png", "a_2_keypoints.png", "b_keypoints.png"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--weights", str(weights), "--out", str(out)]) == 1
+    assert "no image files" in capsys.readouterr().err
+
+
 def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:
     assert main(["demo", "--local", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_keypoints.png").exists()
