@@ -78,13 +78,14 @@ def test_learning_rate_warms_up_then_follows_the_cosine_to_the_floor() -> None:
 
 
 def test_init_from_a_checkpoint_of_another_skeleton_keeps_the_shared_weights(synthetic, tmp_path) -> None:
-    person = KeypointDETR(tiny(resolution=64))  # one class, 17 keypoints
+    person = KeypointDETR(tiny(resolution=64, covariance_scale=[[2.0] * 17]))  # one class, 17 keypoints, calibrated
     with torch.no_grad():
         for p in person.parameters():
             p.normal_()
     write_checkpoint(tmp_path / "person.pt", person.cfg, person.state_dict())
     config = model_config_for(synthetic[0].schema, person.cfg)
     assert config.num_keypoints_per_class == [3, 5]
+    assert config.covariance_scale == []  # the factors belong to the network they were fitted on
     network, report = build_network(config, tmp_path / "person.pt")
     mine, theirs = network.state_dict(), person.state_dict()
     assert torch.equal(mine["backbone.vit.blocks.1.attn.qkv.weight"], theirs["backbone.vit.blocks.1.attn.qkv.weight"])
