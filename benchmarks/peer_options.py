@@ -44,7 +44,10 @@ OPTION_SETS = [
     {"postprocess_trace_alpha": 0.3},
     {"num_decoder_registers": 2},
     {"grouppose_keypoint_dim_downscale": 2},
+    {"grouppose_keypoint_dim_downscale": 4},
     {"inter_instance_kp_attn": True},
+    {"grouppose_keypoint_dim_downscale": 2, "inter_instance_kp_attn": True, "num_keypoints_per_class": [7, 4],
+     "num_classes": 2},
     {"layer_norm": False},
 ]
 ARGS_KEYS = {"ca_nheads": 16, "sa_nheads": 8, "dec_n_points": 2, "postprocess_trace_alpha": 0.2}

@@ -212,7 +212,6 @@ def _cross_attention_split(peer: dict[str, torch.Tensor], args: dict[str, Any], 
 # peer options rfkp does not implement, recognised by the tensors they add: (pattern, option)
 _UNSUPPORTED_PEER_TENSORS = [
     (re.compile(r"transformer\.register_(tokens|ref_points)"), "num_decoder_registers > 0"),
-    (re.compile(r"transformer\.decoder\.layers\.\d+\.inter_inst_kp_(attn|norm)"), "inter_instance_kp_attn=True"),
     (re.compile(r"backbone\.0\.(cross_attn_)?projector\..*running_mean$"), "layer_norm=False (BatchNorm projectors)"),
 ]
 
@@ -225,10 +224,9 @@ def _check_supported(peer: dict[str, torch.Tensor], hidden: int) -> None:
             raise CheckpointError(f"the checkpoint was trained with the peer option {option} (tensor {hit}), which "
                                   "rfkp does not implement")  # fmt: skip
     queries = peer.get("transformer.keypoint_query_initializer.queries")
-    if queries is not None and queries.shape[-1] != hidden:
+    if queries is not None and hidden % queries.shape[-1]:
         raise CheckpointError(
-            f"the keypoint stream is {queries.shape[-1]} wide, the instance stream {hidden}: the peer option "
-            "grouppose_keypoint_dim_downscale > 1, which rfkp does not implement"
+            f"the keypoint stream is {queries.shape[-1]} wide, which does not divide the instance stream's {hidden}"
         )
 
 
@@ -287,4 +285,6 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
         group_detr=groups,
         resolution=int(args.get("resolution", grid * patch)),
         rescore_alpha=float(args.get("postprocess_trace_alpha", 0.2)),
+        keypoint_dim_downscale=hidden // peer["transformer.keypoint_query_initializer.queries"].shape[-1],
+        inter_instance_kp_attn=any(".inter_inst_kp_attn." in k for k in peer),
     )

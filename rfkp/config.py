@@ -46,6 +46,10 @@ class ModelConfig:
     dim_feedforward: int = 2048
     num_queries: int = 100
     group_detr: int = 13
+    # keypoint stream: width hidden_dim // keypoint_dim_downscale (projections in and out when > 1; the peer's
+    # grouppose_keypoint_dim_downscale), and optional attention across instances per keypoint
+    keypoint_dim_downscale: int = 1
+    inter_instance_kp_attn: bool = False
     # preprocessing
     resolution: int = 576
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -77,6 +81,10 @@ class ModelConfig:
         for c, (names, k) in enumerate(zip(self.keypoint_names, self.num_keypoints_per_class)):
             if len(names) != k:
                 raise ValueError(f"class {c}: {len(names)} keypoint names for {k} keypoints")
+        if self.keypoint_dim_downscale < 1 or self.hidden_dim % self.keypoint_dim_downscale:
+            raise ValueError(
+                f"keypoint_dim_downscale must be a divisor of hidden_dim {self.hidden_dim}, got {self.keypoint_dim_downscale}"
+            )
         self.covariance_scale = [[float(v) for v in row] for row in self.covariance_scale]
         if self.covariance_scale:
             shape = [len(row) for row in self.covariance_scale]
@@ -103,6 +111,11 @@ class ModelConfig:
             return None
         kmax = self.max_keypoints
         return [row + [1.0] * (kmax - len(row)) for row in self.covariance_scale]
+
+    @property
+    def keypoint_dim(self) -> int:
+        """Width of the keypoint stream."""
+        return self.hidden_dim // self.keypoint_dim_downscale
 
     @property
     def block_size(self) -> int:

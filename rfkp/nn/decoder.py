@@ -32,8 +32,12 @@ class DecoderLayer(nn.Module):
         levels: int = 1,
         points: int = 2,
         dim_feedforward: int = 2048,
+        kp_dim: int | None = None,
+        inter_instance_kp_attn: bool = False,
     ) -> None:
         super().__init__()
+        kd = kp_dim or dim
+        narrow = kd != dim  # a narrower keypoint stream: instance features, positions and memory projected in/out
         self.self_attn = nn.MultiheadAttention(dim, sa_heads, batch_first=True)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = DeformableAttention(dim, ca_heads, levels, points)
@@ -41,16 +45,26 @@ class DecoderLayer(nn.Module):
         self.linear1 = Linear(dim, dim_feedforward)
         self.linear2 = Linear(dim_feedforward, dim)
         self.norm3 = nn.LayerNorm(dim)
-        # keypoint stream
-        self.kp_inst_self_attn = nn.MultiheadAttention(dim, sa_heads, batch_first=True)
+        # keypoint stream (heads scale with its width, at least one)
+        shrink = dim // kd
+        self.narrow, self.inter_instance = narrow, inter_instance_kp_attn
+        if narrow:
+            self.inst_in_proj = Linear(dim, kd)
+            self.inst_pos_in_proj = Linear(dim, kd)
+            self.inst_out_proj = Linear(kd, dim)
+            self.memory_in_proj = Linear(dim, kd)
+        self.kp_inst_self_attn = nn.MultiheadAttention(kd, max(1, sa_heads // shrink), batch_first=True)
         self.instance_kp_layer_scale = nn.Parameter(torch.full((1,), 1e-6))
         self.kp_inst_norm = nn.LayerNorm(dim)
-        self.kp_norm = nn.LayerNorm(dim)
-        self.kp_cross_attn = DeformableAttention(dim, ca_heads, levels, points)
-        self.kp_cross_attn_norm = nn.LayerNorm(dim)
-        self.kp_linear1 = Linear(dim, 4 * dim)
-        self.kp_linear3 = Linear(4 * dim, dim)
-        self.kp_norm5 = nn.LayerNorm(dim)
+        self.kp_norm = nn.LayerNorm(kd)
+        if inter_instance_kp_attn:  # each keypoint attends to the same keypoint of the other instances
+            self.inter_inst_kp_attn = nn.MultiheadAttention(kd, max(1, ca_heads // shrink), batch_first=True)
+            self.inter_inst_kp_norm = nn.LayerNorm(kd)
+        self.kp_cross_attn = DeformableAttention(kd, max(1, ca_heads // shrink), levels, points)
+        self.kp_cross_attn_norm = nn.LayerNorm(kd)
+        self.kp_linear1 = Linear(kd, 4 * kd)
+        self.kp_linear3 = Linear(4 * kd, kd)
+        self.kp_norm5 = nn.LayerNorm(kd)
 
     def forward(
         self,
@@ -81,21 +95,45 @@ class DecoderLayer(nn.Module):
         tgt = self.norm2(tgt + self.cross_attn(tgt + query_pos, ref_boxes, memory, spatial_shapes, level_start_index))
         tgt = self.norm3(tgt + self.linear2(self.linear1(tgt, "relu")))
 
-        K = kp.shape[2]
-        tokens = torch.cat([tgt.unsqueeze(2), kp], dim=2).reshape(B * Q, 1 + K, C)
-        pos = torch.cat([kp_pos.new_zeros(1, C), kp_pos], dim=0)
+        narrow = self.narrow
+        inst = self.inst_in_proj(tgt) if narrow else tgt
+        inst_pos = self.inst_pos_in_proj(query_pos) if narrow else query_pos
+        K, D = kp.shape[2], kp.shape[3]
+        tokens = torch.cat([inst.unsqueeze(2), kp], dim=2).reshape(B * Q, 1 + K, D)
+        pos = torch.cat([kp_pos.new_zeros(1, D), kp_pos], dim=0)
         qk = tokens + pos
         out = self.kp_inst_self_attn(qk, qk, tokens, attn_mask=kp_attn_mask, need_weights=False)[0]
-        out = out.reshape(B, Q, 1 + K, C)
-        tgt = self.kp_inst_norm(tgt + out[:, :, 0] * self.instance_kp_layer_scale)
+        out = out.reshape(B, Q, 1 + K, D)
+        back = self.inst_out_proj(out[:, :, 0]) if narrow else out[:, :, 0]
+        tgt = self.kp_inst_norm(tgt + back * self.instance_kp_layer_scale)
         kp = self.kp_norm(kp + out[:, :, 1:])
 
-        kq = (kp + query_pos.unsqueeze(2)).reshape(B, Q * K, C)
+        if self.inter_instance:
+            kp = self.inter_inst_kp_norm(kp + self._across_instances(kp, inst_pos, groups))
+
+        kq = (kp + inst_pos.unsqueeze(2)).reshape(B, Q * K, D)
         kref = ref_boxes.unsqueeze(2).expand(B, Q, K, 4).reshape(B, Q * K, 4)
-        ca = self.kp_cross_attn(kq, kref, kp_memory, spatial_shapes, level_start_index)
-        kp = self.kp_cross_attn_norm(kp + ca.reshape(B, Q, K, C))
+        value = self.memory_in_proj(kp_memory) if narrow else kp_memory
+        ca = self.kp_cross_attn(kq, kref, value, spatial_shapes, level_start_index)
+        kp = self.kp_cross_attn_norm(kp + ca.reshape(B, Q, K, D))
         kp = self.kp_norm5(kp + self.kp_linear3(self.kp_linear1(kp, "relu")))
         return tgt, kp
+
+    def _across_instances(self, kp: torch.Tensor, inst_pos: torch.Tensor, groups: int) -> torch.Tensor:
+        """Attention of each keypoint over the same keypoint of the other queries of its group (query groups
+        stay apart, as in the instance self-attention); position: the instance's query position."""
+        B, Q, K, D = kp.shape
+        x = kp.transpose(1, 2)  # (B, K, Q, D)
+        p = inst_pos.unsqueeze(1).expand(B, K, Q, D)
+        if groups > 1:  # groups along the batch axis
+            x = torch.cat(x.split(Q // groups, dim=2), dim=0)
+            p = torch.cat(p.split(Q // groups, dim=2), dim=0)
+        n, _, q, _ = x.shape
+        x, p = x.reshape(n * K, q, D), p.reshape(n * K, q, D)
+        out = self.inter_inst_kp_attn(x + p, x + p, x, need_weights=False)[0].reshape(n, K, q, D)
+        if groups > 1:
+            out = torch.cat(out.split(B, dim=0), dim=2)
+        return out.transpose(1, 2)
 
 
 class Decoder(nn.Module):
@@ -107,13 +145,15 @@ class Decoder(nn.Module):
         num_layers: int,
         dim: int,
         num_keypoints_per_class: list[int],
+        kp_dim: int | None = None,
         **layer_kwargs: int,
     ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(dim=dim, **layer_kwargs) for _ in range(num_layers))
+        kd = kp_dim or dim
+        self.layers = nn.ModuleList(DecoderLayer(dim=dim, kp_dim=kd, **layer_kwargs) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
         self.ref_point_head = MLP(2 * dim, dim, dim, 2)
-        self.keypoint_pos_embed = nn.Parameter(torch.randn(sum(num_keypoints_per_class), dim))
+        self.keypoint_pos_embed = nn.Parameter(torch.randn(sum(num_keypoints_per_class), kd))
         self.register_buffer("kp_class_mask", keypoint_class_mask(num_keypoints_per_class), persistent=False)
 
     def forward(

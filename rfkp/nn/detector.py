@@ -67,13 +67,16 @@ class KeypointDETR(nn.Module):
             raise ValueError("at least one class must have keypoints")
         self.backbone = Backbone(cfg)
         self.two_stage = TwoStage(dim=d, num_classes=cfg.num_classes, groups=cfg.group_detr)
-        self.keypoint_queries = KeypointQueryInit(d, cfg.total_keypoints)
-        self.keypoint_queries_enc = KeypointQueryInit(d, cfg.total_keypoints)
-        self.enc_out_keypoint_embed = nn.ModuleList(MLP(d, d, 8, 3) for _ in range(cfg.group_detr))
+        kd = cfg.keypoint_dim
+        self.keypoint_queries = KeypointQueryInit(d, cfg.total_keypoints, kd)
+        self.keypoint_queries_enc = KeypointQueryInit(d, cfg.total_keypoints, kd)
+        self.enc_out_keypoint_embed = nn.ModuleList(MLP(kd, kd, 8, 3) for _ in range(cfg.group_detr))
         self.decoder = Decoder(
             num_layers=cfg.dec_layers,
             dim=d,
             num_keypoints_per_class=kpc,
+            kp_dim=kd,
+            inter_instance_kp_attn=cfg.inter_instance_kp_attn,
             sa_heads=cfg.sa_heads,
             ca_heads=cfg.ca_heads,
             points=cfg.ca_points,
@@ -81,7 +84,7 @@ class KeypointDETR(nn.Module):
         )
         self.class_embed = Linear(d, cfg.num_classes)
         self.bbox_embed = MLP(d, d, 4, 3)
-        self.keypoint_embed = MLP(d, d, 8, 3)
+        self.keypoint_embed = MLP(kd, kd, 8, 3)
         self.refpoint_embed = nn.Embedding(cfg.num_queries * cfg.group_detr, 4)
         self.query_feat = nn.Embedding(cfg.num_queries * cfg.group_detr, d)
         # compact keypoint index -> padded slot, and the active-slot mask (C_kp, K_max)

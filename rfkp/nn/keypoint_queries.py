@@ -15,16 +15,17 @@ class KeypointQueryInit(nn.Module):
     The MLP's last layer starts at zero, so at initialisation every instance gets the plain learned queries.
     """
 
-    def __init__(self, dim: int, num_keypoints: int) -> None:
+    def __init__(self, dim: int, num_keypoints: int, out_dim: int | None = None) -> None:
         super().__init__()
-        self.queries = nn.Parameter(torch.randn(num_keypoints, dim))
-        self.adaLN_modulation = nn.Sequential(Linear(dim, dim), nn.GELU(), Linear(dim, 3 * dim))
+        out_dim = out_dim or dim
+        self.queries = nn.Parameter(torch.randn(num_keypoints, out_dim))
+        self.adaLN_modulation = nn.Sequential(Linear(dim, dim), nn.GELU(), Linear(dim, 3 * out_dim))
         nn.init.zeros_(self.adaLN_modulation[2].weight)
         nn.init.zeros_(self.adaLN_modulation[2].bias)
-        self.out_proj = Linear(dim, dim)
+        self.out_proj = Linear(out_dim, out_dim)
 
     def forward(self, instance: torch.Tensor) -> torch.Tensor:
-        """instance (..., C) -> keypoint queries (..., K, C)."""
+        """instance (..., C) -> keypoint queries (..., K, C_kp)."""
         q = self.queries
         normed = F.layer_norm(q, (q.shape[-1],))
         scale, shift, gate = self.adaLN_modulation(instance.unsqueeze(-2)).chunk(3, dim=-1)

@@ -215,3 +215,18 @@ def test_peer_checkpoint_at_576(tmp_path: Path) -> None:
     dets = model.predict(image, threshold=0.0)
     assert len(dets) == 100
     assert_same_detections(in_input_pixels(dets, 576), got, ordered=False)
+
+
+@pytest.mark.parametrize("plugins", [False, True])
+def test_narrow_keypoint_stream_with_inter_instance_attention_exports(tmp_path: Path, plugins: bool) -> None:
+    model = random_model(seed=7, keypoint_dim_downscale=2, inter_instance_kp_attn=True)
+    path = export_onnx(model, tmp_path / "narrow.onnx", num_select=12, plugins=plugins)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    if plugins:  # ONNX Runtime has no kernels for the plugin nodes: their presence is what is checked here
+        assert {op for _, op in _ops(graph)} >= {"RfkpMSDeformAttn", "RfkpGaussianRescore"}
+        return
+    pixels = torch.randn(1, 3, R, R, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = image_rows(as_numpy(ExportedDetector(model, num_select=12)(pixels)), 0)
+    assert_same_detections(want, image_rows(run(session(path), pixels), 0), ordered=False)

@@ -95,11 +95,13 @@ def test_unsupported_peer_options_and_mismatches_are_named(tmp_path) -> None:  #
     state = data["model"]
     with pytest.raises(CheckpointError, match=r"variant.pth: .*peer option num_decoder_registers > 0"):
         load({**state, "transformer.register_tokens": torch.zeros(2, 256)})
-    with pytest.raises(CheckpointError, match="peer option inter_instance_kp_attn=True"):
-        load({**state, "transformer.decoder.layers.1.inter_inst_kp_norm.weight": torch.zeros(256)})
+    with pytest.raises(CheckpointError, match=r"peer option layer_norm=False \(BatchNorm projectors\)"):
+        load({**state, "backbone.0.projector.stages.0.0.cv1.bn.running_mean": torch.zeros(8)})
     queries = state["transformer.keypoint_query_initializer.queries"]
-    with pytest.raises(CheckpointError, match="keypoint stream is 128 wide, the instance stream 256"):
-        load({**state, "transformer.keypoint_query_initializer.queries": queries[:, :128]})
+    with pytest.raises(CheckpointError, match="keypoint stream is 100 wide, which does not divide the instance"):
+        load({**state, "transformer.keypoint_query_initializer.queries": queries[:, :100]})
+    with pytest.raises(CheckpointError, match="does not match the inferred architecture: size mismatch"):
+        load({**state, "transformer.keypoint_query_initializer.queries": queries[:, :128]})  # only this tensor
     linear = state["transformer.decoder.layers.0.linear2.weight"]
     with pytest.raises(CheckpointError, match="does not match the inferred architecture: size mismatch for decoder"):
         load({**state, "transformer.decoder.layers.0.linear2.weight": linear[:, :100]})

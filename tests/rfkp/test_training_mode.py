@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
@@ -16,9 +17,9 @@ def _loss(out: dict) -> torch.Tensor:
     return total
 
 
-def _check_all_grads(arch: SubArchitecture) -> None:
+def _check_all_grads(arch: SubArchitecture, **config: object) -> None:
     torch.manual_seed(0)
-    net = KeypointDETR(tiny(num_classes=3, num_keypoints_per_class=[3, 2]))
+    net = KeypointDETR(tiny(num_classes=3, num_keypoints_per_class=[3, 2], **config))
     init_weights(net)
     # zero-initialised last layers would block gradients to earlier layers in a single step: perturb them
     with torch.no_grad():
@@ -49,9 +50,14 @@ def test_gradients_for_a_sub_architecture() -> None:
     _check_all_grads(SubArchitecture(patch_size=12, num_windows=1, dec_layers=1, num_queries=7))
 
 
-def test_query_groups_do_not_see_each_other() -> None:
+def test_gradients_with_a_narrow_keypoint_stream_and_inter_instance_attention() -> None:
+    _check_all_grads(SubArchitecture(), keypoint_dim_downscale=4, inter_instance_kp_attn=True)
+
+
+@pytest.mark.parametrize("config", [{}, {"keypoint_dim_downscale": 2, "inter_instance_kp_attn": True}])
+def test_query_groups_do_not_see_each_other(config: dict) -> None:
     torch.manual_seed(0)
-    net = KeypointDETR(tiny())
+    net = KeypointDETR(tiny(**config))
     init_weights(net)
     net.train()
     x = torch.randn(1, 3, 256, 256)
@@ -61,3 +67,24 @@ def test_query_groups_do_not_see_each_other() -> None:
     b = net(x)["pred_logits"]
     assert torch.allclose(a[:, :20], b[:, :20], atol=1e-6)
     assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+def test_narrow_keypoint_stream_shapes_and_round_trip(tmp_path) -> None:  # noqa: ANN001
+    from rfkp import RFDETRKeypoint
+
+    cfg = tiny(num_classes=2, num_keypoints_per_class=[5], keypoint_dim_downscale=2, inter_instance_kp_attn=True)
+    model = RFDETRKeypoint.from_config(cfg, device="cpu")
+    layer = model.network.decoder.layers[0]
+    kd = cfg.hidden_dim // 2
+    assert model.network.keypoint_queries.queries.shape == (5, kd)
+    assert layer.kp_cross_attn.value_proj.weight.shape == (kd, kd) and layer.memory_in_proj.weight.shape == (kd, cfg.hidden_dim)
+    assert layer.kp_inst_self_attn.num_heads == cfg.sa_heads // 2 and layer.inter_inst_kp_attn.num_heads == cfg.ca_heads // 2
+    path = tmp_path / "narrow.pt"
+    model.save_checkpoint(path)
+    loaded = RFDETRKeypoint.from_checkpoint(path, device="cpu")
+    assert loaded.config == cfg
+    x = torch.randn(1, 3, 128, 128)
+    a, b = model.forward_raw(x), loaded.forward_raw(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="keypoint_dim_downscale must be a divisor of hidden_dim"):
+        tiny(keypoint_dim_downscale=3)
