@@ -75,3 +75,21 @@ def test_end_to_end_benchmark_smoke_run(tmp_path):
         ("forward", 1, "eager"), ("forward", 2, "eager"), ("train_step_fp32", 2, "eager")]
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] == 1.0 for r in rows)
     assert result["gpu"] == "cpu" and result["command"].startswith("python benchmarks/end_to_end.py --device cpu")
+
+
+def test_keypoint_stream_benchmark_smoke_run(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("rfkp_keypoint_stream_benchmark",
+                                                      SCRIPT.parent / "keypoint_stream.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    out = tmp_path / "ks.json"
+    assert bench.main(["--variant", "tiny", "--runs", "1", "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]["rows"]
+    assert [(r["keypoint_dim_downscale"], r["inter_instance_kp_attn"]) for r in rows] == bench.SETTINGS
+    assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]  # narrower keypoint streams
+    assert rows[3]["parameters"] > rows[0]["parameters"]  # plus the inter-instance attention
+    assert all(r["forward_ms"] > r["decoder_ms"] > 0 for r in rows)
