@@ -49,6 +49,8 @@ OPTION_SETS = [
     {"grouppose_keypoint_dim_downscale": 2, "inter_instance_kp_attn": True, "num_keypoints_per_class": [7, 4],
      "num_classes": 2},
     {"layer_norm": False},
+    {"num_decoder_registers": 2, "layer_norm": False, "grouppose_keypoint_dim_downscale": 2,
+     "inter_instance_kp_attn": True, "dec_layers": 3, "num_queries": 50},
 ]
 ARGS_KEYS = {"ca_nheads": 16, "sa_nheads": 8, "dec_n_points": 2, "postprocess_trace_alpha": 0.2}
 

@@ -129,6 +129,8 @@ _PREFIX_MAP = [
     ("transformer.keypoint_query_initializer_enc.", "keypoint_queries_enc."),
     ("transformer.keypoint_query_initializer.", "keypoint_queries."),
     ("transformer.enc_out_keypoint_embed.", "enc_out_keypoint_embed."),
+    ("transformer.register_tokens", "register_tokens"),
+    ("transformer.register_ref_points", "register_ref_points"),
     ("transformer.", "two_stage."),
     *((name, name) for name in ("class_embed.", "bbox_embed.", "keypoint_embed.", "refpoint_embed.", "query_feat.")),
 ]
@@ -209,20 +211,8 @@ def _cross_attention_split(peer: dict[str, torch.Tensor], args: dict[str, Any], 
     return heads, points
 
 
-# peer options rfkp does not implement, recognised by the tensors they add: (pattern, option)
-_UNSUPPORTED_PEER_TENSORS = [
-    (re.compile(r"transformer\.register_(tokens|ref_points)"), "num_decoder_registers > 0"),
-    (re.compile(r"backbone\.0\.(cross_attn_)?projector\..*running_mean$"), "layer_norm=False (BatchNorm projectors)"),
-]
-
-
 def _check_supported(peer: dict[str, torch.Tensor], hidden: int) -> None:
-    """Refuse peer options that change the architecture in ways rfkp does not implement, naming the option."""
-    for pattern, option in _UNSUPPORTED_PEER_TENSORS:
-        hit = next((k for k in peer if pattern.match(k)), None)
-        if hit is not None:
-            raise CheckpointError(f"the checkpoint was trained with the peer option {option} (tensor {hit}), which "
-                                  "rfkp does not implement")  # fmt: skip
+    """Refuse what rfkp cannot build, saying why."""
     queries = peer.get("transformer.keypoint_query_initializer.queries")
     if queries is not None and hidden % queries.shape[-1]:
         raise CheckpointError(
@@ -287,4 +277,7 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
         rescore_alpha=float(args.get("postprocess_trace_alpha", 0.2)),
         keypoint_dim_downscale=hidden // peer["transformer.keypoint_query_initializer.queries"].shape[-1],
         inter_instance_kp_attn=any(".inter_inst_kp_attn." in k for k in peer),
+        projector_norm="batch" if any(k.startswith("backbone.0.projector.") and k.endswith("running_mean")
+                                      for k in peer) else "layer",
+        decoder_registers=peer["transformer.register_tokens"].shape[0] if "transformer.register_tokens" in peer else 0,
     )

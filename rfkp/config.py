@@ -39,6 +39,7 @@ class ModelConfig:
     # projector / decoder
     hidden_dim: int = 256
     projector_blocks: int = 3
+    projector_norm: str = "layer"  # "layer" or "batch" in the projectors' conv blocks
     dec_layers: int = 4
     sa_heads: int = 8
     ca_heads: int = 16
@@ -50,6 +51,7 @@ class ModelConfig:
     # grouppose_keypoint_dim_downscale), and optional attention across instances per keypoint
     keypoint_dim_downscale: int = 1
     inter_instance_kp_attn: bool = False
+    decoder_registers: int = 0  # extra decoder tokens per query group, not read out
     # preprocessing
     resolution: int = 576
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -81,6 +83,10 @@ class ModelConfig:
         for c, (names, k) in enumerate(zip(self.keypoint_names, self.num_keypoints_per_class)):
             if len(names) != k:
                 raise ValueError(f"class {c}: {len(names)} keypoint names for {k} keypoints")
+        if self.projector_norm not in ("layer", "batch"):
+            raise ValueError(f"projector_norm must be 'layer' or 'batch', got {self.projector_norm!r}")
+        if self.decoder_registers < 0:
+            raise ValueError(f"decoder_registers must be >= 0, got {self.decoder_registers}")
         if self.keypoint_dim_downscale < 1 or self.hidden_dim % self.keypoint_dim_downscale:
             raise ValueError(
                 f"keypoint_dim_downscale must be a divisor of hidden_dim {self.hidden_dim}, got {self.keypoint_dim_downscale}"

@@ -40,8 +40,8 @@ class Backbone(nn.Module):
             out_indexes=tuple(cfg.out_feature_indexes),
         )
         in_ch = cfg.vit_dim * len(cfg.out_feature_indexes)
-        self.projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks)
-        self.keypoint_projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks)
+        self.projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks, cfg.projector_norm)
+        self.keypoint_projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks, cfg.projector_norm)
 
     def forward(self, x: torch.Tensor, patch_size: int, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.vit(x, patch_size=patch_size, num_windows=num_windows)
@@ -86,6 +86,9 @@ class KeypointDETR(nn.Module):
         self.bbox_embed = MLP(d, d, 4, 3)
         self.keypoint_embed = MLP(kd, kd, 8, 3)
         self.refpoint_embed = nn.Embedding(cfg.num_queries * cfg.group_detr, 4)
+        if cfg.decoder_registers:  # extra decoder tokens appended to every group, dropped from the outputs
+            self.register_tokens = nn.Parameter(torch.randn(cfg.decoder_registers, d))
+            self.register_ref_points = nn.Parameter(torch.zeros(cfg.decoder_registers, 4))
         self.query_feat = nn.Embedding(cfg.num_queries * cfg.group_detr, d)
         # compact keypoint index -> padded slot, and the active-slot mask (C_kp, K_max)
         kmax = cfg.max_keypoints
@@ -164,6 +167,8 @@ class KeypointDETR(nn.Module):
         rows = torch.cat([torch.arange(k, device=x.device) + g * cfg.num_queries for g in range(groups)])
         tgt = self.query_feat.weight[rows].unsqueeze(0).expand(B, -1, -1)
         ref = apply_box_delta(self.refpoint_embed.weight[rows].unsqueeze(0), enc_boxes.detach())
+        if cfg.decoder_registers:
+            tgt, ref = self._with_registers(tgt, ref, groups)
         kp_tgt = self.keypoint_queries(tgt)
 
         hs, kp_hs = self.decoder(
@@ -177,6 +182,10 @@ class KeypointDETR(nn.Module):
             num_layers=arch.dec_layers,
             groups=groups,
         )
+        if cfg.decoder_registers:
+            hs = [self._without_registers(h, groups) for h in hs]
+            kp_hs = [self._without_registers(h, groups) for h in kp_hs]
+            ref = self._without_registers(ref, groups)
         outputs = [self._predict(hs_l, kp_l, ref) for hs_l, kp_l in zip(hs, kp_hs)]
         out = dict(outputs[-1])
         if with_aux:
@@ -188,6 +197,20 @@ class KeypointDETR(nn.Module):
                 "pred_keypoints": enc_kp,
             }
         return out
+
+    def _with_registers(self, tgt: torch.Tensor, ref: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the register tokens (and their reference boxes) to each group's queries."""
+        B = tgt.shape[0]
+        reg = self.register_tokens.unsqueeze(0).expand(B, -1, -1)
+        reg_ref = self.register_ref_points.unsqueeze(0).expand(B, -1, -1)
+        tgt = torch.cat([torch.cat([t, reg], dim=1) for t in tgt.chunk(groups, dim=1)], dim=1)
+        ref = torch.cat([torch.cat([r, reg_ref], dim=1) for r in ref.chunk(groups, dim=1)], dim=1)
+        return tgt, ref
+
+    def _without_registers(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        """Drop the register rows from each group of (B, groups * (k + R), ...)."""
+        n = self.cfg.decoder_registers
+        return torch.cat([c[:, : c.shape[1] - n] for c in x.chunk(groups, dim=1)], dim=1)
 
     def _enc_keypoints(self, enc_feat: torch.Tensor, enc_boxes: torch.Tensor, groups: int) -> torch.Tensor:
         kp_mem = self.keypoint_queries_enc(enc_feat)

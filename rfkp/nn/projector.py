@@ -1,4 +1,7 @@
-"""C2f-style projector: concatenated ViT features -> `out_channels` map with channel LayerNorm (stride kept)."""
+"""C2f-style projector: concatenated ViT features -> `out_channels` map with channel LayerNorm (stride kept).
+
+The conv blocks normalise with a channel LayerNorm (the released model) or BatchNorm (`norm="batch"`, the peer's
+`layer_norm=False`); the projector's output norm is a LayerNorm either way."""
 
 from __future__ import annotations
 
@@ -22,11 +25,16 @@ class ChannelLayerNorm(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+NORMS = ("layer", "batch")
+
+
 class ConvNormAct(nn.Module):
-    def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, norm: str = "layer") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
-        self.norm = ChannelLayerNorm(c_out)
+        self.norm = ChannelLayerNorm(c_out) if norm == "layer" else nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.silu(self.norm(self.conv(x)))
@@ -35,10 +43,10 @@ class ConvNormAct(nn.Module):
 class Bottleneck(nn.Module):
     """Two 3x3 conv-norm-SiLU layers, no shortcut."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "layer") -> None:
         super().__init__()
-        self.cv1 = ConvNormAct(channels, channels, 3)
-        self.cv2 = ConvNormAct(channels, channels, 3)
+        self.cv1 = ConvNormAct(channels, channels, 3, norm)
+        self.cv2 = ConvNormAct(channels, channels, 3, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv2(self.cv1(x))
@@ -47,12 +55,12 @@ class Bottleneck(nn.Module):
 class Projector(nn.Module):
     """C2f: split a 1x1 projection in two halves, chain `num_blocks` bottlenecks on the second half, fuse all."""
 
-    def __init__(self, in_channels: int, out_channels: int = 256, num_blocks: int = 3) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 256, num_blocks: int = 3, norm: str = "layer") -> None:
         super().__init__()
         self.hidden = out_channels // 2
-        self.cv1 = ConvNormAct(in_channels, 2 * self.hidden, 1)
-        self.blocks = nn.ModuleList(Bottleneck(self.hidden) for _ in range(num_blocks))
-        self.cv2 = ConvNormAct((2 + num_blocks) * self.hidden, out_channels, 1)
+        self.cv1 = ConvNormAct(in_channels, 2 * self.hidden, 1, norm)
+        self.blocks = nn.ModuleList(Bottleneck(self.hidden, norm) for _ in range(num_blocks))
+        self.cv2 = ConvNormAct((2 + num_blocks) * self.hidden, out_channels, 1, norm)
         self.norm = ChannelLayerNorm(out_channels)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

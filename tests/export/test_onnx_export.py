@@ -218,8 +218,9 @@ def test_peer_checkpoint_at_576(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("plugins", [False, True])
-def test_narrow_keypoint_stream_with_inter_instance_attention_exports(tmp_path: Path, plugins: bool) -> None:
-    model = random_model(seed=7, keypoint_dim_downscale=2, inter_instance_kp_attn=True)
+def test_peer_architecture_options_export(tmp_path: Path, plugins: bool) -> None:
+    model = random_model(seed=7, keypoint_dim_downscale=2, inter_instance_kp_attn=True, decoder_registers=2,
+                         projector_norm="batch")
     path = export_onnx(model, tmp_path / "narrow.onnx", num_select=12, plugins=plugins)
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph, full_check=True)

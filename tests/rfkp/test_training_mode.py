@@ -54,7 +54,12 @@ def test_gradients_with_a_narrow_keypoint_stream_and_inter_instance_attention() 
     _check_all_grads(SubArchitecture(), keypoint_dim_downscale=4, inter_instance_kp_attn=True)
 
 
-@pytest.mark.parametrize("config", [{}, {"keypoint_dim_downscale": 2, "inter_instance_kp_attn": True}])
+def test_gradients_with_registers_and_batchnorm_projectors() -> None:
+    _check_all_grads(SubArchitecture(num_queries=9), decoder_registers=2, projector_norm="batch")
+
+
+@pytest.mark.parametrize("config", [{}, {"keypoint_dim_downscale": 2, "inter_instance_kp_attn": True},
+                                    {"decoder_registers": 3}])
 def test_query_groups_do_not_see_each_other(config: dict) -> None:
     torch.manual_seed(0)
     net = KeypointDETR(tiny(**config))
@@ -88,3 +93,21 @@ def test_narrow_keypoint_stream_shapes_and_round_trip(tmp_path) -> None:  # noqa
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="keypoint_dim_downscale must be a divisor of hidden_dim"):
         tiny(keypoint_dim_downscale=3)
+
+
+def test_registers_are_not_read_out_and_change_the_result() -> None:
+    torch.manual_seed(0)
+    net = KeypointDETR(tiny(decoder_registers=2)).eval()
+    init_weights(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        a = net(x)
+        assert a["pred_logits"].shape[1] == net.cfg.num_queries  # no register rows
+        net.register_tokens.add_(1.0)
+        b = net(x)
+    assert not torch.allclose(a["pred_logits"], b["pred_logits"])  # the queries attend to the registers
+    with pytest.raises(ValueError, match="projector_norm must be 'layer' or 'batch'"):
+        tiny(projector_norm="group")
