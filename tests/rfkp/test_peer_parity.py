@@ -82,7 +82,7 @@ def test_peer_args_fix_what_the_tensors_cannot(caplog: pytest.LogCaptureFixture)
         config_from_peer(state, {**args, "dec_n_points": 3})
 
 
-def test_unsupported_peer_options_and_mismatches_are_named(tmp_path) -> None:  # noqa: ANN001
+def test_peer_variants_load_and_mismatches_are_named(tmp_path) -> None:  # noqa: ANN001
     from rfkp.checkpoint import CheckpointError, read_checkpoint
 
     data = read_checkpoint(shared_path(*FIXTURE, "checkpoint.pth"))
