@@ -13,6 +13,8 @@
 # without a package index, bring them as files: the pytriton wheel unpacked and re-packed with xz is about 36 MB
 # (`unzip -q WHEEL -d t && tar -C t -cJf pytriton.tar.xz .`), unpack it into a folder on PYTHONPATH there, and
 # pip install --no-deps the small wheels it needs (tritonclient, sh, typing_inspect, pyzmq, python-rapidjson).
+# The bundled python-backend stub (one per Python 3.8-3.13) was built against numpy 1: the python3 the server
+# finds first on PATH needs numpy < 2 (a numpy 1.26 wheel, about 12 MB xz-packed, fits beside the above).
 set -u
 OUT=${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [STEP...]}
 shift
