@@ -4,7 +4,8 @@ For every option set below, the peer's fixture tool (``../shared/tools/make_peer
 peer's own python) builds a random-weight peer model with those options and saves its checkpoint and raw
 outputs; rfkp then loads the checkpoint and compares ``forward_raw`` (max abs difference per tensor), or
 records the error it refuses the checkpoint with. The tool writes ``args`` without the attention heads, points
-and rescoring strength, so those are added to the saved args as the released checkpoint carries them.
+rescoring strength and the flags that leave the tensors alone (dual_projector_kp_only, bbox_reparam), so those
+are added to the saved args as the released checkpoint carries them.
 Usage:
     python benchmarks/peer_options.py --peer-python PEER_PYTHON [--out benchmarks/results/peer_options.json]
 """
@@ -26,7 +27,7 @@ from rfkp import RFDETRKeypoint
 
 TOOL = Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "make_peer_fixture.py"
 RAW = ("pred_logits", "pred_boxes", "pred_keypoints")
-# the peer's keyword arguments; what it carries in args beyond the tool's own set (heads, points, alpha)
+# the peer's keyword arguments; what it carries in args beyond the tool's own set (heads, points, alpha, flags)
 OPTION_SETS = [
     {},
     {"num_classes": 2, "num_keypoints_per_class": [7, 4]},
@@ -49,10 +50,15 @@ OPTION_SETS = [
     {"grouppose_keypoint_dim_downscale": 2, "inter_instance_kp_attn": True, "num_keypoints_per_class": [7, 4],
      "num_classes": 2},
     {"layer_norm": False},
+    {"keypoint_cross_attn": False},
+    {"dual_projector_kp_only": False},
+    {"dual_projector": False},
+    {"bbox_reparam": False},
     {"num_decoder_registers": 2, "layer_norm": False, "grouppose_keypoint_dim_downscale": 2,
      "inter_instance_kp_attn": True, "dec_layers": 3, "num_queries": 50},
 ]
-ARGS_KEYS = {"ca_nheads": 16, "sa_nheads": 8, "dec_n_points": 2, "postprocess_trace_alpha": 0.2}
+ARGS_KEYS = {"ca_nheads": 16, "sa_nheads": 8, "dec_n_points": 2, "postprocess_trace_alpha": 0.2,
+             "dual_projector_kp_only": True, "bbox_reparam": True}
 
 
 def one(peer_python: str, options: dict, folder: Path) -> dict:

@@ -254,6 +254,12 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
     ca_heads, ca_points = _cross_attention_split(peer, args, hidden)
     if "sa_nheads" not in args:
         logger.warning("checkpoint args do not name sa_nheads: assuming %d self-attention heads", PEER_SA_HEADS)
+    if not bool(args.get("bbox_reparam", True)):
+        raise CheckpointError("the checkpoint was trained with bbox_reparam=False, which rfkp does not implement")
+    dual = any(k.startswith("backbone.0.cross_attn_projector.") for k in peer)
+    if dual and "dual_projector_kp_only" not in args:
+        logger.warning("checkpoint args do not name dual_projector_kp_only: assuming True (the released model's; "
+                       "only the keypoint stream reads the second projector)")  # fmt: skip
     return ModelConfig(
         num_classes=num_classes,
         num_keypoints_per_class=kpc,
@@ -280,4 +286,7 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
         projector_norm="batch" if any(k.startswith("backbone.0.projector.") and k.endswith("running_mean")
                                       for k in peer) else "layer",
         decoder_registers=peer["transformer.register_tokens"].shape[0] if "transformer.register_tokens" in peer else 0,
+        keypoint_cross_attn=any(".kp_cross_attn." in k for k in peer),
+        dual_projector=dual,
+        dual_projector_kp_only=bool(args.get("dual_projector_kp_only", True)),
     )

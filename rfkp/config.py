@@ -52,6 +52,11 @@ class ModelConfig:
     keypoint_dim_downscale: int = 1
     inter_instance_kp_attn: bool = False
     decoder_registers: int = 0  # extra decoder tokens per query group, not read out
+    keypoint_cross_attn: bool = True  # the keypoint stream's deformable cross-attention
+    # a second projector for the keypoint stream (dual_projector); with dual_projector_kp_only=False the instance
+    # stream reads it too (the peer's flags of the same names; the released model: both True)
+    dual_projector: bool = True
+    dual_projector_kp_only: bool = True
     # preprocessing
     resolution: int = 576
     image_mean: tuple[float, float, float] = IMAGENET_MEAN

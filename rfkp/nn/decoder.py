@@ -34,6 +34,7 @@ class DecoderLayer(nn.Module):
         dim_feedforward: int = 2048,
         kp_dim: int | None = None,
         inter_instance_kp_attn: bool = False,
+        keypoint_cross_attn: bool = True,
     ) -> None:
         super().__init__()
         kd = kp_dim or dim
@@ -60,8 +61,10 @@ class DecoderLayer(nn.Module):
         if inter_instance_kp_attn:  # each keypoint attends to the same keypoint of the other instances
             self.inter_inst_kp_attn = nn.MultiheadAttention(kd, max(1, ca_heads // shrink), batch_first=True)
             self.inter_inst_kp_norm = nn.LayerNorm(kd)
-        self.kp_cross_attn = DeformableAttention(kd, max(1, ca_heads // shrink), levels, points)
-        self.kp_cross_attn_norm = nn.LayerNorm(kd)
+        self.keypoint_cross_attn = keypoint_cross_attn
+        if keypoint_cross_attn:
+            self.kp_cross_attn = DeformableAttention(kd, max(1, ca_heads // shrink), levels, points)
+            self.kp_cross_attn_norm = nn.LayerNorm(kd)
         self.kp_linear1 = Linear(kd, 4 * kd)
         self.kp_linear3 = Linear(4 * kd, kd)
         self.kp_norm5 = nn.LayerNorm(kd)
@@ -111,11 +114,12 @@ class DecoderLayer(nn.Module):
         if self.inter_instance:
             kp = self.inter_inst_kp_norm(kp + self._across_instances(kp, inst_pos, groups))
 
-        kq = (kp + inst_pos.unsqueeze(2)).reshape(B, Q * K, D)
-        kref = ref_boxes.unsqueeze(2).expand(B, Q, K, 4).reshape(B, Q * K, 4)
-        value = self.memory_in_proj(kp_memory) if narrow else kp_memory
-        ca = self.kp_cross_attn(kq, kref, value, spatial_shapes, level_start_index)
-        kp = self.kp_cross_attn_norm(kp + ca.reshape(B, Q, K, D))
+        if self.keypoint_cross_attn:
+            kq = (kp + inst_pos.unsqueeze(2)).reshape(B, Q * K, D)
+            kref = ref_boxes.unsqueeze(2).expand(B, Q, K, 4).reshape(B, Q * K, 4)
+            value = self.memory_in_proj(kp_memory) if narrow else kp_memory
+            ca = self.kp_cross_attn(kq, kref, value, spatial_shapes, level_start_index)
+            kp = self.kp_cross_attn_norm(kp + ca.reshape(B, Q, K, D))
         kp = self.kp_norm5(kp + self.kp_linear3(self.kp_linear1(kp, "relu")))
         return tgt, kp
 

@@ -41,11 +41,14 @@ class Backbone(nn.Module):
         )
         in_ch = cfg.vit_dim * len(cfg.out_feature_indexes)
         self.projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks, cfg.projector_norm)
-        self.keypoint_projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks, cfg.projector_norm)
+        if cfg.dual_projector:
+            self.keypoint_projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks, cfg.projector_norm)
 
     def forward(self, x: torch.Tensor, patch_size: int, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first projector's map, second projector's map, or the first again without a second projector)."""
         feats = self.vit(x, patch_size=patch_size, num_windows=num_windows)
-        return self.projector(feats), self.keypoint_projector(feats)
+        first = self.projector(feats)
+        return first, self.keypoint_projector(feats) if hasattr(self, "keypoint_projector") else first
 
 
 class KeypointDETR(nn.Module):
@@ -77,6 +80,7 @@ class KeypointDETR(nn.Module):
             num_keypoints_per_class=kpc,
             kp_dim=kd,
             inter_instance_kp_attn=cfg.inter_instance_kp_attn,
+            keypoint_cross_attn=cfg.keypoint_cross_attn,
             sa_heads=cfg.sa_heads,
             ca_heads=cfg.ca_heads,
             points=cfg.ca_points,
@@ -171,11 +175,13 @@ class KeypointDETR(nn.Module):
             tgt, ref = self._with_registers(tgt, ref, groups)
         kp_tgt = self.keypoint_queries(tgt)
 
+        # the released layout: the instance stream reads the first projector, the keypoint stream the second;
+        # dual_projector_kp_only=False: both read the second (the two-stage proposals always read the first)
         hs, kp_hs = self.decoder(
             tgt,
             kp_tgt,
             ref,
-            memory,
+            memory if cfg.dual_projector_kp_only else kp_memory,
             kp_memory,
             spatial_shapes,
             level_start_index,

@@ -72,7 +72,8 @@ def test_peer_args_fix_what_the_tensors_cannot(caplog: pytest.LogCaptureFixture)
     assert "assuming 16 cross-attention heads x 2 points" in caplog.text and "assuming 8 self-attention" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="rfkp.checkpoint"):
-        cfg = config_from_peer(state, {**args, "dec_n_points": 4, "sa_nheads": 4, "postprocess_trace_alpha": 0.3})
+        cfg = config_from_peer(state, {**args, "dec_n_points": 4, "sa_nheads": 4, "postprocess_trace_alpha": 0.3,
+                                       "dual_projector_kp_only": True})
     assert (cfg.ca_heads, cfg.ca_points, cfg.sa_heads, cfg.rescore_alpha) == (8, 4, 4, 0.3)
     assert not caplog.text
     assert (config_from_peer(state, {**args, "ca_nheads": 32}).ca_points) == 1
@@ -80,6 +81,11 @@ def test_peer_args_fix_what_the_tensors_cannot(caplog: pytest.LogCaptureFixture)
         config_from_peer(state, {**args, "ca_nheads": 8, "dec_n_points": 2})
     with pytest.raises(CheckpointError, match="does not fit ca_nheads=None / dec_n_points=3"):
         config_from_peer(state, {**args, "dec_n_points": 3})
+    # flags that leave the tensors alone come from args: honoured, refused, or assumed with a warning
+    assert "assuming True (the released model's" in caplog.text
+    assert not config_from_peer(state, {**args, "dual_projector_kp_only": False}).dual_projector_kp_only
+    with pytest.raises(CheckpointError, match="bbox_reparam=False, which rfkp does not implement"):
+        config_from_peer(state, {**args, "bbox_reparam": False})
 
 
 def test_peer_variants_load_and_mismatches_are_named(tmp_path) -> None:  # noqa: ANN001

@@ -58,6 +58,14 @@ def test_gradients_with_registers_and_batchnorm_projectors() -> None:
     _check_all_grads(SubArchitecture(num_queries=9), decoder_registers=2, projector_norm="batch")
 
 
+def test_gradients_with_one_projector_and_no_keypoint_cross_attention() -> None:
+    _check_all_grads(SubArchitecture(), dual_projector=False, keypoint_cross_attn=False)
+
+
+def test_gradients_when_both_streams_read_the_second_projector() -> None:
+    _check_all_grads(SubArchitecture(), dual_projector_kp_only=False)
+
+
 @pytest.mark.parametrize("config", [{}, {"keypoint_dim_downscale": 2, "inter_instance_kp_attn": True},
                                     {"decoder_registers": 3}])
 def test_query_groups_do_not_see_each_other(config: dict) -> None:
