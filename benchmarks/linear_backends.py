@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from result_file import write_result
+from timing import median_ms
 
 from rfkp.nn.linear import onednn_linear_available
+
+CPU = torch.device("cpu")
 
 # (name, tokens, in, out, activation)
 SHAPES = [
@@ -31,17 +32,6 @@ SHAPES = [
     ("decoder kp ffn1 + relu", 1700, 256, 1024, "relu"),
     ("decoder kp ffn2", 1700, 1024, 256, None),
 ]
-
-
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def _blas() -> str:
@@ -70,10 +60,10 @@ def main() -> None:
             ref = acts[act](F.linear(x, w, b))
             fused = torch.ops.mkldnn._linear_pointwise(x, w, b, act or "none", [], "none")
             max_diff = (fused - ref).abs().max().item()
-            aten_ms = _median_ms(lambda x=x, w=w, b=b, act=act: acts[act](F.linear(x, w, b)), args.runs)
-            onednn_ms = _median_ms(
+            aten_ms = median_ms(lambda x=x, w=w, b=b, act=act: acts[act](F.linear(x, w, b)), CPU, args.runs, 3)
+            onednn_ms = median_ms(
                 lambda x=x, w=w, b=b, act=act: torch.ops.mkldnn._linear_pointwise(x, w, b, act or "none", [], "none"),
-                args.runs,
+                CPU, args.runs, 3,
             )
             gflop = 2 * m * k * n / 1e9
             rows.append({"product": name, "m": m, "k": k, "n": n, "activation": act, "f_linear_ms": aten_ms,

@@ -130,18 +130,23 @@ async def stream(url: str, frame: bytes, cameras: int, fps: float, duration: flo
     }
 
 
+def timed_runs(fn, runs: int, warmup: int = 3) -> dict:  # noqa: ANN001
+    """Percentiles of ``runs`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"runs": runs, **percentiles(times)}
+
+
 def in_process_latency(weights: Path, frame: bytes, device: str, runs: int, threshold: float) -> dict:
     from rfkp.api import RFDETRKeypoint
 
     model = RFDETRKeypoint.from_checkpoint(weights, device=device)
-    for _ in range(3):
-        model.predict(frame, threshold=threshold)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model.predict(frame, threshold=threshold)
-        times.append(time.perf_counter() - t0)
-    return {"runs": runs, **percentiles(times)}
+    return timed_runs(lambda: model.predict(frame, threshold=threshold), runs)
 
 
 def in_process_pipeline(weights: Path, graph: Path | None, frame: bytes, options, runs: int) -> dict:
@@ -163,14 +168,7 @@ def in_process_pipeline(weights: Path, graph: Path | None, frame: bytes, options
         pixels, sizes = pre(payload, None)
         post(net(pixels), sizes)
 
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return {"runs": runs, **percentiles(times)}
+    return timed_runs(once, runs)
 
 
 def make_weights(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:

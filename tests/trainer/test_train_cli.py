@@ -16,8 +16,8 @@ def data(tmp_path_factory: pytest.TempPathFactory):
     return root, make_dataset(root, "train", 4, seed=0)
 
 
-def _train(root, train_json, *extra: str) -> list[str]:
-    return ["train", "--data", str(train_json), "--images", str(root / "images"), "--out", str(root / "run"),
+def _train(root, train_json, *extra: str, out=None) -> list[str]:  # noqa: ANN001
+    return ["train", "--data", str(train_json), "--images", str(root / "images"), "--out", str(out or root / "run"),
             "--variant", "tiny", "--set", "resolution=64", "--epochs", "1", "--no-progress", "--no-tensorboard",
             *extra]
 
@@ -77,8 +77,7 @@ def test_calibrate_after_training_writes_calibrated_weights(data, capsys, tmp_pa
     sigmas.write_text(json.dumps({c["name"]: 50.0 for c in categories}))
     run = tmp_path / "run"
     argv = _train(root, train_json, "--batch-size", "4", "--val", str(train_json), "--sigmas", str(sigmas),
-                  "--calibrate", "--device", "cpu")  # fmt: skip
-    argv[argv.index("--out") + 1] = str(run)
+                  "--calibrate", "--device", "cpu", out=run)  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "covariance factors" in out and "calibrated weights" in out
@@ -98,8 +97,7 @@ def test_calibrate_that_finds_nothing_to_fit_leaves_the_run_standing(data, capsy
     categories = json.loads(train_json.read_text())["categories"]
     sigmas.write_text(json.dumps({c["name"]: 1e-6 for c in categories}))  # nothing reaches OKS 0.5
     argv = _train(root, train_json, "--batch-size", "4", "--val", str(train_json), "--sigmas", str(sigmas),
-                  "--calibrate", "--device", "cpu")  # fmt: skip
-    argv[argv.index("--out") + 1] = str(run)
+                  "--calibrate", "--device", "cpu", out=run)  # fmt: skip
     assert main(argv) == 0
     assert "no calibration: no detection matched a ground truth" in capsys.readouterr().err
     assert (run / "best.pt").is_file() and not (run / "best_calibrated.pt").exists()
@@ -107,7 +105,6 @@ def test_calibrate_that_finds_nothing_to_fit_leaves_the_run_standing(data, capsy
 
 def test_calibrate_without_a_validated_best_says_so(data, capsys, tmp_path) -> None:
     root, train_json = data
-    argv = _train(root, train_json, "--max-steps", "1", "--val", str(train_json), "--calibrate", "--device", "cpu")
-    argv[argv.index("--out") + 1] = str(tmp_path / "run")
+    argv = _train(root, train_json, "--max-steps", "1", "--val", str(train_json), "--calibrate", "--device", "cpu", out=tmp_path / "run")
     assert main(argv) == 0
     assert "no calibration: the run wrote no best.pt (it stopped before its first validation)" in capsys.readouterr().err

@@ -5,7 +5,6 @@ Every error names the file and the image id, annotation id or category at fault 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from trainer.data.errors import CocoFormatError
 from trainer.data.schema import DatasetSchema
+from trainer.jsonfile import load_json
 
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
 _ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "keypoints")
@@ -27,16 +27,10 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
         CocoFormatError: the text is not JSON (with line and column) or the root is not an object.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CocoFormatError(
-            f"{path.name}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise CocoFormatError(f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        data = load_json(path, "COCO annotation")
+    except ValueError as err:  # malformed JSON or not UTF-8, with the position
+        raise CocoFormatError(str(err)) from err
     if not isinstance(data, dict):
         raise CocoFormatError(f"{path.name}: the JSON root must be an object, got {type(data).__name__}")
     return data
