@@ -68,6 +68,8 @@ def _unsupported_global(exc: Exception) -> str:
 def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
     """Atomic write of rfkp's own format."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write a checkpoint to {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     payload = {
@@ -76,8 +78,11 @@ def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str
         "config": config.to_dict(),
         "model": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure nothing half-written stays behind
 
 
 def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fit-on", choices=KINDS, default="visible", help="which labelled keypoints to fit on")
     p.add_argument("--min-count", type=int, default=20,
                    help="groups with fewer keypoints take their parent's factor (keypoint -> class -> global)")
-    p.add_argument("--folds", type=int, default=0, help="cross-validation folds over images (0: one per image)")
+    p.add_argument("--folds", type=int, default=0,
+                   help="cross-validation folds over images, >= 2 (default 0: one per image, also when there are "
+                        "fewer images than folds)")
     p.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
     p.add_argument("--threshold", type=float, default=0.001, help="score threshold of the detections")
     p.add_argument("--resolution", type=int, help="inference resolution")
@@ -53,8 +56,33 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--plot", type=Path, help="write the reliability plot (before / after / cross-validated) here")
     p.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=main)
     return p
+
+
+def calibrate_options(argv: list[str]) -> argparse.Namespace:
+    """The options of ``rfkp calibrate ARGV...`` (its defaults for what ARGV leaves out), for callers in code."""
+    parser = argparse.ArgumentParser(prog="rfkp")
+    add_parser(parser.add_subparsers()).prog = "rfkp calibrate"
+    return parser.parse_args(["calibrate", *argv])
+
+
+def _check_options(args: argparse.Namespace, coco: dict[str, Any]) -> None:
+    """What can be refused before the model runs over every image."""
+    if args.out.resolve() == args.weights.resolve():
+        raise ValueError(f"--out must be a new file, not --weights ({args.weights})")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; name the checkpoint file to write")
+    if not (math.isfinite(args.level) and args.level > 0):
+        raise ValueError(f"--level must be a finite number of sigmas > 0, got {args.level}")
+    if args.min_count < 1:
+        raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
+    if args.folds < 0 or args.folds == 1:
+        raise ValueError(f"--folds must be 0 (one per image) or >= 2, got {args.folds}")
+    wanted = {"visible": (2,), "occluded": (1,), "all": (1, 2)}[args.fit_on]
+    if not any(v in wanted for ann in coco["annotations"] for v in ann["keypoints"][2::3]):
+        raise ValueError(f"{args.data.name} labels no {args.fit_on} keypoints to fit on (--fit-on)")
 
 
 def _coverage(result: CalibrationResult, kind: str) -> dict[str, Any]:
@@ -85,13 +113,10 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.evaluation.results import class_categories
     from trainer.jsonfile import load_sigmas
 
-    if args.out.resolve() == args.weights.resolve():
-        raise ValueError(f"--out must be a new file, not --weights ({args.weights})")
-    if args.level <= 0:
-        raise ValueError(f"--level must be > 0, got {args.level}")
     coco = load_coco_json(args.data)
     schema = infer_schema(coco, args.data.name)
     validate_coco(coco, schema, args.data.name)
+    _check_options(args, coco)
     check_image_files(coco, args.images, args.data.name)
     sigmas = load_sigmas(args.sigmas)
     dtype = _stored_float_dtype(args.weights)
@@ -105,7 +130,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     num_keypoints = list(config.num_keypoints_per_class)
 
     rows = predict_rows(model, coco, args.images, schema, threshold=args.threshold, resolution=args.resolution,
-                        batch_size=args.batch_size, progress=True)  # fmt: skip
+                        batch_size=args.batch_size, progress=getattr(args, "progress", True))  # fmt: skip
     report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
     errors = report.errors
     if errors is None or not len(errors):
@@ -131,7 +156,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         "weights": args.weights.name,
         "out": args.out.name,
         "data": args.data.name,
-        "images": int(np.unique(errors.image_id).size),
+        "images": len(coco["images"]),
+        "images_with_matches": int(np.unique(errors.image_id).size),
         "settings": {**options, "folds": args.folds, "threshold": args.threshold, "resolution": args.resolution},
         "keypoint_ap": report.overall["AP"],
         "classes": [

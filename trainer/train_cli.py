@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,8 @@ def _term_weights(items: list[str], defaults: Any, flag: str) -> Any:
             values[key] = float(value)
         except ValueError:
             raise ValueError(f"{flag} {key}: {value!r} is not a number") from None
-        if values[key] < 0:
-            raise ValueError(f"{flag} {key}: must be >= 0, got {value}")
+        if not (math.isfinite(values[key]) and values[key] >= 0):
+            raise ValueError(f"{flag} {key}: must be a finite number >= 0, got {value}")
     return replace(defaults, **values)
 
 
@@ -233,14 +234,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _calibrate_best(args: argparse.Namespace) -> None:
     """``rfkp calibrate`` on best.pt with --val; a failure (nothing matched yet) is reported, the run stands."""
-    from trainer.calibrate_cli import calibrate, format_calibration
+    from trainer.calibrate_cli import calibrate, calibrate_options, format_calibration
 
-    options = argparse.Namespace(
-        weights=args.out / "best.pt", data=args.val, images=args.val_images or args.images,
-        out=args.out / "best_calibrated.pt", by="class", level=2.0, fit_on="visible", min_count=20, folds=0,
-        sigmas=args.sigmas, threshold=0.001, resolution=None, device=args.device, batch_size=4,
-        plot=args.out / "calibration.png",
-    )  # fmt: skip
+    argv = ["--weights", str(args.out / "best.pt"), "--data", str(args.val), "--images", str(args.val_images or args.images),
+            "--out", str(args.out / "best_calibrated.pt"), "--plot", str(args.out / "calibration.png")]  # fmt: skip
+    argv += ["--sigmas", str(args.sigmas)] if args.sigmas else []
+    argv += ["--device", args.device] if args.device else []
+    argv += ["--no-progress"] if args.no_progress else []
+    options = calibrate_options(argv)
     if not options.weights.is_file():
         print("no calibration: the run wrote no best.pt (it stopped before its first validation)", file=sys.stderr)
         return

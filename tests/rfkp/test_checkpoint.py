@@ -122,3 +122,11 @@ def test_missing_and_wrong_layout(tmp_path: Path) -> None:
     torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "y.pth")
     with pytest.raises(CheckpointError, match="unrecognised"):
         RFDETRKeypoint.from_checkpoint(tmp_path / "y.pth")
+
+
+def test_saving_to_a_folder_is_refused_and_leaves_nothing(two_skeleton_model: RFDETRKeypoint, tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        two_skeleton_model.save_checkpoint(folder)
+    assert list(tmp_path.iterdir()) == [folder] and not list(folder.iterdir())

@@ -127,6 +127,19 @@ def test_calibrate_per_keypoint_and_bad_input(dataset: dict[str, Path], capsys: 
 
     assert _run(dataset, dataset["weights"]) == 1
     assert "--out must be a new file" in capsys.readouterr().err
+    for extra, message in [
+        (["--folds", "1"], "--folds must be 0 (one per image) or >= 2, got 1"),
+        (["--folds", "-2"], "--folds must be 0 (one per image) or >= 2, got -2"),
+        (["--level", "inf"], "--level must be a finite number of sigmas > 0, got inf"),
+        (["--level", "-1"], "--level must be a finite number of sigmas > 0, got -1.0"),
+        (["--min-count", "0"], "--min-count must be >= 1, got 0"),
+        (["--fit-on", "occluded"], "val.json labels no occluded keypoints to fit on (--fit-on)"),
+    ]:
+        assert _run(dataset, dataset["root"] / "bad.pt", *extra) == 1, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (dataset["root"] / "bad.pt").exists()
+    assert _run(dataset, dataset["images"]) == 1
+    assert "is a folder; name the checkpoint file to write" in capsys.readouterr().err
     broken = copy.deepcopy(json.loads(dataset["data"].read_text()))
     broken["categories"][0]["name"] = "top"
     bad = dataset["root"] / "renamed.json"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.evaluation.calibration import CalibrationResult, keypoint_distances, nominal_coverage
+from trainer.evaluation.calibration import CalibrationResult, keypoint_errors, nominal_coverage
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.plots import reliability_plot
 
@@ -51,7 +51,11 @@ def test_gaussian_errors_reach_nominal_coverage() -> None:
             "keypoints": np.concatenate([dt_xy, np.ones((k, 1))], 1).reshape(-1).tolist(),
             "keypoint_covariance": cov[p].tolist(),
         }
-    m, v = keypoint_distances([(p + 1, p + 1) for p in range(num_pairs)], gt_anns, dt_anns)
+    errors_found = keypoint_errors([(p + 1, p + 1) for p in range(num_pairs)], gt_anns, dt_anns)
+    m, v = errors_found.distance, errors_found.visibility
+    assert errors_found.keypoint.tolist()[:k] == list(range(k)) and set(errors_found.image_id.tolist()) == set(
+        range(num_pairs // 4 + (num_pairs % 4 > 0))
+    )
     result = CalibrationResult(visible=m[v == 2], occluded=m[v == 1])
     assert result.visible.size == 6000 and result.occluded.size == 4000
     for kind in ("visible", "occluded"):

@@ -36,9 +36,11 @@ def _train(root, train_json, *extra: str, out=None) -> list[str]:  # noqa: ANN00
         (["--val", "missing_val.json"], "not found"),
         (["--loss-weight", "kp=2"], "--loss-weight expects TERM=VALUE with TERM one of"),
         (["--loss-weight", "kp_l1=much"], "--loss-weight kp_l1: 'much' is not a number"),
-        (["--loss-weight", "kp_nll=-1"], "--loss-weight kp_nll: must be >= 0"),
+        (["--loss-weight", "kp_nll=-1"], "--loss-weight kp_nll: must be a finite number >= 0, got -1"),
         (["--match-cost", "ce=2"], "--match-cost expects TERM=VALUE with TERM one of ['cls', 'bbox'"),
         (["--match-cost", "giou=x"], "--match-cost giou: 'x' is not a number"),
+        (["--loss-weight", "kp_nll=nan"], "--loss-weight kp_nll: must be a finite number >= 0, got nan"),
+        (["--match-cost", "cls=inf"], "--match-cost cls: must be a finite number >= 0, got inf"),
         (["--calibrate"], "--calibrate needs --val"),
     ],
 )
@@ -52,18 +54,19 @@ def test_sigmas_that_are_not_an_object_are_refused_before_training(data, capsys,
     root, train_json = data
     sigmas = tmp_path / "sigmas.json"
     sigmas.write_text("[0.05, 0.05]")
-    assert main(_train(root, train_json, "--sigmas", str(sigmas))) == 1
+    assert main(_train(root, train_json, "--sigmas", str(sigmas), out=tmp_path / "run")) == 1
     assert "expected a JSON object" in capsys.readouterr().err
-    assert not (root / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_one_step_run_writes_a_loadable_checkpoint(data, capsys) -> None:
+def test_one_step_run_writes_a_loadable_checkpoint(data, capsys, tmp_path) -> None:
     root, train_json = data
+    run = tmp_path / "run"  # not the shared folder: the --resume case above expects it to hold no state
     assert main(_train(root, train_json, "--max-steps", "1", "--loss-weight", "kp_l1=5",
-                      "--match-cost", "giou=3")) == 0
+                      "--match-cost", "giou=3", out=run)) == 0
     assert "run directory" in capsys.readouterr().out
-    assert (root / "run" / "checkpoint.pt").is_file()
-    settings = json.loads((root / "run" / "train_settings.json").read_text())
+    assert (run / "checkpoint.pt").is_file()
+    settings = json.loads((run / "train_settings.json").read_text())
     assert settings["loss_weights"]["kp_l1"] == 5.0
     assert settings["match_costs"]["giou"] == 3.0 and settings["match_costs"]["bbox"] == 5.0
 

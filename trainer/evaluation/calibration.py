@@ -167,17 +167,5 @@ def keypoint_errors(
     return KeypointErrors.concatenate(parts)
 
 
-def keypoint_distances(
-    pairs: Sequence[tuple[int, int]], gt_anns: dict[int, Any], dt_anns: dict[int, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Squared Mahalanobis distances and GT visibilities (``keypoint_errors`` without the indices).
-
-    Returns:
-        ``(m, v)``, both (n,): ``m`` float64, ``v`` int in {1, 2}.
-    """
-    errors = keypoint_errors(pairs, gt_anns, dt_anns)
-    return errors.distance, errors.visibility
-
-
 def calibration_from_distances(m: np.ndarray, v: np.ndarray) -> CalibrationResult:
     return CalibrationResult(visible=m[v == 2], occluded=m[v == 1])

@@ -47,7 +47,7 @@ def quantile_scale(distances: np.ndarray, level: float = 2.0) -> float:
     if not level > 0:
         raise ValueError(f"level must be > 0 (sigmas), got {level}")
     scale = float(np.quantile(distances, nominal_coverage(level))) / (level * level)
-    # all errors exactly zero (a perfect fit) would give 0: keep the covariances as they are
+    # a zero quantile (at least that share of the errors exactly zero) would collapse the ellipses: keep them
     return scale if scale > 0 else 1.0
 
 

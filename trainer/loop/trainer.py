@@ -217,7 +217,9 @@ class Trainer:
         self.step = int(state["step"])
         self.opt_step = int(state["opt_step"])
         self.best_ap = float(state["best_ap"])
-        self.epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
+        # states written before the epoch loss was saved resume with the current epoch's mean restarted
+        total, count = state.get("epoch_loss", (0.0, 0))
+        self.epoch_loss = (float(total), int(count))
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
 
