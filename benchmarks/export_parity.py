@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=FIXTURE / "checkpoint.pth")
     parser.add_argument("--image", type=Path, nargs="*")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export_parity_onnxruntime_cpu.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "export_parity_onnxruntime_cpu.json")
     args = parser.parse_args()
     model = RFDETRKeypoint.from_checkpoint(args.weights, device="cpu")
     resolution = model.config.resolution

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from result_file import portable_argv
+from result_file import command_line, finite_or_none
 from timing import median_ms
 
 import rfkp.ops as ops
@@ -173,13 +173,13 @@ def main(args: argparse.Namespace) -> dict:
         "iters": args.iters,
         "copy_gb_per_s": copy_gb_per_s,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/kernels.py", *portable_argv(args.argv)]),
+        "command": command_line(["benchmarks/kernels.py", *args.argv]),
         "shapes": {n: asdict(SHAPES[n]) for n in args.shapes},
         "rows": rows,
     }
     out = Path(args.out) if args.out else RESULTS / f"kernels_{_slug(gpu)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(finite_or_none(result), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out}")
     return result
 

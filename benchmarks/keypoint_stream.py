@@ -10,6 +10,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         forward = median_ms(lambda: model.forward_raw(x), device, args.runs, args.warmup)  # noqa: B023
         pre.remove()
         post.remove()
-        decoder = sorted(decoder_ms[key][args.warmup:])[len(decoder_ms[key][args.warmup:]) // 2]
+        decoder = statistics.median(decoder_ms[key][args.warmup:])  # the same estimator as forward_ms
         params = sum(t.numel() for t in net.parameters())
         rows.append({"keypoint_dim_downscale": key[0], "inter_instance_kp_attn": key[1], "parameters": params,
                      "forward_ms": forward, "decoder_ms": decoder})  # fmt: skip

@@ -21,7 +21,7 @@ from trainer.data.synthetic import LEARNING_OPTIONS, learning_check_data
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning_synthetic_cpu.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "learning_synthetic_cpu.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

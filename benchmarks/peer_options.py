@@ -65,7 +65,8 @@ def one(peer_python: str, options: dict, folder: Path) -> dict:
     env = {**os.environ, "PEER_KW": json.dumps(options)}
     done = subprocess.run([peer_python, str(TOOL), str(folder), "3"], env=env, capture_output=True, text=True)
     if done.returncode:
-        return {"options": options, "peer": "refused", "error": done.stderr.strip().splitlines()[-1][:300]}
+        lines = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()
+        return {"options": options, "peer": "refused", "error": lines[-1][:300]}
     params = int(done.stdout.strip().split()[-1])  # the tool ends with "params N"
     path = folder / "checkpoint.pth"
     data = torch.load(path, map_location="cpu", weights_only=True)

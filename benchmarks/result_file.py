@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,18 +25,42 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _portable(arg: str, repo: Path) -> str:
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    inside = path.resolve().is_relative_to(repo)
+    return str(path.resolve().relative_to(repo)) if inside else f"<path>/{path.name}"
+
+
 def portable_argv(argv: list[str]) -> list[str]:
-    """The command line with absolute paths made relative to the repository, or, outside it, reduced to their
-    last part (result files name no machine's folders)."""
+    """The command line with absolute paths (also in ``--option=/path``) made relative to the repository, or,
+    outside it, reduced to their last part (result files name no machine's folders)."""
     repo = Path(__file__).resolve().parents[1]
     out = []
     for arg in argv:
-        path = Path(arg)
-        if path.is_absolute():
-            inside = path.resolve().is_relative_to(repo)
-            arg = str(path.resolve().relative_to(repo)) if inside else f"<path>/{path.name}"
-        out.append(arg)
+        option, sep, value = arg.partition("=")
+        if sep and option.startswith("--"):
+            out.append(f"{option}={_portable(value, repo)}")
+        else:
+            out.append(_portable(arg, repo))
     return out
+
+
+def command_line(argv: list[str]) -> str:
+    """``python`` + the portable argv, quoted so that it can be pasted into a shell."""
+    return shlex.join(["python", *portable_argv(argv)])
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinities as None (null), recursively: result files are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def write_result(path: Path, what: str, results: dict[str, Any], *, argv: list[str] | None = None,
@@ -44,13 +70,13 @@ def write_result(path: Path, what: str, results: dict[str, Any], *, argv: list[s
     record = {
         "what": what,
         "results": results,
-        **extra,
         "device": platform.processor() or platform.machine(),
         "cpu": cpu_model(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *portable_argv(sys.argv if argv is None else argv)]),
+        "command": command_line(sys.argv if argv is None else argv),
+        **extra,  # a script's own fields win (e.g. the GPU as device)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path.write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")

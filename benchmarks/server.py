@@ -27,9 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from result_file import cpu_model, portable_argv
+from result_file import command_line, cpu_model, finite_or_none, portable_argv
+from timing import times_ms
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = __import__("torch").device("cpu")
 SAMPLE = REPO / "rfkp" / "assets" / "sample_mouse.png"
 
 
@@ -132,14 +134,7 @@ async def stream(url: str, frame: bytes, cameras: int, fps: float, duration: flo
 
 def timed_runs(fn, runs: int, warmup: int = 3) -> dict:  # noqa: ANN001
     """Percentiles of ``runs`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"runs": runs, **percentiles(times)}
+    return {"runs": runs, **percentiles([t / 1e3 for t in times_ms(fn, CPU, runs, warmup)])}
 
 
 def in_process_latency(weights: Path, frame: bytes, device: str, runs: int, threshold: float) -> dict:
@@ -173,7 +168,7 @@ def in_process_pipeline(weights: Path, graph: Path | None, frame: bytes, options
 
 def make_weights(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
     if args.weights:
-        return Path(args.weights), str(args.weights)
+        return Path(args.weights), Path(args.weights).name
     from rfkp.api import RFDETRKeypoint
     from rfkp.variants import VARIANTS
 
@@ -244,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
                     "cpu": cpu_model(), "load_average_at_start": os.getloadavg()},
         "versions": versions(),
-        "command": " ".join(["python", "benchmarks/server.py",
-                             *portable_argv(sys.argv[1:] if argv is None else list(argv))]),
-        "image": {"path": os.path.relpath(args.image, REPO), "bytes": len(frame)},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "image")},
+        "command": command_line(["benchmarks/server.py", *(sys.argv[1:] if argv is None else list(argv))]),
+        "image": {"path": portable_argv([str(Path(args.image).resolve())])[0], "bytes": len(frame)},
+        "settings": {k: (portable_argv([str(Path(v).resolve())])[0] if k == "weights" and v else v)
+                     for k, v in vars(args).items() if k not in ("out", "image")},
     }
     if args.url:
         result["runs"] = [asyncio.run(stream(args.url, frame, args.cameras, args.fps, args.duration, args.requests,
@@ -266,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
             result["runs"] = [served_run(args, weights, frame, mode, folder) for mode in modes]
         summarise(result)
-    text = json.dumps(result, indent=1)
+    text = json.dumps(finite_or_none(result), indent=1, allow_nan=False)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
-    """Median milliseconds per call of ``fn`` after ``warmup`` untimed calls."""
+def times_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -28,4 +28,9 @@ def median_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
+    """Median milliseconds per call of ``fn`` after ``warmup`` untimed calls."""
+    return statistics.median(times_ms(fn, device, iters, warmup))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 from pathlib import Path
 
 import torch
-from result_file import write_result
+from result_file import portable_argv, write_result
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
         "training run and validation of its checkpoint",
         {"validation": report, "curve": curve},
         checkpoint=args.checkpoint,
-        train_command="rfkp " + " ".join(command["argv"][1:]),
+        train_command=shlex.join(["rfkp", *portable_argv(command["argv"][1:])]),
         settings=settings,
         model_config=command["config"],
         epochs=len(history),

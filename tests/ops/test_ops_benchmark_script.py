@@ -33,7 +33,7 @@ def test_smoke_run_writes_results(tmp_path):
     assert result["torch"] == torch.__version__ and result["device"]
     assert result["copy_gb_per_s"] is None and result["date"]
     assert result["command"].startswith("python benchmarks/kernels.py --device cpu --shapes tiny")
-    assert result["command"].endswith("--out <path>/kernels.json")
+    assert result["command"].endswith("--out '<path>/kernels.json'")  # quoted for a shell; no machine folder
     rows = result["rows"]
     assert {(r["op"], r["mode"]) for r in rows} == {("plain", "fwd"), ("plain", "fwd+bwd"), ("fused", "fwd"),
                                                     ("fused", "fwd+bwd")}
@@ -93,3 +93,19 @@ def test_keypoint_stream_benchmark_smoke_run(tmp_path):
     assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]  # narrower keypoint streams
     assert rows[3]["parameters"] > rows[0]["parameters"]  # plus the inter-instance attention
     assert all(r["forward_ms"] > r["decoder_ms"] > 0 for r in rows)
+
+
+def test_result_files_are_strict_json_with_portable_commands(tmp_path, monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import result_file
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert result_file.portable_argv(["--out=/x/y/z.json", "/a/b.pt", "rel/c.pt", "--n", "3"]) == [
+        "--out=<path>/z.json", "<path>/b.pt", "rel/c.pt", "--n", "3"]
+    assert result_file.command_line(["s.py", "--note", 'a "b" c']) == "python s.py --note 'a \"b\" c'"
+    out = tmp_path / "r.json"
+    result_file.write_result(out, "test", {"x": float("nan"), "y": [1.0, float("inf")]}, argv=["s.py"], device="GPU X")
+    record = json.loads(out.read_text())  # strict JSON: NaN and inf are null
+    assert record["results"] == {"x": None, "y": [1.0, None]} and record["device"] == "GPU X"
+    assert "NaN" not in out.read_text()

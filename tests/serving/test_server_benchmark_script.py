@@ -38,7 +38,7 @@ def test_smoke_run_writes_a_result_with_the_server_overhead(tmp_path: Path, monk
     result = json.loads(out.read_text())
     assert result["model"].startswith("tiny (random-initialised")
     assert result["versions"]["torch"]
-    assert result["command"] == "python benchmarks/server.py " + " ".join(argv[:-1]) + " <path>/server.json"
+    assert result["command"] == "python benchmarks/server.py " + " ".join(argv[:-1]) + " '<path>/server.json'"
     (run,) = result["runs"]
     assert run["network_runtime"] == "onnxruntime" and run["server_alive_after"]
     assert run["cameras"]["requests_ok"] == 6 and run["cameras"]["errors"] == 0
