@@ -39,7 +39,7 @@ def expand_images(items: list[str]) -> list[str]:
             paths += found
         else:
             paths.append(item)
-    return paths
+    return list(dict.fromkeys(paths))  # an image named twice (or a folder and a file in it) is predicted once
 
 
 def picture_names(paths: list[str]) -> list[str]:

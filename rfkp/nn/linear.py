@@ -51,7 +51,7 @@ def _capturing() -> bool:
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
         or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
+        or getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.6
     )
 
 
@@ -62,7 +62,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and x.dim() >= 1
         and weight.dim() == 2
         and x.shape[-1] == weight.shape[1]
-        and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == torch.float32))
+        and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == torch.float32 and bias.is_contiguous()))
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32

@@ -121,3 +121,12 @@ def test_shape_mismatch_gets_torch_s_message(x_shape, w_shape, b_shape) -> None:
         linear(torch.randn(*x_shape), torch.randn(*w_shape), torch.randn(*b_shape))
     assert "primitive descriptor" not in str(err.value)
     assert any(str(n) in str(err.value) for n in (*x_shape, *w_shape, *b_shape))
+
+
+def test_a_strided_bias_gives_the_f_linear_result() -> None:
+    from rfkp.nn.linear import linear
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(5, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(12, generator=g)[::2]
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, b), torch.nn.functional.linear(x, w, b))
