@@ -170,8 +170,11 @@ def prepare_raw_graph(
     key = hashlib.sha256(f"{_file_sha256(prepared.path)} {graph_code_fingerprint()}".encode()).hexdigest()[:32]
     path = folder / f"raw-{key}-r{resolution}.onnx"
     if path.is_file():
-        logger.info("reusing the raw ONNX export %s of %s", path, prepared.path)
-        return path, False
+        if _readable_graph(path):
+            logger.info("reusing the raw ONNX export %s of %s", path, prepared.path)
+            return path, False
+        logger.warning("the cached graph %s is unreadable (a crash while it was written?): exporting it again", path)
+        path.unlink(missing_ok=True)
     logger.info("exporting %s to a raw-output ONNX graph (%d px, dynamic batch) in %s", prepared.path, resolution, path)
     folder.mkdir(parents=True, exist_ok=True)
     model = RFDETRKeypoint.from_checkpoint(prepared.path, device="cpu")
@@ -182,6 +185,17 @@ def prepare_raw_graph(
     finally:
         partial.unlink(missing_ok=True)
     return path, True
+
+
+def _readable_graph(path: Path) -> bool:
+    """Whether a cached graph parses (a truncated file would make every server start fail)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure means: export again
+        return False
+    return True
 
 
 def prepare_weights(weights: Path | str | None, run_dir: Path) -> PreparedWeights:

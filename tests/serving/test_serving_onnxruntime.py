@@ -70,6 +70,11 @@ def test_raw_graph_is_exported_once_per_weights_and_resolution(
     mtime = graph.stat().st_mtime_ns
     again, exported = prepare_raw_graph(prepared, max_batch=8, cache_dir=cache)  # a restart, other max batch
     assert again == graph and not exported and graph.stat().st_mtime_ns == mtime
+    # a truncated cache file (a crash while writing) is exported again, not served
+    graph.write_bytes(graph.read_bytes()[:1000])
+    with pytest.raises(AssertionError, match="exported again"):
+        prepare_raw_graph(prepared, max_batch=4, cache_dir=cache)
+    assert not graph.exists()
     # other weights bytes (same config) or another resolution: another key
     other = tmp_path / "other.pth"
     RFDETRKeypoint.from_config(tiny_model.config, device="cpu", seed=4).save_checkpoint(other)
