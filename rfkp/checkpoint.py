@@ -91,7 +91,10 @@ def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torc
     if data.get("format") == FORMAT_NAME:
         if data.get("version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: unsupported rfkp checkpoint version {data.get('version')}")
-        config = ModelConfig.from_dict(data["config"])
+        try:
+            config = ModelConfig.from_dict(data["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: invalid model config: {exc}") from None
         state = data["model"]
     elif any(k.startswith("backbone.0.encoder.") for k in data["model"]):
         args = data.get("args")
@@ -99,7 +102,7 @@ def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torc
             args = vars(args)
         try:
             config = config_from_peer(data["model"], args if isinstance(args, dict) else {})
-        except CheckpointError as exc:
+        except (CheckpointError, ValueError) as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         state = _drop_unused_vit_blocks(convert_peer_state_dict(data["model"]), max(config.out_feature_indexes))
     else:

@@ -68,6 +68,9 @@ class ModelConfig:
     covariance_scale: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # JSON and --set give lists for tuples and ints for floats
+            setattr(self, f.name, _conform(getattr(self, f.name), str(f.type), f.name))
+        self._check_sizes()
         if not self.class_names:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if len(self.class_names) < self.num_classes:
@@ -75,19 +78,24 @@ class ModelConfig:
             self.class_names = list(self.class_names) + [f"class_{i}" for i in range(start, self.num_classes)]
         n_kp_classes = len(self.num_keypoints_per_class)
         if n_kp_classes > self.num_classes:
-            raise ValueError(
-                f"{n_kp_classes} keypointed classes but only {self.num_classes} class logits"
-            )
+            raise ValueError(f"{n_kp_classes} keypointed classes but only {self.num_classes} class logits")
         if not self.keypoint_names:
             self.keypoint_names = [[f"kp_{j}" for j in range(k)] for k in self.num_keypoints_per_class]
         if not self.skeletons:
             self.skeletons = [[] for _ in self.num_keypoints_per_class]
-        self.skeletons = [[(int(a), int(b)) for a, b in edges] for edges in self.skeletons]
-        self.image_mean = tuple(float(v) for v in self.image_mean)  # type: ignore[assignment]
-        self.image_std = tuple(float(v) for v in self.image_std)  # type: ignore[assignment]
+        if len(self.keypoint_names) != n_kp_classes or len(self.skeletons) != n_kp_classes:
+            raise ValueError(
+                f"{n_kp_classes} keypointed classes but {len(self.keypoint_names)} keypoint name lists and "
+                f"{len(self.skeletons)} skeletons"
+            )
         for c, (names, k) in enumerate(zip(self.keypoint_names, self.num_keypoints_per_class)):
             if len(names) != k:
                 raise ValueError(f"class {c}: {len(names)} keypoint names for {k} keypoints")
+            bad_edges = [e for e in self.skeletons[c] if not (0 <= e[0] < k and 0 <= e[1] < k)]
+            if bad_edges:
+                raise ValueError(
+                    f"class {c}: skeleton edge {bad_edges[0]} names a keypoint outside 0..{k - 1}"
+                )
         if self.projector_norm not in ("layer", "batch"):
             raise ValueError(f"projector_norm must be 'layer' or 'batch', got {self.projector_norm!r}")
         if self.decoder_registers < 0:
@@ -96,7 +104,6 @@ class ModelConfig:
             raise ValueError(
                 f"keypoint_dim_downscale must be a divisor of hidden_dim {self.hidden_dim}, got {self.keypoint_dim_downscale}"
             )
-        self.covariance_scale = [[float(v) for v in row] for row in self.covariance_scale]
         if self.covariance_scale:
             shape = [len(row) for row in self.covariance_scale]
             if shape != list(self.num_keypoints_per_class):
@@ -107,6 +114,41 @@ class ModelConfig:
             bad = [v for row in self.covariance_scale for v in row if not (math.isfinite(v) and v > 0)]
             if bad:
                 raise ValueError(f"covariance_scale values must be finite and > 0, got {bad[0]}")
+
+    def _check_sizes(self) -> None:
+        positive = ("num_classes", "vit_dim", "vit_depth", "vit_heads", "patch_size", "pos_grid", "num_windows",
+                    "hidden_dim", "projector_blocks", "dec_layers", "sa_heads", "ca_heads", "ca_points",
+                    "dim_feedforward", "num_queries", "group_detr", "resolution")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for dim, heads in (("vit_dim", "vit_heads"), ("hidden_dim", "sa_heads"), ("hidden_dim", "ca_heads")):
+            if getattr(self, dim) % getattr(self, heads):
+                raise ValueError(
+                    f"{dim} {getattr(self, dim)} is not divisible by {heads} {getattr(self, heads)}"
+                )
+        if any(k < 0 for k in self.num_keypoints_per_class):
+            raise ValueError(f"num_keypoints_per_class must be >= 0, got {self.num_keypoints_per_class}")
+        if not self.out_feature_indexes or not all(
+            1 <= i <= self.vit_depth for i in self.out_feature_indexes
+        ):
+            raise ValueError(
+                f"out_feature_indexes must lie in 1..vit_depth {self.vit_depth}, got {self.out_feature_indexes}"
+            )
+        if self.resolution % self.block_size:
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of patch_size x num_windows = {self.block_size}"
+            )
+        if not (math.isfinite(self.vit_mlp_ratio) and self.vit_mlp_ratio > 0):
+            raise ValueError(f"vit_mlp_ratio must be finite and > 0, got {self.vit_mlp_ratio}")
+        if not (math.isfinite(self.rescore_alpha) and self.rescore_alpha >= 0):
+            raise ValueError(f"rescore_alpha must be finite and >= 0, got {self.rescore_alpha}")
+        if not all(math.isfinite(v) for v in self.image_mean) or not all(
+            math.isfinite(v) and v > 0 for v in self.image_std
+        ):
+            raise ValueError(
+                f"image_mean must be finite and image_std finite and > 0, got {self.image_mean}, {self.image_std}"
+            )
 
     @property
     def max_keypoints(self) -> int:
@@ -142,8 +184,57 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"a model config is a mapping of field names to values, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
         return cls(**data)
+
+
+def _conform(value: Any, annotation: str, where: str) -> Any:
+    """`value` checked against a field annotation (int, float, str, bool, list[...], tuple[...]) and converted
+    where JSON loses the type: lists become tuples, ints become floats. bool is never taken for an int.
+
+    Raises:
+        ValueError: naming the field (and the position inside it) and what was expected.
+    """
+    annotation = annotation.replace(" ", "")
+    if annotation in ("int", "float", "str", "bool"):
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "str": isinstance(value, str),
+            "bool": isinstance(value, bool),
+        }[annotation]
+        if not ok:
+            raise ValueError(
+                f"config field {where}: expected {annotation}, got {value!r} ({type(value).__name__})"
+            )
+        return float(value) if annotation == "float" else value
+    outer, inner = annotation.split("[", 1)
+    inner = inner[:-1]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"config field {where}: expected a list, got {value!r} ({type(value).__name__})")
+    if outer == "list":
+        return [_conform(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    parts = _split_top_level(inner)
+    if len(value) != len(parts):
+        raise ValueError(
+            f"config field {where}: expected {len(parts)} values, got {len(value)}: {list(value)}"
+        )
+    return tuple(_conform(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, parts)))
+
+
+def _split_top_level(inner: str) -> list[str]:
+    """'int,list[int]' -> ['int', 'list[int]'] (commas inside brackets do not split)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+    return parts + [inner[start:]]

@@ -1,0 +1,74 @@
+"""ModelConfig refuses values of the wrong type or size with a message naming the field, and takes what JSON
+gives for tuples and floats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rfkp.checkpoint import CheckpointError, load_config_and_state
+from rfkp.config import ModelConfig
+from rfkp.variants import VARIANTS, tiny
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variants_are_valid_and_round_trip_through_json(name: str) -> None:
+    config = VARIANTS[name]()
+    again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert isinstance(again.image_mean, tuple) and all(isinstance(e, tuple) for e in again.skeletons[0])
+
+
+def test_json_types_are_converted() -> None:
+    config = ModelConfig(image_mean=[0, 0, 1], rescore_alpha=1, vit_mlp_ratio=2, covariance_scale=[[1] * 17])
+    assert config.image_mean == (0.0, 0.0, 1.0) and isinstance(config.image_mean[0], float)
+    assert isinstance(config.rescore_alpha, float) and isinstance(config.covariance_scale[0][0], float)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(dec_layers=2.5), "dec_layers: expected int, got 2.5"),
+        (dict(dec_layers=True), "dec_layers: expected int, got True"),
+        (dict(dual_projector=1), "dual_projector: expected bool"),
+        (dict(projector_norm=None), "projector_norm: expected str"),
+        (dict(num_keypoints_per_class=[7, "4"]), r"num_keypoints_per_class\[1\]: expected int"),
+        (dict(num_keypoints_per_class=7), "num_keypoints_per_class: expected a list"),
+        (dict(image_mean=[0.5, 0.5]), "image_mean: expected 3 values"),
+        (dict(image_std=[1.0, 0.0, 1.0]), "image_std finite and > 0"),
+        (dict(skeletons=[[(0, 17)]]), r"skeleton edge \(0, 17\)"),
+        (dict(skeletons=[[(0, 1, 2)]]), r"skeletons\[0\]\[0\]: expected 2 values"),
+        (dict(num_keypoints_per_class=[3, -1], num_classes=3), "must be >= 0"),
+        (dict(num_queries=0), "num_queries must be >= 1"),
+        (dict(resolution=500), "not a multiple of patch_size x num_windows = 24"),
+        (dict(vit_heads=5), "vit_dim 384 is not divisible by vit_heads 5"),
+        (dict(ca_heads=3), "hidden_dim 256 is not divisible by ca_heads 3"),
+        (dict(out_feature_indexes=[3, 13]), "out_feature_indexes must lie in 1..vit_depth 12"),
+        (dict(rescore_alpha=float("nan")), "rescore_alpha must be finite"),
+        (dict(keypoint_names=[["a"] * 17, ["b"]]), "1 keypointed classes but 2 keypoint name lists"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**overrides)
+
+
+def test_from_dict_refuses_non_mappings_and_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="mapping of field names"):
+        ModelConfig.from_dict([("num_classes", 2)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({"num_clases": 2})
+
+
+def test_checkpoint_with_an_invalid_config_is_refused_with_its_path(tmp_path) -> None:
+    from rfkp.api import RFDETRKeypoint
+
+    path = tmp_path / "model.pt"
+    RFDETRKeypoint.from_config(tiny(num_keypoints_per_class=[3], num_queries=4)).save_checkpoint(path)
+    data = torch.load(path, weights_only=True)
+    data["config"]["dec_layers"] = "2"
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=r"model.pt: invalid model config: config field dec_layers"):
+        load_config_and_state(path)
