@@ -13,6 +13,7 @@ import torch
 from rfkp.checkpoint import CheckpointError, load_config_and_state, write_checkpoint
 from rfkp.config import ModelConfig
 from rfkp.detections import KeypointDetections
+from rfkp.devices import resolve_device
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from rfkp.nn.init import init_weights
 from rfkp.postprocess import decode_detections, to_keypoint_detections
@@ -33,12 +34,6 @@ def default_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def _pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class RFDETRKeypoint:
     """An RF-DETR Keypoint model ready for inference.
 
@@ -47,13 +42,14 @@ class RFDETRKeypoint:
     """
 
     def __init__(self, network: KeypointDETR, device: str | torch.device | None = None, *, is_random_init: bool = False):
-        self.device = _pick_device(device)
+        self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.is_random_init = is_random_init
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> RFDETRKeypoint:
+        device = resolve_device(device)  # a device this machine lacks is refused before the file is read
         config, state = load_config_and_state(path)
         network = KeypointDETR(config)
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rfkp.devices import device_arg
 from trainer.data.errors import CocoFormatError
 from trainer.evaluation.calibration import SIGMA_LEVELS, CalibrationResult, nominal_coverage
 from trainer.evaluation.covariance_scale import (
@@ -52,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
     p.add_argument("--threshold", type=float, default=0.001, help="score threshold of the detections")
     p.add_argument("--resolution", type=int, help="inference resolution")
-    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--plot", type=Path, help="write the reliability plot (before / after / cross-validated) here")
     p.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")

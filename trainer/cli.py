@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rfkp.devices import device_arg
 from trainer.data.errors import CocoFormatError
 from trainer.data.schema import DatasetSchema, infer_schema
 from trainer.data.validate import check_image_files, load_coco_json, validate_coco
@@ -47,7 +48,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--threshold", type=float, default=0.001, help="score threshold with --weights")
     parser.add_argument("--resolution", type=int, help="inference resolution with --weights")
-    parser.add_argument("--device", help="torch device with --weights (default: cuda if available)")
+    parser.add_argument("--device", type=device_arg, help="torch device with --weights (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass with --weights")
     parser.add_argument("--plot", type=Path, help="write the calibration reliability plot (PNG) here")
     parser.add_argument("--save-detections", type=Path, help="write the detections as COCO results JSON")

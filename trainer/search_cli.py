@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rfkp.devices import device_arg
 from trainer.jsonfile import load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
 
@@ -48,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     for flag, dest, _, text in _AXIS_OPTIONS:
         parser.add_argument(flag, dest=dest, metavar="N,N,...", help=f"{text} (default: around the model's)")
-    parser.add_argument("--device", help="torch device (default: cuda if available)")
+    parser.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     parser.add_argument("--runs", type=int, default=30, help="timed batch-1 runs per choice (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
     parser.add_argument("--max-configs", type=int, help="search a seeded random subset of this many choices")

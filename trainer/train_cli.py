@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rfkp.devices import device_arg
 from trainer.data.errors import CocoFormatError
 from trainer.jsonfile import load_sigmas
 
@@ -75,7 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     nas.add_argument("--nas-full-fraction", type=float, default=0.25,
                      help="share of steps that train the full architecture (sandwich rule)")
     run = p.add_argument_group("run")
-    run.add_argument("--device", help="torch device (default: cuda if available)")
+    run.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--eval-every", type=int, default=1, help="epochs between validations")

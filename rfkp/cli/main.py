@@ -48,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # the user's input or environment: a message, no traceback (-v: both)
+        if args.verbose:
+            raise
         print(f"rfkp {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

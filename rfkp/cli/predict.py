@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rfkp.devices import device_arg
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -22,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="HOST:PORT of a running rfkp server (gRPC) instead of local weights")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum rescored score (default 0.5)")
     p.add_argument("--resolution", type=int, help="input resolution (multiple of patch size x windows)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request with --url (default 60)")
     p.add_argument("--out", default="rfkp_predictions", help="output folder (default: rfkp_predictions)")
     p.set_defaults(func=main)
 
@@ -55,9 +58,15 @@ def picture_names(paths: list[str]) -> list[str]:
 
 def _predictor(args: argparse.Namespace) -> Callable:
     if args.url:
-        from rfkp.client import KeypointClient
+        from rfkp.client import KeypointClient, RemoteError
 
-        client = KeypointClient(args.url)
+        if args.weights or args.resolution or args.device:
+            raise ValueError("--url sends the images to a server: --weights, --resolution and --device do not apply")
+        client = KeypointClient(args.url, timeout=args.timeout)
+        try:
+            client.metadata  # noqa: B018 - one round trip: an unreachable server fails here, not once per image
+        except RemoteError as exc:
+            raise ConnectionError(f"no rfkp server answers at {args.url}: {exc}") from None
         return lambda path: client.predict(Path(path), threshold=args.threshold)
     from rfkp.api import RFDETRKeypoint
 
@@ -73,8 +82,10 @@ def main(args: argparse.Namespace) -> int:
     from rfkp.viz import draw_detections
 
     paths = expand_images(args.images)
-    predict = _predictor(args)  # a bad checkpoint or server stops here, before any output is written
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    predict = _predictor(args)  # a bad checkpoint or server stops here, before any output is written
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {}
     errors: dict[str, str] = {}

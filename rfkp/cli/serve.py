@@ -12,13 +12,14 @@ PyTorch eager): the raw-output graph is exported once per weights file and resol
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
+
+from rfkp.devices import device_arg
 
 if TYPE_CHECKING:
     from rfkp.serving.repository import ServingOptions
@@ -35,7 +36,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the model over gRPC/HTTP with Triton Inference Server", description=__doc__)
     p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
-    p.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
@@ -138,25 +139,3 @@ def main(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-
-def predict_remote(args: argparse.Namespace) -> int:
-    """`rfkp predict --url HOST:PORT IMAGE...`: send each image over gRPC, print a line per image and
-    write `<out>/detections.json` (uses `args.url`, `args.images`, `args.threshold`, `args.out`)."""
-    from rfkp.client import KeypointClient, RemoteError
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results, failures = {}, 0
-    with KeypointClient(args.url) as client:
-        for path in args.images:
-            try:
-                dets = client.predict(Path(path), threshold=args.threshold)
-            except (RemoteError, FileNotFoundError) as exc:
-                print(f"{path}: error: {exc}", file=sys.stderr)
-                failures += 1
-                continue
-            results[str(path)] = dets.to_dict()
-            print(f"{path}: {len(dets)} detections")
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out / 'detections.json'}")
-    return 1 if failures else 0

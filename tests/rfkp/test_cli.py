@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from rfkp import RFDETRKeypoint
@@ -61,6 +63,42 @@ def test_predict_keeps_the_good_images_when_some_fail(tmp_path: Path, capsys) ->
     empty.mkdir()
     assert main(["predict", str(empty), "--weights", str(weights), "--out", str(out)]) == 1
     assert "no image files" in capsys.readouterr().err
+
+
+def test_predict_refuses_bad_options_before_loading_anything(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    img = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    missing_weights = str(tmp_path / "missing.pt")  # would fail if it were read: the options fail first
+    with pytest.raises(SystemExit):
+        main(["predict", str(img), "--weights", missing_weights, "--device", "bogus"])
+    assert "unknown device 'bogus'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["predict", str(img), "--weights", missing_weights, "--device", "cuda:0"])
+        assert "CUDA is not available" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    assert main(["predict", str(img), "--weights", missing_weights, "--out", str(taken)]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "a file, not a folder"
+    assert main(["predict", str(img), "--url", "127.0.0.1:1", "--weights", missing_weights]) == 1
+    assert "--weights, --resolution and --device do not apply" in capsys.readouterr().err
+
+
+def test_predict_stops_once_when_no_server_answers(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    pytest.importorskip("tritonclient.grpc")
+    from rfkp.serving.launcher import free_port
+
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"frame{i}.png")
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images[-1])
+    out = tmp_path / "out"
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["predict", *map(str, images), "--url", url, "--timeout", "10", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("no rfkp server answers") == 1 and "frame0.png" not in err
+    assert not out.exists()
 
 
 def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:

@@ -19,10 +19,12 @@ import time
 import venv
 from pathlib import Path
 
+import torch
 from serving_helpers import REPO, encode, noise_image, require_triton
 
 from rfkp.api import default_weights_path
-from rfkp.cli.serve import add_parser, options_from_args, predict_remote
+from rfkp.cli.main import build_parser
+from rfkp.cli.serve import add_parser, options_from_args
 from rfkp.client import KeypointClient, RemoteError
 from rfkp.serving.launcher import free_port
 
@@ -87,8 +89,13 @@ def test_runtime_option() -> None:
         assert options_from_args(parser.parse_args(["serve", "--runtime", runtime])).runtime == runtime
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--runtime", "tensorflow"])
+    args = parser.parse_args(["serve", "--runtime", "onnxruntime"])
+    args.device = "cuda"  # as parsed on a GPU machine
     with pytest.raises(ValueError, match="CPU only"):
-        options_from_args(parser.parse_args(["serve", "--runtime", "onnxruntime", "--device", "cuda"]))
+        options_from_args(args)
+    if not torch.cuda.is_available():  # a device this machine lacks is refused while parsing
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--device", "cuda"])
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -115,11 +122,14 @@ def test_serve_from_venv_default_weights(venv_python: Path, tmp_path: Path, stop
             assert client.metadata.random_init is not trained_default
             dets = client.predict(image, threshold=0.0)
         assert dets.image_size == (90, 120) and len(dets) > 0
-        args = argparse.Namespace(url=f"127.0.0.1:{grpc_port}", images=[str(image), str(tmp_path / "missing.png")],
-                                  threshold=0.0, out=str(tmp_path / "out"))
-        assert predict_remote(args) == 1  # one image missing
+        args = build_parser().parse_args(["predict", "--url", f"127.0.0.1:{grpc_port}", str(image),
+                                          str(tmp_path / "missing.png"), "--threshold", "0", "--out",
+                                          str(tmp_path / "out")])  # fmt: skip
+        assert args.func(args) == 1  # one image missing
         saved = json.loads((tmp_path / "out" / "detections.json").read_text())
         assert list(saved) == [str(image)] and len(saved[str(image)]["score"]) == len(dets)
+        assert list(json.loads((tmp_path / "out" / "errors.json").read_text())) == [str(tmp_path / "missing.png")]
+        assert (tmp_path / "out" / "frame_keypoints.png").is_file()
         proc.send_signal(stop_signal)
         tail = output.until("server stopped", timeout=60)
         assert proc.wait(timeout=30) == 0, tail

@@ -22,6 +22,7 @@ import torch
 from rfkp.api import RFDETRKeypoint
 from rfkp.checkpoint import write_checkpoint
 from rfkp.config import ModelConfig
+from rfkp.devices import resolve_device
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from trainer.data.coco import CocoKeypointDataset
 from trainer.data.collate import collate_at
@@ -151,9 +152,7 @@ class Trainer:
                 f"the data's keypoints per class {train_set.schema.num_keypoints_per_class} do not match the "
                 f"model's {cfg.num_keypoints_per_class}"
             )
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.network = network.to(self.device)
         self.train_set = train_set
         self.val_set = val_set
