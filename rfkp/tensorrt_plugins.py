@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from rfkp.cache import cache_root
 from rfkp.ops import cuda_lib
 
 LIBRARY_NAME = "librfkp_trt_plugins.so"
@@ -119,7 +120,7 @@ def cached_build(archs: Sequence[str] = DEFAULT_ARCHS, *, stub: bool = True,
     if include is None:
         raise TensorRTPluginError("TensorRT headers not found: pass tensorrt_include or install kernel-lens")
     kind = "stub" if stub else "trt"
-    target = cuda_lib.cache_dir().parent / "trt" / f"{'-'.join(archs)}-{kind}-{_source_hash(archs, stub, include)}"
+    target = cache_root() / "trt" / f"{'-'.join(archs)}-{kind}-{_source_hash(archs, stub, include)}"
     if (target / LIBRARY_NAME).is_file():
         return target / LIBRARY_NAME
     target.parent.mkdir(parents=True, exist_ok=True)

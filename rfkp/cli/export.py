@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rfkp.export import ExportedDetector
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,6 +97,18 @@ def _check_raw_args(args: argparse.Namespace, out: Path) -> None:
             )
 
 
+def _ensemble_mismatch(detector: ExportedDetector) -> str | None:
+    """How a raw export's shapes differ from what the rfkp ensemble feeds and reads (the model's resolution
+    and query count: rfkp_preprocess resizes to the one, the post-processing reads the other); None if not."""
+    cfg = detector.config
+    problems = []
+    if detector.resolution != cfg.resolution:
+        problems.append(f"resolution {detector.resolution} instead of {cfg.resolution}")
+    if detector.num_queries != cfg.num_queries:
+        problems.append(f"{detector.num_queries} queries instead of {cfg.num_queries}")
+    return "; ".join(problems) or None
+
+
 def main(args: argparse.Namespace) -> int:
     from rfkp.export import engine as trt_engine
 
@@ -121,6 +137,13 @@ def main(args: argparse.Namespace) -> int:
         num_select=100 if args.num_select is None else args.num_select, patch_size=args.patch_size,
         num_windows=args.num_windows, plugins=plugins, outputs=args.outputs,
     )  # fmt: skip
+    mismatch = _ensemble_mismatch(detector) if args.outputs == "raw" else None
+    if mismatch and args.format == "triton":
+        raise ValueError(
+            f"--format triton --outputs raw writes rfkp_model of the rfkp ensemble, which serves the model at its "
+            f"own shapes: {mismatch}. Drop --resolution/--num-queries, or export a standalone entry "
+            "(--outputs detections)"
+        )
     onnx_path = export_onnx(
         detector, _onnx_path(args, out), batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset
     )
@@ -148,7 +171,9 @@ def main(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {built}")
     if args.format == "engine":
-        if args.outputs == "raw":
+        if mismatch:
+            print(f"not servable by the rfkp ensemble ({mismatch}): it runs the model at its own shapes")
+        elif args.outputs == "raw":
             print(f"serve it in the rfkp ensemble: rfkp serve --engine {built} --server system (a tritonserver "
                   "with the TensorRT backend and the rfkp plugin library loaded)")  # fmt: skip
         return 0

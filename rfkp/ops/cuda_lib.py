@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
+from rfkp.cache import cache_root
+
 LIBRARY_NAME = "librfkp_kernels.so"
 CAPI_VERSION = 1
 LIBRARY_SOURCE_DIRS = ("capi", "kernels/ms_deform_attn", "kernels/gaussian_rescore")
@@ -43,12 +45,8 @@ def csrc_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where built libraries are cached (one sub-folder per source/flag hash)."""
-    env = os.environ.get("RFKP_CACHE_DIR")
-    if env:
-        return Path(env) / "kernels"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rfkp" / "kernels"
+    """Where built libraries are cached (one sub-folder per source/flag hash): ``cache_root()/kernels``."""
+    return cache_root() / "kernels"
 
 
 def find_nvcc() -> str | None:

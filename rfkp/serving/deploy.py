@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rfkp.cache import cache_root
 from rfkp.checkpoint import load_config_and_state
 from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
@@ -34,6 +35,7 @@ __all__ = [
     "launch",
     "prepare_raw_graph",
     "prepare_weights",
+    "prune_graph_cache",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,13 +111,8 @@ def choose_runtime(options: ServingOptions) -> NetworkRuntime:
 
 
 def graph_cache_dir() -> Path:
-    """Where raw-output graphs are cached: $RFKP_CACHE_DIR/onnx, else $XDG_CACHE_HOME/rfkp/onnx or
-    ~/.cache/rfkp/onnx."""
-    env = os.environ.get("RFKP_CACHE_DIR")
-    if env:
-        return Path(env) / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rfkp" / "onnx"
+    """Where raw-output graphs are cached: ``cache_root()/onnx``."""
+    return cache_root() / "onnx"
 
 
 def _file_sha256(path: Path) -> str:
@@ -126,20 +123,64 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# the sources a raw graph is traced from: a change to any of them (or to torch) makes cached graphs stale
-_GRAPH_SOURCES = ("nn", "export", "ops", "config.py", "checkpoint.py")
+# the rfkp sources a raw graph cannot depend on; every other module counts (loading, the network, the export)
+_NOT_GRAPH_SOURCES = ("cli", "serving")
+# the cache keeps the graphs used most recently: at most this many, none unused for longer than this
+MAX_CACHED_GRAPHS = 8
+MAX_GRAPH_AGE_S = 30 * 24 * 3600.0
+_PARTIAL_AGE_S = 3600.0  # an unfinished export older than this was left by a crash
 
 
 def graph_code_fingerprint() -> str:
-    """SHA-256 over the rfkp sources the raw graph is traced from and the torch version."""
+    """SHA-256 over the rfkp sources a raw graph may be traced from (all but the CLI and the serving code;
+    a stale cache entry costs more than a needless export) and the torch version."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(f"torch {torch_version()}".encode())
-    for name in _GRAPH_SOURCES:
-        entry = root / name
-        for source in sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]:
-            digest.update(str(source.relative_to(root)).encode())
-            digest.update(source.read_bytes())
+    for source in sorted(root.rglob("*.py")):
+        relative = source.relative_to(root)
+        if relative.parts[0] in _NOT_GRAPH_SOURCES:
+            continue
+        digest.update(str(relative).encode())
+        digest.update(source.read_bytes())
     return digest.hexdigest()
+
+
+def prune_graph_cache(
+    folder: Path | str, *, keep: int = MAX_CACHED_GRAPHS, max_age_s: float = MAX_GRAPH_AGE_S, now: float | None = None
+) -> list[Path]:
+    """Delete cached graphs beyond the `keep` most recently used and those unused for `max_age_s`, and
+    unfinished exports a crash left behind. A graph is "used" when exported or reused (its mtime). Servers
+    already running keep theirs: the repository holds a hard link or a copy. Returns the deleted files."""
+    import time
+
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+
+    def unlink(path: Path) -> None:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:  # another server start pruned it first
+            pass
+
+    graphs, partial = [], []
+    for path in folder.glob("raw-*.onnx"):
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        (partial if path.name.endswith(".partial.onnx") else graphs).append((mtime, path))
+    for mtime, path in partial:
+        if now - mtime > _PARTIAL_AGE_S:
+            unlink(path)
+    graphs.sort(reverse=True)
+    for rank, (mtime, path) in enumerate(graphs):
+        if rank >= keep or now - mtime > max_age_s:
+            unlink(path)
+    if removed:
+        logger.info("pruned %d cached graph file(s) from %s", len(removed), folder)
+    return removed
 
 
 def torch_version() -> str:
@@ -153,7 +194,8 @@ def prepare_raw_graph(
 ) -> tuple[Path, bool]:
     """The raw-output ONNX export of ``prepared`` (portable, the model's resolution, dynamic batch), exported
     on first use and cached by the weights file's SHA-256, the resolution and ``graph_code_fingerprint()`` (so
-    an rfkp or torch upgrade never reuses a graph traced from older code).
+    an rfkp or torch upgrade never reuses a graph traced from older code). A new export prunes the cache
+    (``prune_graph_cache``).
 
     The batch axis is symbolic: ONNX Runtime runs any batch, so a cached graph serves every max batch size
     (`max_batch` is only recorded in the metadata of a new export, raised to at least 2 so that the export
@@ -172,6 +214,7 @@ def prepare_raw_graph(
     if path.is_file():
         if _readable_graph(path):
             logger.info("reusing the raw ONNX export %s of %s", path, prepared.path)
+            os.utime(path)  # marks it used: pruning keeps the graphs used most recently
             return path, False
         logger.warning("the cached graph %s is unreadable (a crash while it was written?): exporting it again", path)
         path.unlink(missing_ok=True)
@@ -184,6 +227,7 @@ def prepare_raw_graph(
         os.replace(partial, path)  # atomic: a concurrent start sees the whole graph or none
     finally:
         partial.unlink(missing_ok=True)
+    prune_graph_cache(folder)
     return path, True
 
 
@@ -247,8 +291,11 @@ def launch(
     Raises:
         ServerStartError: the server exited or was not ready within ``ready_timeout`` seconds.
     """
-    installation = find_installation(server)
     run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
+    if (run / "model_repository").is_dir() and any((run / "model_repository").iterdir()):
+        # refused here, before a graph export that may take minutes (render_repository would refuse it after)
+        raise FileExistsError(f"{run} already holds a rendered repository: give an empty or new --run-dir")
+    installation = find_installation(server)
     run.mkdir(parents=True, exist_ok=True)
     options = options or ServingOptions()
     prepared = prepare_weights(weights, run)

@@ -297,7 +297,13 @@ def check_engine_graph(engine: Path | str, config: ModelConfig, max_batch_size: 
     except ImportError:
         logger.info("onnx is not installed: the outputs of %s are not checked", engine)
         return None
-    model = onnx.load(str(graph), load_external_data=False)
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: the file is not a graph
+        raise ValueError(
+            f"{graph} beside the engine {engine} is not a readable ONNX graph ({type(exc).__name__}: {exc}); "
+            "it is what tells which export the engine was built from: export it again or remove it"
+        ) from None
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get("rfkp_output_kind", "detections") != "raw":
         raise ValueError(

@@ -154,6 +154,13 @@ def test_raw_triton_entry_needs_a_dynamic_batch_and_the_network_name(
     assert "--dynamic-batch MAX" in capsys.readouterr().err
     assert main([*base, "--dynamic-batch", "4", "--out", str(tmp_path / "detector")]) == 1
     assert "named rfkp_model" in capsys.readouterr().err
+    folder = str(tmp_path / "rfkp_model")
+    model = RFDETRKeypoint.from_checkpoint(weights, device="cpu").config
+    other = model.resolution + model.patch_size * model.num_windows
+    assert main([*base, "--dynamic-batch", "4", "--out", folder, "--resolution", str(other)]) == 1
+    assert f"resolution {other} instead of {model.resolution}" in capsys.readouterr().err
+    assert main([*base, "--dynamic-batch", "4", "--out", folder, "--num-queries", str(model.num_queries - 1)]) == 1
+    assert f"{model.num_queries - 1} queries instead of {model.num_queries}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before exporting anything
 
 

@@ -14,7 +14,14 @@ from serving_helpers import SHARED, assert_same, encode, launch_for_tests, noise
 from rfkp.api import RFDETRKeypoint
 from rfkp.serving import deploy
 from rfkp.serving import protocol as P
-from rfkp.serving.deploy import PreparedWeights, choose_runtime, prepare_raw_graph
+from rfkp.serving.deploy import (
+    MAX_GRAPH_AGE_S,
+    PreparedWeights,
+    choose_runtime,
+    launch,
+    prepare_raw_graph,
+    prune_graph_cache,
+)
 from rfkp.serving.launcher import TritonServer
 from rfkp.serving.repository import ServingOptions
 
@@ -67,9 +74,10 @@ def test_raw_graph_is_exported_once_per_weights_and_resolution(
     import rfkp.export
 
     monkeypatch.setattr(rfkp.export, "export_onnx", no_export)
-    mtime = graph.stat().st_mtime_ns
+    os.utime(graph, (1_000_000, 1_000_000))
     again, exported = prepare_raw_graph(prepared, max_batch=8, cache_dir=cache)  # a restart, other max batch
-    assert again == graph and not exported and graph.stat().st_mtime_ns == mtime
+    assert again == graph and not exported
+    assert graph.stat().st_mtime > 1_000_000  # marked used: pruning keeps it
     # a truncated cache file (a crash while writing) is exported again, not served
     graph.write_bytes(graph.read_bytes()[:1000])
     with pytest.raises(AssertionError, match="exported again"):
@@ -89,6 +97,30 @@ def test_raw_graph_is_exported_once_per_weights_and_resolution(
     monkeypatch.setattr(deploy, "torch_version", lambda: "0.0.0-other")
     with pytest.raises(AssertionError, match="exported again"):
         prepare_raw_graph(prepared, max_batch=4, cache_dir=cache)
+
+
+def test_graph_cache_keeps_the_graphs_used_most_recently(tmp_path: Path) -> None:
+    now = 10_000_000.0
+    ages = {f"raw-{i:02d}-r64.onnx": i * 3600.0 for i in range(12)}  # raw-00 used last
+    ages["raw-old-r64.onnx"] = MAX_GRAPH_AGE_S + 1
+    ages["raw-11-r64.12.partial.onnx"] = 2 * 3600.0  # a crashed export
+    ages["raw-12-r64.13.partial.onnx"] = 60.0  # an export in progress
+    ages["notes.txt"] = 1e9  # not ours
+    for name, age in ages.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (now - age, now - age))
+    removed = prune_graph_cache(tmp_path, keep=8, now=now)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == sorted([f"raw-{i:02d}-r64.onnx" for i in range(8)] + ["raw-12-r64.13.partial.onnx", "notes.txt"])
+    assert len(removed) == 6 and not set(p.name for p in removed) & set(kept)
+    assert prune_graph_cache(tmp_path / "missing") == []
+
+
+def test_a_used_run_dir_is_refused_before_anything_is_exported(tiny_weights: Path, tmp_path: Path) -> None:
+    (tmp_path / "model_repository" / "rfkp").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="already holds a rendered repository"):
+        launch(tiny_weights, run_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.fixture(scope="module")

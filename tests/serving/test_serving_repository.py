@@ -186,6 +186,11 @@ def test_engine_must_come_from_the_raw_export(tmp_path: Path, weights: Path) -> 
     with pytest.raises(ValueError, match="final-detections export"):
         render_repository(tmp_path / "e", config=cfg, weights=weights,
                           options=ServingOptions(engine=folder / "1" / "model.plan"))
+    (folder / "model.onnx").write_bytes(b"\x08\x07garbage that is no protobuf \xff\xff")
+    with pytest.raises(ValueError, match="is not a readable ONNX graph"):
+        render_repository(tmp_path / "f", config=cfg, weights=weights,
+                          options=ServingOptions(engine=folder / "1" / "model.plan"))
+    assert not (tmp_path / "f").exists()
 
 
 def test_templates_are_untouched(tmp_path: Path, weights: Path) -> None:
