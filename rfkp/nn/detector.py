@@ -44,11 +44,16 @@ class Backbone(nn.Module):
         if cfg.dual_projector:
             self.keypoint_projector = Projector(in_ch, cfg.hidden_dim, cfg.projector_blocks, cfg.projector_norm)
 
+        # the second map is read by the keypoint cross-attention, and by the instance stream when not kp-only;
+        # a model with neither (a peer option set) keeps the projector's weights but does not run it
+        self.second_map_read = cfg.dual_projector and (cfg.keypoint_cross_attn or not cfg.dual_projector_kp_only)
+
     def forward(self, x: torch.Tensor, patch_size: int, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first projector's map, second projector's map, or the first again without a second projector)."""
+        """(first projector's map, second projector's map, or the first again when there is no second
+        projector or nothing reads its map)."""
         feats = self.vit(x, patch_size=patch_size, num_windows=num_windows)
         first = self.projector(feats)
-        return first, self.keypoint_projector(feats) if hasattr(self, "keypoint_projector") else first
+        return first, self.keypoint_projector(feats) if self.second_map_read else first
 
 
 class KeypointDETR(nn.Module):

@@ -62,6 +62,21 @@ def test_gradients_with_one_projector_and_no_keypoint_cross_attention() -> None:
     _check_all_grads(SubArchitecture(), dual_projector=False, keypoint_cross_attn=False)
 
 
+def test_an_unread_second_projector_is_not_run() -> None:
+    """Without keypoint cross-attention and with a kp-only second projector, nothing reads that projector's
+    map: the model keeps its weights (peer checkpoints carry them) but does not spend the compute."""
+    net = KeypointDETR(tiny(keypoint_cross_attn=False))
+    init_weights(net)
+    calls = []
+    net.backbone.keypoint_projector.register_forward_hook(lambda *args: calls.append(1))
+    net.eval()(torch.randn(1, 3, 128, 128))
+    assert calls == []
+    net = KeypointDETR(tiny(keypoint_cross_attn=False, dual_projector_kp_only=False))
+    net.backbone.keypoint_projector.register_forward_hook(lambda *args: calls.append(1))
+    net.eval()(torch.randn(1, 3, 128, 128))
+    assert calls == [1]  # the instance stream reads it
+
+
 def test_gradients_when_both_streams_read_the_second_projector() -> None:
     _check_all_grads(SubArchitecture(), dual_projector_kp_only=False)
 
