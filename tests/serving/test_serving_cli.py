@@ -162,6 +162,6 @@ def test_cli_refuses_a_used_run_dir(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1, result.stderr
-    assert "refusing to render into non-empty folder" in result.stderr
+    assert "already holds a rendered repository: give an empty or new --run-dir" in result.stderr
     assert "Traceback" not in result.stderr
     assert (run_dir / "model_repository" / "keep.txt").read_text() == "earlier run"
