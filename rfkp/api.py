@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -14,10 +15,11 @@ from rfkp.checkpoint import CheckpointError, load_config_and_state, write_checkp
 from rfkp.config import ModelConfig
 from rfkp.detections import KeypointDetections
 from rfkp.devices import resolve_device
+from rfkp.io import MAX_PIXELS
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from rfkp.nn.init import init_weights
 from rfkp.postprocess import decode_detections, to_keypoint_detections
-from rfkp.preprocess import load_batch, normalize_batch
+from rfkp.preprocess import prepare_batch
 from rfkp.variants import nano
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,23 @@ def default_weights_path() -> Path | None:
     """The bundled default checkpoint, or None when the package ships without it."""
     path = Path(str(resources.files("rfkp") / "assets" / DEFAULT_WEIGHTS))
     return path if path.is_file() else None
+
+
+_ARCH_KNOBS = ("patch_size", "num_windows", "dec_layers", "num_queries")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _checked_arch(arch: dict[str, Any]) -> dict[str, int | None]:
+    """The call-time knobs: known names, each None (the model's) or a positive int."""
+    unknown = sorted(set(arch) - set(_ARCH_KNOBS))
+    if unknown:
+        raise TypeError(f"unknown keyword argument(s) {unknown}; the architecture knobs are {list(_ARCH_KNOBS)}")
+    return {k: None if v is None else _positive_int(k, v) for k, v in arch.items()}
 
 
 class RFDETRKeypoint:
@@ -100,11 +119,14 @@ class RFDETRKeypoint:
         return self.network.cfg
 
     # -- pipeline ------------------------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Any], resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> (x (B, 3, R, R) normalised on the model's device, source sizes (B, 2) (H, W))."""
-        res = resolution or self.config.resolution
-        tensors, sizes = load_batch(images)
-        return normalize_batch(tensors, res, self.config.image_mean, self.config.image_std, self.device), sizes
+    def preprocess(
+        self, images: Sequence[Any], resolution: int | None = None, *, max_pixels: int = MAX_PIXELS
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (x (B, 3, R, R) normalised on the model's device, source sizes (B, 2) (H, W)).
+        Images above `max_pixels` (width * height) are refused."""
+        res = self.config.resolution if resolution is None else _positive_int("resolution", resolution)
+        cfg = self.config
+        return prepare_batch(images, res, cfg.image_mean, cfg.image_std, self.device, max_pixels=max_pixels)
 
     @torch.inference_mode()
     def forward_raw(self, x: torch.Tensor, **arch: int | None) -> dict[str, torch.Tensor]:
@@ -114,6 +136,7 @@ class RFDETRKeypoint:
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a normalised batch (B, 3, H, W), got shape {tuple(x.shape)}")
+        arch = _checked_arch(arch)
         block = (arch.get("patch_size") or self.config.patch_size) * (arch.get("num_windows") or self.config.num_windows)
         if x.shape[2] % block or x.shape[3] % block:
             raise ValueError(f"input sides {tuple(x.shape[2:])} must be multiples of {block} (patch size x windows)")
@@ -144,17 +167,28 @@ class RFDETRKeypoint:
         resolution: int | None = None,
         *,
         num_select: int = 100,
+        max_pixels: int = MAX_PIXELS,
         **arch: int | None,
     ) -> KeypointDetections | list[KeypointDetections]:
         """Detect keypointed objects.
 
         images: a path, encoded bytes, a PIL image, an HxWx3 uint8 RGB array, a (3, H, W) float tensor in [0, 1],
         or a list of these (then a list is returned). Output coordinates are in source-image pixels.
+        threshold: minimum rescored score in [0, 1]. num_select: detections kept before the threshold (the
+        top over query x class). max_pixels: largest accepted image (width * height). arch: the call-time
+        knobs of `forward_raw`. Arguments are checked before any image is read.
         """
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        _positive_int("num_select", num_select)
+        _positive_int("max_pixels", max_pixels)
+        if resolution is not None:
+            _positive_int("resolution", resolution)
+        arch = _checked_arch(arch)
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:
             return []
-        x, sizes = self.preprocess(batch, resolution)
+        x, sizes = self.preprocess(batch, resolution, max_pixels=max_pixels)
         dets = self.postprocess(self.forward_raw(x, **arch), sizes, threshold, num_select)
         return dets[0] if single else dets

@@ -48,6 +48,8 @@ class KeypointDetections:
             class c has K_c = len(keypoint_names[c]) keypoints, occupying slots 0..K_c-1.
         skeletons: per class index, its skeleton edges as 0-based keypoint index pairs.
         image_size: (H, W) of the source image in pixels.
+        category_ids: the COCO category id of each class index, when the model knows them (trained by
+            ``rfkp train`` on a COCO file); None: the class index is used.
 
     Inactive slots: for a detection of class c, slots K_c..K-1 do not exist and are NaN in ``keypoints``,
     ``covariance``, ``findable`` and ``visible`` (validated on construction).
@@ -64,6 +66,7 @@ class KeypointDetections:
     keypoint_names: list[list[str]]
     skeletons: list[list[tuple[int, int]]]
     image_size: tuple[int, int]
+    category_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         for name in _ARRAY_FIELDS:
@@ -78,12 +81,16 @@ class KeypointDetections:
         if len(self.image_size) != 2 or min(int(s) for s in self.image_size) <= 0:
             raise ValueError(f"image_size must be (H, W) with positive sizes, got {self.image_size}")
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if self.category_ids is not None:
+            self.category_ids = [int(i) for i in self.category_ids]
         self._validate_metadata()
         self._validate_shapes()
         self._validate_values()
 
     def _validate_metadata(self) -> None:
         num_classes = len(self.class_names)
+        if self.category_ids is not None and len(self.category_ids) != num_classes:
+            raise ValueError(f"category_ids must have one entry per class ({num_classes}), got {self.category_ids}")
         for name in ("keypoint_names", "skeletons"):
             if len(getattr(self, name)) != num_classes:
                 raise ValueError(
@@ -135,6 +142,8 @@ class KeypointDetections:
                 raise ValueError(f"{name}: inactive keypoint slots (index >= the class's K) must be NaN")
             if np.isnan(flat[active]).any():
                 raise ValueError(f"{name}: active keypoint slots must not be NaN")
+            if name != "covariance" and np.isinf(flat[active]).any():  # an infinite variance is a valid answer
+                raise ValueError(f"{name}: active keypoint slots must be finite")
         for name in ("findable", "visible"):
             values = getattr(self, name)[active]
             if values.size and not ((values >= 0) & (values <= 1)).all():
@@ -152,6 +161,8 @@ class KeypointDetections:
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> KeypointDetections:
         """Select detections by an int (kept as N=1), a slice, a (N,) bool mask or an index array."""
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError("a single bool is not a detection index; select with an int or a (N,) bool mask")
         if isinstance(index, (int, np.integer)):
             position = int(index)
             if not -len(self) <= position < len(self):
@@ -175,6 +186,7 @@ class KeypointDetections:
             "keypoint_names": [list(names) for names in self.keypoint_names],
             "skeletons": [list(edges) for edges in self.skeletons],
             "image_size": self.image_size,
+            "category_ids": None if self.category_ids is None else list(self.category_ids),
         }
 
     def num_keypoints(self, class_id: int) -> int:
@@ -215,6 +227,7 @@ class KeypointDetections:
         out["keypoint_names"] = [list(names) for names in self.keypoint_names]
         out["skeletons"] = [[[a, b] for a, b in edges] for edges in self.skeletons]
         out["image_size"] = list(self.image_size)
+        out["category_ids"] = None if self.category_ids is None else list(self.category_ids)
         return out
 
     @classmethod
@@ -236,6 +249,7 @@ class KeypointDetections:
             keypoint_names=[list(names) for names in data["keypoint_names"]],
             skeletons=[[(int(a), int(b)) for a, b in edges] for edges in data["skeletons"]],
             image_size=(int(data["image_size"][0]), int(data["image_size"][1])),
+            category_ids=data.get("category_ids"),
         )
 
     def to_coco_results(
@@ -247,12 +261,15 @@ class KeypointDetections:
     ) -> list[dict[str, Any]]:
         """COCO results rows, one per detection.
 
-        Each row: ``image_id``, ``category_id`` (``category_ids[class_id]``, identity by default), ``bbox``
+        Each row: ``image_id``, ``category_id`` (``category_ids[class_id]``; by default the model's own
+        ``self.category_ids``, else the class index), ``bbox``
         ``[x, y, w, h]``, ``score`` and, for classes with keypoints, ``keypoints`` ``[x1, y1, v1, ...]`` over
         the class's K_c keypoints only, where ``v = 2`` if visible >= ``visibility_threshold``, else 1 if
         findable >= ``findable_threshold``, else 0. Rows of classes without keypoints have no ``keypoints``
         key. Coordinates are unchanged (COCO also puts the image's top-left corner at 0).
         """
+        if category_ids is None:
+            category_ids = self.category_ids
         rows = []
         for i in range(len(self)):
             c = int(self.class_id[i])

@@ -9,8 +9,9 @@ import torch
 __all__ = ["device_arg", "resolve_device"]
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; None picks ``cuda`` when a GPU is visible, else ``cpu``.
+def resolve_device(device: str | int | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; None picks ``cuda`` when a GPU is visible, else ``cpu``; an int N is
+    ``cuda:N``; names are not case-sensitive.
 
     Raises:
         ValueError: a name torch does not know, or a device this machine does not have (CUDA without a GPU
@@ -18,6 +19,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"  # torch's convention for a bare index
+    elif isinstance(device, str):
+        device = device.strip().lower()
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -28,7 +33,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if not torch.cuda.is_available():
             why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
             raise ValueError(
-                f"device {str(device)!r} asked for, but CUDA is not available ({why}); use --device cpu"
+                f"device {str(device)!r} asked for, but CUDA is not available ({why}); use the cpu device"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:

@@ -12,8 +12,11 @@ Conventions for PIL modes: EXIF orientation is applied; alpha is dropped, never 
 and ``P`` become grey or palette RGB; ``CMYK`` and other colour modes go through PIL's ``convert("RGB")``;
 16-bit modes (``I;16``, ``I;16B``, ``I;16L``) and ``I`` (32-bit int, how PIL holds 16-bit data) scale to 8
 bits by ``round(value / 257)`` and must lie in [0, 65535]; ``F`` (32-bit float) is read as [0, 1] when its
-maximum is <= 1 (scaled by 255) and as [0, 255] otherwise, and rejected when negative, above 255 or
-non-finite. All rounding is round-half-to-even.
+maximum is <= 1.001 (scaled by 255, then clamped: resampling overshoots) and as [0, 255] otherwise, and
+rejected when below -0.001, above 255 or non-finite. All rounding is round-half-to-even.
+
+Every source, arrays and tensors included, is refused above ``max_pixels`` (width * height; encoded images
+from their header, before their pixels are decoded).
 """
 
 from __future__ import annotations
@@ -73,12 +76,13 @@ def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ValueError("mode 'F' image has non-finite values")
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if low < 0.0 or high > 255.0:
+    if low < -_FLOAT_TOLERANCE or high > 255.0:
         raise ValueError(
             f"mode 'F' image has values in [{low}, {high}]; accepted ranges are [0, 1] and [0, 255]"
         )
-    scale = 255.0 if high <= 1.0 else 1.0
-    return np.rint(values.astype(np.float64) * scale).astype(np.uint8)
+    # [0, 1] allows the overshoot of resampling, as float tensors do (then clamped)
+    scale = 255.0 if high <= 1.0 + _FLOAT_TOLERANCE else 1.0
+    return np.rint(np.clip(values.astype(np.float64) * scale, 0.0, 255.0)).astype(np.uint8)
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
@@ -143,8 +147,6 @@ def _open(stream: io.BytesIO | Path, what: str, max_pixels: int) -> np.ndarray:
 
 def _load_path(path: Path, max_pixels: int) -> np.ndarray:
     text = str(path)
-    if text.startswith(("http://", "https://")):
-        raise ValueError(f"URLs are not fetched: download {text!r} first and pass the file or its bytes")
     if not path.exists():
         raise FileNotFoundError(2, "image file not found", text)
     if path.is_dir():
@@ -152,14 +154,14 @@ def _load_path(path: Path, max_pixels: int) -> np.ndarray:
     return _open(path, f"image file {text!r}", max_pixels)
 
 
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
     if array.dtype != np.uint8:
         raise ValueError(
             f"got a numpy array of dtype {array.dtype} and shape {array.shape}; {_ACCEPTED_ARRAYS}. "
             "Float images in [0, 1] can be passed to to_tensor as a (3, H, W) torch tensor"
         )
     if array.ndim in (2, 3):
-        _check_nonempty(array.shape[1], array.shape[0], f"array of shape {array.shape}")
+        _check_size(array.shape[1], array.shape[0], f"array of shape {array.shape}", max_pixels)
     if array.ndim == 2:
         return _grey_to_rgb(array)
     if array.ndim == 3 and array.shape[2] == 1:
@@ -176,7 +178,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
 
     Args:
         source: see the module docstring.
-        max_pixels: largest accepted width * height of an encoded or PIL image.
+        max_pixels: largest accepted width * height.
 
     Returns:
         (H, W, 3) uint8 RGB, C-contiguous. A contiguous HxWx3 uint8 array is returned as is (same object).
@@ -188,9 +190,16 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
         TypeError: a source of another type.
     """
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source)
+        return _array_to_rgb(source, max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(Path(source), max_pixels)
+        text = os.fspath(source)
+        if isinstance(text, bytes):
+            text = os.fsdecode(text)
+        if text.startswith(("http://", "https://")):  # before Path(), which folds "//"
+            raise ValueError(f"URLs are not fetched: download {text!r} first and pass the file or its bytes")
+        if not text:
+            raise ValueError("got an empty path; expected an image file")
+        return _load_path(Path(text), max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
@@ -200,13 +209,14 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
         return _decode(source, f"PIL image (mode {source.mode!r})", max_pixels)
     if isinstance(source, torch.Tensor):
         raise TypeError("load_image does not take tensors; use to_tensor for (3, H, W) tensors")
+    hint = "; pass several images as a list" if hasattr(source, "__next__") else ""
     raise TypeError(
         f"unsupported image source of type {type(source).__name__}; expected a path, encoded bytes, "
-        "a PIL image or a uint8 numpy array"
+        f"a PIL image or a uint8 numpy array{hint}"
     )
 
 
-def _tensor_to_chw(tensor: torch.Tensor) -> torch.Tensor:
+def _tensor_to_chw(tensor: torch.Tensor, max_pixels: int) -> torch.Tensor:
     shape = tuple(tensor.shape)
     if tensor.ndim == 4:
         raise ValueError(
@@ -221,8 +231,7 @@ def _tensor_to_chw(tensor: torch.Tensor) -> torch.Tensor:
                 "HxWx3 numpy array"
             )
         raise ValueError(f"got a tensor with {shape[0]} channels {shape}; {_ACCEPTED_TENSORS}")
-    if shape[1] == 0 or shape[2] == 0:
-        raise ValueError(f"got a zero-size tensor {shape}")
+    _check_size(shape[2], shape[1], f"tensor of shape {shape}", max_pixels)
     if tensor.dtype == torch.uint8:
         out = tensor.to(torch.float32) / 255.0
     elif tensor.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -253,6 +262,6 @@ def to_tensor(source: ImageSource | torch.Tensor, *, max_pixels: int = MAX_PIXEL
             non-finite values, float values outside [0, 1]; and everything :func:`load_image` raises.
     """
     if isinstance(source, torch.Tensor):
-        return _tensor_to_chw(source)
+        return _tensor_to_chw(source, max_pixels)
     rgb = load_image(source, max_pixels=max_pixels)
     return torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32).div_(255.0).contiguous()

@@ -7,7 +7,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from rfkp.io import to_tensor
+from rfkp.io import MAX_PIXELS, to_tensor
+
+
+def _resize(img: torch.Tensor, size: tuple[int, int], device: torch.device | str | None) -> torch.Tensor:
+    img = img.to(device=device, dtype=torch.float32)
+    return F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
 
 
 def normalize_batch(
@@ -19,11 +24,10 @@ def normalize_batch(
 ) -> torch.Tensor:
     """images: (3, H_i, W_i) float in [0, 1] -> (B, 3, h, w) normalised, resized to `resolution`."""
     size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-    batch = []
-    for img in images:
-        img = img.to(device=device, dtype=torch.float32)
-        batch.append(F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0])
-    x = torch.stack(batch)
+    return _normalize(torch.stack([_resize(img, size, device) for img in images]), mean, std)
+
+
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype, device=x.device)[:, None, None]
     s = torch.tensor(std, dtype=x.dtype, device=x.device)[:, None, None]
     return (x - m) / s
@@ -34,3 +38,33 @@ def load_batch(images: Sequence[object]) -> tuple[list[torch.Tensor], torch.Tens
     tensors = [to_tensor(img) for img in images]
     sizes = torch.tensor([[t.shape[1], t.shape[2]] for t in tensors], dtype=torch.long)
     return tensors, sizes
+
+
+def prepare_batch(
+    images: Sequence[object],
+    resolution: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``load_batch`` then ``normalize_batch``, one image at a time: only one full-size image is held in memory
+    at once. Returns (x (B, 3, R, R) normalised, source sizes (B, 2) (H, W)).
+
+    Raises:
+        What ``to_tensor`` raises; for a ValueError or TypeError of a list of several images, the message
+        says which image (0-based).
+    """
+    size = (resolution, resolution)
+    resized, sizes = [], []
+    for i, image in enumerate(images):
+        try:
+            tensor = to_tensor(image, max_pixels=max_pixels)
+        except (ValueError, TypeError) as exc:
+            if len(images) == 1:
+                raise
+            raise type(exc)(f"image {i} of {len(images)}: {exc}") from exc
+        sizes.append((tensor.shape[1], tensor.shape[2]))
+        resized.append(_resize(tensor, size, device))
+        del tensor
+    return _normalize(torch.stack(resized), mean, std), torch.tensor(sizes, dtype=torch.long)

@@ -108,6 +108,13 @@ def test_inactive_slots_must_be_nan_and_active_not() -> None:
     findable[0, 1] = NAN
     with pytest.raises(ValueError, match="findable: active keypoint slots must not be NaN"):
         KeypointDetections(**{**fields, "findable": findable})
+    keypoints = fields["keypoints"].copy()
+    keypoints[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="keypoints: active keypoint slots must be finite"):
+        KeypointDetections(**{**fields, "keypoints": keypoints})
+    covariance = fields["covariance"].copy()
+    covariance[0, 0] = np.inf  # an infinitely uncertain keypoint is a valid answer
+    assert np.isinf(KeypointDetections(**{**fields, "covariance": covariance}).covariance[0, 0]).all()
     visible = fields["visible"].copy()
     visible[0, 0] = 1.2
     with pytest.raises(ValueError, match=r"visible probabilities must lie in \[0, 1\]"):
@@ -116,6 +123,9 @@ def test_inactive_slots_must_be_nan_and_active_not() -> None:
 
 def test_indexing_int_slice_mask_and_array() -> None:
     det = _make(n_extra=2)
+    for flag in (True, np.bool_(False)):
+        with pytest.raises(IndexError, match="single bool"):
+            det[flag]
     one = det[1]
     assert len(one) == 1 and one.class_id.tolist() == [1]
     _assert_same(det[-1], det[4:5])
@@ -169,6 +179,18 @@ def test_coco_results_rows() -> None:
     assert [r["category_id"] for r in det.to_coco_results(image_id=7)] == [0, 1, 2]
     with pytest.raises(ValueError, match="no entry for class index 2"):
         det.to_coco_results(image_id=7, category_ids=[1, 2])
+
+
+def test_coco_results_use_the_models_category_ids() -> None:
+    fields = _fields(_make())
+    det = KeypointDetections(**{**fields, "category_ids": [4, 9, 2]})  # e.g. a model trained on such a COCO file
+    assert [r["category_id"] for r in det.to_coco_results(image_id=1)] == [4, 9, 2]
+    assert [r["category_id"] for r in det.to_coco_results(image_id=1, category_ids=[0, 1, 2])] == [0, 1, 2]
+    assert det[1:].category_ids == [4, 9, 2]
+    back = KeypointDetections.from_dict(json.loads(json.dumps(det.to_dict())))
+    assert back.category_ids == [4, 9, 2]
+    with pytest.raises(ValueError, match="category_ids must have one entry per class"):
+        KeypointDetections(**{**fields, "category_ids": [1, 2]})
 
 
 def test_to_supervision() -> None:

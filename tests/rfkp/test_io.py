@@ -99,6 +99,9 @@ def test_float_mode_ranges() -> None:
     assert load_image(Image.fromarray(unit))[0, :, 0].tolist() == [0, 128, 255]
     byte_range = np.array([[0.0, 100.4, 255.0]], np.float32)
     assert load_image(Image.fromarray(byte_range))[0, :, 0].tolist() == [0, 100, 255]
+    # resampling overshoots [0, 1] a little: read as [0, 1] and clamped, as float tensors are
+    overshoot = np.array([[-0.0004, 0.5, 1.0005]], np.float32)
+    assert load_image(Image.fromarray(overshoot))[0, :, 0].tolist() == [0, 128, 255]
     for bad in ([[-0.5, 0.2]], [[0.0, 300.0]], [[np.nan, 0.2]]):
         with pytest.raises(ValueError, match="mode 'F'"):
             load_image(Image.fromarray(np.array(bad, np.float32)))
@@ -201,9 +204,26 @@ def test_decompression_bomb_becomes_value_error() -> None:
     assert not isinstance(info.value, ImageDecodeError)
 
 
+def test_max_pixels_applies_to_arrays_and_tensors() -> None:
+    with pytest.raises(ValueError, match="50x40 = 2000 pixels, more than max_pixels=1999"):
+        load_image(np.zeros((40, 50, 3), np.uint8), max_pixels=1999)
+    with pytest.raises(ValueError, match="2000 pixels, more than max_pixels=1999"):
+        to_tensor(torch.zeros(3, 40, 50), max_pixels=1999)
+    assert to_tensor(torch.zeros(3, 40, 50), max_pixels=2000).shape == (3, 40, 50)
+
+
+def test_paths_urls_and_empty_paths() -> None:
+    with pytest.raises(ValueError, match="URLs are not fetched: download 'https://example.com/a.jpg'"):
+        load_image("https://example.com/a.jpg")
+    with pytest.raises(ValueError, match="empty path"):
+        load_image("")
+
+
 def test_unsupported_source_type() -> None:
     with pytest.raises(TypeError, match="int"):
         load_image(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pass several images as a list"):
+        load_image(iter([np.zeros((4, 4, 3), np.uint8)]))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="to_tensor"):
         load_image(torch.zeros(3, 4, 4))  # type: ignore[arg-type]
 
@@ -235,7 +255,7 @@ def test_to_tensor_from_images_and_tensors() -> None:
         (torch.rand(2, 6, 5), "2 channels"),
         (torch.zeros(3, 6, 5, dtype=torch.int64), "unsupported tensor dtype torch.int64"),
         (torch.rand(6, 5), "2-D tensor"),
-        (torch.rand(3, 0, 5), "zero-size"),
+        (torch.rand(3, 0, 5), "zero size"),
     ],
 )
 def test_to_tensor_rejections(tensor: torch.Tensor, match: str) -> None:

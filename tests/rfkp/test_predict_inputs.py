@@ -78,6 +78,40 @@ def test_bad_inputs(model: RFDETRKeypoint, rgb: np.ndarray, tmp_path: Path) -> N
         model.forward_raw(torch.zeros(1, 4, 256, 256))
 
 
+def test_arguments_are_checked_before_images_are_read(model: RFDETRKeypoint, rgb: np.ndarray) -> None:
+    missing = "no/such/image.png"  # reading it would raise FileNotFoundError: the argument errors come first
+    for kwargs, match in [
+        (dict(threshold=-0.1), "threshold must be a number in"),
+        (dict(threshold=float("nan")), "threshold must be a number in"),
+        (dict(threshold="0.5"), "threshold must be a number in"),
+        (dict(num_select=0), "num_select must be a positive integer"),
+        (dict(num_select=2.5), "num_select must be a positive integer"),
+        (dict(resolution=0), "resolution must be a positive integer"),
+        (dict(patch_size=0), "patch_size must be a positive integer"),
+        (dict(num_windows=True), "num_windows must be a positive integer"),
+        (dict(max_pixels=-1), "max_pixels must be a positive integer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.predict(missing, **kwargs)
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['max_pixel'\]"):
+        model.predict(missing, max_pixel=10)
+    # numpy scalars are numbers too
+    dets = model.predict(rgb, threshold=np.float32(0.0), num_select=np.int64(5))
+    assert len(dets) == 5
+    assert len(model.predict(rgb, threshold=1.0)) == 0
+
+
+def test_a_bad_image_in_a_list_is_named_and_max_pixels_is_a_predict_argument(
+    model: RFDETRKeypoint, rgb: np.ndarray
+) -> None:
+    with pytest.raises(ValueError, match="image 1 of 3: got a numpy array of dtype float32"):
+        model.predict([rgb, rgb.astype(np.float32), rgb])
+    h, w = rgb.shape[:2]
+    with pytest.raises(ValueError, match=f"more than max_pixels={h * w - 1}"):
+        model.predict(rgb, max_pixels=h * w - 1)
+    assert model.predict(rgb, threshold=0.0, max_pixels=h * w).image_size == (h, w)
+
+
 def test_huge_image_is_refused_before_decoding(model: RFDETRKeypoint, tmp_path: Path) -> None:
     path = tmp_path / "huge.png"
     Image.new("L", (12000, 9000)).save(path)  # 108 Mpx, small file
