@@ -25,6 +25,8 @@ class ModelConfig:
     num_classes: int = 2
     num_keypoints_per_class: list[int] = field(default_factory=lambda: [17])
     class_names: list[str] = field(default_factory=list)
+    # the COCO category id of each class (what results files and pycocotools use); empty: the class index
+    category_ids: list[int] = field(default_factory=list)
     keypoint_names: list[list[str]] = field(default_factory=list)
     skeletons: list[list[tuple[int, int]]] = field(default_factory=list)
     # backbone
@@ -76,6 +78,12 @@ class ModelConfig:
         if len(self.class_names) < self.num_classes:
             start = len(self.class_names)
             self.class_names = list(self.class_names) + [f"class_{i}" for i in range(start, self.num_classes)]
+        if self.category_ids and (
+            len(self.category_ids) != self.num_classes or len(set(self.category_ids)) != self.num_classes
+        ):
+            raise ValueError(
+                f"category_ids must name {self.num_classes} distinct ids, one per class, got {self.category_ids}"
+            )
         n_kp_classes = len(self.num_keypoints_per_class)
         if n_kp_classes > self.num_classes:
             raise ValueError(f"{n_kp_classes} keypointed classes but only {self.num_classes} class logits")
@@ -149,6 +157,11 @@ class ModelConfig:
             raise ValueError(
                 f"image_mean must be finite and image_std finite and > 0, got {self.image_mean}, {self.image_std}"
             )
+
+    @property
+    def coco_category_ids(self) -> list[int]:
+        """The COCO category id of each class: ``category_ids``, or the class index when unset."""
+        return list(self.category_ids) or list(range(self.num_classes))
 
     @property
     def max_keypoints(self) -> int:

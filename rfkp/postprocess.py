@@ -168,6 +168,7 @@ def to_keypoint_detections(
                 skeletons=[list(e) for e in config.skeletons]
                 + [[] for _ in range(config.num_classes - len(config.skeletons))],
                 image_size=(h, w),
+                category_ids=list(config.category_ids) or None,
             )
         )
     return out

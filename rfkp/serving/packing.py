@@ -30,6 +30,7 @@ class ServedMetadata:
     skeletons: list[list[tuple[int, int]]]
     random_init: bool = False
     weights: str = ""
+    category_ids: list[int] | None = None
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> ServedMetadata:
@@ -43,6 +44,7 @@ class ServedMetadata:
             skeletons=[[(int(a), int(b)) for a, b in edges] for edges in json.loads(params["skeletons"])],
             random_init=bool(json.loads(params.get(P.PARAM_RANDOM_INIT, "false"))),
             weights=params.get(P.PARAM_WEIGHTS, ""),
+            category_ids=[int(i) for i in json.loads(params.get(P.PARAM_CATEGORY_IDS, "[]"))] or None,
         )
 
 
@@ -106,6 +108,7 @@ def unpack_detections(outputs: Mapping[str, np.ndarray], metadata: ServedMetadat
                 keypoint_names=[list(n) for n in metadata.keypoint_names],
                 skeletons=[list(e) for e in metadata.skeletons],
                 image_size=(int(sizes[i, 0]), int(sizes[i, 1])),
+                category_ids=metadata.category_ids,
             )
         )
     return result

@@ -87,6 +87,7 @@ PARAM_MAX_DETECTIONS = "max_detections"
 PARAM_NUM_THREADS = "num_threads"
 PARAM_RANDOM_INIT = "random_init"
 PARAM_RUNTIME = "runtime"
+PARAM_CATEGORY_IDS = "category_ids"  # JSON list, empty when the model does not know its COCO ids
 
 # runtimes of rfkp_model (the ``runtime`` parameter of the rendered ensemble and network)
 RUNTIME_TORCH = "torch"

@@ -55,6 +55,23 @@ def test_invalid_values_name_the_field(overrides: dict, message: str) -> None:
         ModelConfig(**overrides)
 
 
+def test_category_ids() -> None:
+    assert ModelConfig(num_classes=3).coco_category_ids == [0, 1, 2]
+    assert ModelConfig(num_classes=3, category_ids=[1, 5, 2]).coco_category_ids == [1, 5, 2]
+    for bad in ([1, 2], [1, 1, 2]):
+        with pytest.raises(ValueError, match="category_ids must name 3 distinct ids"):
+            ModelConfig(num_classes=3, category_ids=bad)
+
+
+def test_predict_carries_the_category_ids() -> None:
+    from rfkp.api import RFDETRKeypoint
+
+    model = RFDETRKeypoint.from_config(tiny(num_classes=2, num_keypoints_per_class=[3], category_ids=[7, 3]))
+    dets = model.predict(torch.rand(3, 64, 64), threshold=0.0, num_select=4)
+    assert dets.category_ids == [7, 3]
+    assert {r["category_id"] for r in dets.to_coco_results(image_id=0)} <= {7, 3}
+
+
 def test_from_dict_refuses_non_mappings_and_unknown_keys() -> None:
     with pytest.raises(ValueError, match="mapping of field names"):
         ModelConfig.from_dict([("num_classes", 2)])  # type: ignore[arg-type]

@@ -61,6 +61,7 @@ def test_pipeline_matches_predict(tiny_model: RFDETRKeypoint, tiny_weights: Path
     assert set(packed) == set(P.DETECTION_OUTPUTS)
     packed[P.SOURCE_SIZE] = sizes
     metadata = ServedMetadata.from_parameters(metadata_parameters(cfg))
+    assert metadata.category_ids == (cfg.category_ids or None)
     served = unpack_detections(packed, metadata)
     for image, limit, got in zip(images, (0.0, 0.6), served):
         want = tiny_model.predict(image, threshold=limit)

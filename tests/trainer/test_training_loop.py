@@ -86,6 +86,7 @@ def test_init_from_a_checkpoint_of_another_skeleton_keeps_the_shared_weights(syn
     config = model_config_for(synthetic[0].schema, person.cfg)
     assert config.num_keypoints_per_class == [3, 5]
     assert config.covariance_scale == []  # the factors belong to the network they were fitted on
+    assert config.category_ids == synthetic[0].schema.category_ids
     network, report = build_network(config, tmp_path / "person.pt")
     mine, theirs = network.state_dict(), person.state_dict()
     assert torch.equal(mine["backbone.vit.blocks.1.attn.qkv.weight"], theirs["backbone.vit.blocks.1.attn.qkv.weight"])

@@ -16,7 +16,8 @@ from trainer.loop.init_from import InitReport, load_matching
 
 
 def model_config_for(schema: DatasetSchema, base: ModelConfig, **overrides: object) -> ModelConfig:
-    """``base`` with one class logit per dataset category and the dataset's keypoint names and skeletons.
+    """``base`` with one class logit per dataset category and the dataset's category ids, keypoint names and
+    skeletons.
 
     Calibration factors of ``base`` (``covariance_scale``) are dropped: they describe the covariances of the
     network they were fitted on, not of the one about to be trained (``rfkp calibrate`` it afterwards)."""
@@ -25,6 +26,7 @@ def model_config_for(schema: DatasetSchema, base: ModelConfig, **overrides: obje
         num_classes=len(schema.categories),
         num_keypoints_per_class=schema.num_keypoints_per_class,
         class_names=schema.class_names,
+        category_ids=schema.category_ids,
         keypoint_names=[list(c.keypoint_names) for c in schema.categories],
         skeletons=[[list(e) for e in c.skeleton] for c in schema.categories],
         covariance_scale=[],
