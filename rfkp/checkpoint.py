@@ -39,6 +39,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint path is a directory: {path}")
+    if not path.is_file():  # a pipe or a device would block torch.load
+        raise CheckpointError(f"checkpoint path is not a regular file (a pipe or a device?): {path}")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -49,8 +51,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refusing to load {path}: it contains objects outside the allowlist of safe types "
             f"(tensors, plain data, {', '.join(c.__name__ for c in SAFE_GLOBALS)}). Details: {_unsupported_global(exc)}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a text file or random bytes fail in the unpickler in many ways
+        detail = str(exc).strip() or type(exc).__name__
+        if not isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) or not str(exc).strip():
+            detail = f"not a torch checkpoint or corrupt ({type(exc).__name__}: {detail})"
+        raise CheckpointError(f"cannot read checkpoint {path}: {detail}") from None
     if not isinstance(data, dict) or "model" not in data:
         raise CheckpointError(f"{path} is not a model checkpoint (expected a dict with a 'model' state dict)")
     if not isinstance(data["model"], dict) or not all(torch.is_tensor(v) for v in data["model"].values()):
@@ -91,6 +96,8 @@ def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torc
     if data.get("format") == FORMAT_NAME:
         if data.get("version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: unsupported rfkp checkpoint version {data.get('version')}")
+        if "config" not in data:
+            raise CheckpointError(f"{path}: an rfkp checkpoint without its 'config' (the model's architecture)")
         try:
             config = ModelConfig.from_dict(data["config"])
         except (TypeError, ValueError) as exc:

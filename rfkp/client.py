@@ -10,6 +10,7 @@ bytes are sent as they are), or an (H, W, 3) uint8 RGB array (sent raw).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from rfkp.detections import KeypointDetections
 from rfkp.serving import protocol as P
 from rfkp.serving.packing import ServedMetadata, unpack_detections
 
-__all__ = ["AsyncKeypointClient", "KeypointClient", "RemoteError", "build_inputs"]
+__all__ = ["AsyncKeypointClient", "KeypointClient", "RemoteError", "build_inputs", "check_url"]
 
 RemoteImage = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
 
@@ -91,6 +92,24 @@ def build_inputs(image: RemoteImage, threshold: float | None = None, grpcclient:
     return inputs
 
 
+def check_url(url: str) -> str:
+    """``host:port`` with a port in 1..65535 (gRPC endpoints have no scheme here).
+
+    Raises:
+        ValueError: another form, naming what was given.
+    """
+    host, sep, port = str(url).rpartition(":")
+    if "://" in str(url) or not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"server url must be HOST:PORT with a port in 1..65535 (no scheme), got {url!r}")
+    return str(url)
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0 (or None), got {timeout!r}")
+    return timeout
+
+
 def _requested_outputs(grpcclient: Any) -> list[Any]:
     return [grpcclient.InferRequestedOutput(name) for name in P.ENSEMBLE_OUTPUTS]
 
@@ -117,9 +136,9 @@ class KeypointClient:
 
     def __init__(self, url: str = "127.0.0.1:8001", *, model_name: str = P.ENSEMBLE, timeout: float | None = None):
         self._grpc = _grpc()
-        self.url = url
+        self.url = check_url(url)
+        self.timeout = _check_timeout(timeout)
         self.model_name = model_name
-        self.timeout = timeout
         self._client = self._grpc.InferenceServerClient(url)
         self._metadata: ServedMetadata | None = None
 
@@ -135,7 +154,9 @@ class KeypointClient:
         """Class names, keypoint names and skeletons from the served configuration (fetched once)."""
         if self._metadata is None:
             try:
-                config = self._client.get_model_config(self.model_name, as_json=True)["config"]
+                config = self._client.get_model_config(
+                    self.model_name, as_json=True, client_timeout=self.timeout
+                )["config"]
             except self._grpc.InferenceServerException as exc:
                 raise _remote_error(exc) from None
             self._metadata = _metadata_from_config(config)
@@ -180,9 +201,9 @@ class AsyncKeypointClient:
         self._grpc = _grpc()
         import tritonclient.grpc.aio as aio
 
-        self.url = url
+        self.url = check_url(url)
+        self.timeout = _check_timeout(timeout)
         self.model_name = model_name
-        self.timeout = timeout
         self._client = aio.InferenceServerClient(url)
         self._metadata: ServedMetadata | None = None
 
@@ -195,7 +216,8 @@ class AsyncKeypointClient:
     async def metadata(self) -> ServedMetadata:
         if self._metadata is None:
             try:
-                config = (await self._client.get_model_config(self.model_name, as_json=True))["config"]
+                reply = await self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)
+                config = reply["config"]
             except self._grpc.InferenceServerException as exc:
                 raise _remote_error(exc) from None
             self._metadata = _metadata_from_config(config)

@@ -151,6 +151,8 @@ def _load_path(path: Path, max_pixels: int) -> np.ndarray:
         raise FileNotFoundError(2, "image file not found", text)
     if path.is_dir():
         raise IsADirectoryError(21, "expected an image file, got a directory", text)
+    if not path.is_file():  # a pipe or a device would block the reader
+        raise ValueError(f"{text!r} is not a regular file (a pipe or a device?); expected an image file")
     return _open(path, f"image file {text!r}", max_pixels)
 
 

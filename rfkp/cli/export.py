@@ -16,8 +16,25 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rfkp.cli.arguments import non_negative_int, positive_int
+from rfkp.cli.paths import check_output_file, refuse_overwriting_inputs
+
 if TYPE_CHECKING:
     from rfkp.export import ExportedDetector
+
+
+MIN_OPSET = 17  # the deformable sampling and LayerNorm the graphs use
+
+
+def _opset(text: str) -> int:
+    import torch.onnx
+
+    value = positive_int(text)
+    newest = getattr(torch.onnx, "_constants", None)
+    newest = getattr(newest, "ONNX_MAX_OPSET", None) or 20
+    if not MIN_OPSET <= value <= newest:
+        raise argparse.ArgumentTypeError(f"opset must lie in [{MIN_OPSET}, {newest}] (this torch), got {value}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,17 +53,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="detections: final detections, post-processing in the graph (default); raw: the network's raw "
              "outputs pred_logits, pred_boxes, pred_keypoints, for the served ensemble (rfkp serve)",
     )  # fmt: skip
-    p.add_argument("--resolution", type=int, help="input side R (default: the model's)")
+    p.add_argument("--resolution", type=positive_int, help="input side R (default: the model's)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
-    batch.add_argument("--dynamic-batch", type=int, metavar="MAX", help="symbolic batch axis, at most MAX")
+    batch.add_argument("--batch", type=positive_int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", type=positive_int, metavar="MAX", help="symbolic batch axis, at most MAX")
     p.add_argument("--plugins", action="store_true", help="onnx: rfkp plugin nodes instead of standard ops")
-    p.add_argument("--dec-layers", type=int, help="decoder layers to run (NAS knob)")
-    p.add_argument("--num-queries", type=int, help="queries to decode (NAS knob)")
-    p.add_argument("--patch-size", type=int, help="patch size (NAS knob)")
-    p.add_argument("--num-windows", type=int, help="windows per side (NAS knob)")
-    p.add_argument("--num-select", type=int, help="detections: output rows N (default 100)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--dec-layers", type=positive_int, help="decoder layers to run (NAS knob)")
+    p.add_argument("--num-queries", type=positive_int, help="queries to decode (NAS knob)")
+    p.add_argument("--patch-size", type=positive_int, help="patch size (NAS knob)")
+    p.add_argument("--num-windows", type=positive_int, help="windows per side (NAS knob)")
+    p.add_argument("--num-select", type=positive_int, help="detections: output rows N (default 100)")
+    p.add_argument("--opset", type=_opset, default=MIN_OPSET, help=f"ONNX opset (default {MIN_OPSET})")
     p.add_argument(
         "--fp32", action="store_true", help="engine: FP32 only (default: FP16 network, FP32 post-processing)"
     )
@@ -55,8 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--engine", help="triton: an already built engine to copy to 1/model.plan")
     p.add_argument(
-        "--max-queue-delay-us", type=int, default=2000, help="triton: dynamic batching delay (default 2000)"
-    )
+        "--max-queue-delay-us", type=non_negative_int, default=2000,
+        help="triton: dynamic batching delay (default 2000)",
+    )  # fmt: skip
     p.set_defaults(func=main)
 
 
@@ -66,7 +84,8 @@ def _load_model(weights: str | None):  # noqa: ANN202
     if weights:
         return RFDETRKeypoint.from_checkpoint(weights, device="cpu")
     model = RFDETRKeypoint.default(device="cpu")
-    print("warning: no --weights given and no trained default ships: exporting a RANDOM-INITIALISED model")
+    if model.is_random_init:
+        print("warning: no --weights given and no trained default ships: exporting a RANDOM-INITIALISED model")
     return model
 
 
@@ -109,10 +128,36 @@ def _ensemble_mismatch(detector: ExportedDetector) -> str | None:
     return "; ".join(problems) or None
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Nothing the export writes may replace an input or leave a half-made or stale Triton entry."""
+    out = Path(args.out)
+    onnx_path = _onnx_path(args, out)
+    if args.format == "engine" and onnx_path == out:
+        raise ValueError(f"--out {out}: an engine is not an .onnx file (its ONNX graph is written beside it)")
+    outputs = {"--out": out}
+    if onnx_path != out:
+        outputs["the ONNX graph written beside it"] = onnx_path
+    refuse_overwriting_inputs(outputs, {"--weights": args.weights, "--engine": args.engine})
+    if args.engine and not Path(args.engine).is_file():
+        raise FileNotFoundError(f"--engine {args.engine} not found")
+    if args.format == "triton":
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"--out {out} is a file; --format triton writes a model folder")
+        old = [p for p in (out / "config.pbtxt", out / "1" / "model.plan") if p.exists()]
+        if old:
+            raise FileExistsError(
+                f"--out {out} already holds a model entry ({', '.join(str(p) for p in old)}): a new config beside "
+                "an old engine would not match it; choose a new folder or remove the old entry"
+            )
+    else:
+        check_output_file(out, "--out")
+
+
 def main(args: argparse.Namespace) -> int:
     from rfkp.export import engine as trt_engine
 
     _check_raw_args(args, Path(args.out))
+    _check_paths(args)
     if args.format == "engine" and not trt_engine.tensorrt_available():
         message = f"the 'tensorrt' Python package is not installed.\n{trt_engine.INSTALL_HINT}"
         print(f"rfkp export: error: {message}", file=sys.stderr)
@@ -149,6 +194,8 @@ def main(args: argparse.Namespace) -> int:
     )
     flavour = "plugins" if plugins else "portable"
     rows = f"{detector.num_queries} queries, raw outputs" if args.outputs == "raw" else f"{detector.num_select} rows"
+    if args.num_select and detector.num_select < args.num_select:
+        rows += f" (--num-select {args.num_select} capped at queries x classes)"
     print(f"wrote {onnx_path} ({flavour}, {detector.resolution} px, {rows})")
     if args.format == "onnx":
         return 0

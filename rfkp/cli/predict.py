@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rfkp.cli.arguments import positive_float, positive_int, probability
 from rfkp.devices import device_arg
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -22,21 +23,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="image files, or folders of images")
     p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--url", help="HOST:PORT of a running rfkp server (gRPC) instead of local weights")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum rescored score (default 0.5)")
-    p.add_argument("--resolution", type=int, help="input resolution (multiple of patch size x windows)")
+    p.add_argument("--threshold", type=probability, default=0.5, help="minimum rescored score (default 0.5)")
+    p.add_argument("--resolution", type=positive_int, help="input resolution (multiple of patch size x windows)")
     p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request with --url (default 60)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request with --url (default 60)")
     p.add_argument("--out", default="rfkp_predictions", help="output folder (default: rfkp_predictions)")
     p.set_defaults(func=main)
 
 
-def expand_images(items: list[str]) -> list[str]:
-    """Files as given; a folder becomes its image files (by suffix, sorted). An empty folder is an error."""
+PICTURE_SUFFIX = "_keypoints.png"
+
+
+def expand_images(items: list[str], out: Path | None = None) -> list[str]:
+    """Files as given; a folder becomes its image files (by suffix, sorted). An empty folder is an error.
+    In the output folder `out`, the pictures an earlier run wrote (``*_keypoints.png``) are not inputs."""
     paths: list[str] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            own = out is not None and out.is_dir() and path.resolve() == out.resolve()
+            found = sorted(
+                str(p) for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not (own and p.name.endswith(PICTURE_SUFFIX))
+            )  # fmt: skip
             if not found:
                 raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             paths += found
@@ -46,13 +55,18 @@ def expand_images(items: list[str]) -> list[str]:
 
 
 def picture_names(paths: list[str]) -> list[str]:
-    """``<stem>_keypoints.png`` per image; images that share a stem get ``_2``, ``_3``... in input order."""
-    seen: dict[str, int] = {}
+    """``<stem>_keypoints.png`` per image, all distinct: an image whose name is taken (same stem, or a stem
+    like ``a_2`` meeting the second ``a``) gets ``_2``, ``_3``... in input order."""
+    used: set[str] = set()
     names = []
     for path in paths:
         stem = Path(path).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(f"{stem}_keypoints.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_keypoints.png")
+        name, n = f"{stem}{PICTURE_SUFFIX}", 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}{PICTURE_SUFFIX}"
+        used.add(name)
+        names.append(name)
     return names
 
 
@@ -81,12 +95,13 @@ def main(args: argparse.Namespace) -> int:
 
     from rfkp.viz import draw_detections
 
-    paths = expand_images(args.images)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    paths = expand_images(args.images, out)
     predict = _predictor(args)  # a bad checkpoint or server stops here, before any output is written
     out.mkdir(parents=True, exist_ok=True)
+    (out / "errors.json").unlink(missing_ok=True)  # an earlier run's: this run writes its own if any fails
     results: dict[str, object] = {}
     errors: dict[str, str] = {}
     for path, name in zip(tqdm(paths, desc="predict", unit="image", disable=len(paths) < 2), picture_names(paths)):

@@ -164,6 +164,34 @@ def test_raw_triton_entry_needs_a_dynamic_batch_and_the_network_name(
     assert not any(tmp_path.iterdir())  # refused before exporting anything
 
 
+def test_outputs_never_replace_inputs_and_bad_options_stop_first(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "w.pt"
+    copy.write_bytes(weights.read_bytes())
+    assert main(["export", "--weights", str(copy), "--out", str(copy)]) == 1
+    assert "is also --weights" in capsys.readouterr().err
+    assert copy.read_bytes() == weights.read_bytes()
+    assert main(["export", "--weights", str(copy), "--format", "engine", "--out", str(tmp_path / "e.onnx")]) == 1
+    assert "an engine is not an .onnx file" in capsys.readouterr().err
+    entry = tmp_path / "entry"
+    args = ["export", "--weights", str(copy), "--format", "triton", "--out", str(entry), "--dynamic-batch", "2"]
+    assert main([*args, "--engine", str(tmp_path / "nope.plan")]) == 1
+    assert "--engine" in capsys.readouterr().err and not entry.exists()  # nothing half-written
+    (entry / "1").mkdir(parents=True)
+    (entry / "1" / "model.plan").write_bytes(b"an older engine")
+    assert main(args) == 1
+    assert "already holds a model entry" in capsys.readouterr().err
+    assert not (entry / "config.pbtxt").exists()
+    for option in (["--resolution", "-32"], ["--num-queries", "0"], ["--opset", "5"], ["--opset", "99"],
+                   ["--max-queue-delay-us", "-5"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["export", "--weights", str(copy), "--out", str(tmp_path / "x.onnx"), *option])
+        err = capsys.readouterr().err
+        assert "expected" in err or "opset must lie" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_fixed_batch_entry_has_no_batching() -> None:
     config = ModelConfig(
         num_classes=2, num_keypoints_per_class=[3], keypoint_names=[['a "quoted" name', "b", "c"]]

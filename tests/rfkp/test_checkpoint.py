@@ -102,8 +102,10 @@ def test_namespace_args_are_allowed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"", "cannot read"),
+        (b"", "cannot read checkpoint .*not a torch checkpoint or corrupt"),
         (b"not a checkpoint at all", "cannot read"),
+        (b"hello\n", "cannot read checkpoint .*not a torch checkpoint or corrupt"),  # KeyError in the unpickler
+        (b"ab", "cannot read checkpoint .*not a torch checkpoint or corrupt"),  # IndexError in the unpickler
     ],
 )
 def test_corrupt_files(tmp_path: Path, content: bytes, message: str) -> None:
@@ -119,6 +121,9 @@ def test_missing_and_wrong_layout(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="not a model checkpoint"):
         RFDETRKeypoint.from_checkpoint(tmp_path / "x.pth")
+    torch.save({"format": "rfkp", "version": 1, "model": {"x": torch.zeros(2)}}, tmp_path / "nocfg.pth")
+    with pytest.raises(CheckpointError, match="without its 'config'"):
+        RFDETRKeypoint.from_checkpoint(tmp_path / "nocfg.pth")
     torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "y.pth")
     with pytest.raises(CheckpointError, match="unrecognised"):
         RFDETRKeypoint.from_checkpoint(tmp_path / "y.pth")

@@ -101,6 +101,43 @@ def test_predict_stops_once_when_no_server_answers(tmp_path: Path, capsys) -> No
     assert not out.exists()
 
 
+def test_pictures_never_overwrite_each_other_and_reruns_start_clean(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    weights = tmp_path / "tiny.pt"
+    RFDETRKeypoint.from_config(tiny(), device="cpu").save_checkpoint(weights)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    images = [tmp_path / "a" / "img01.png", tmp_path / "b" / "img01.png", tmp_path / "img01_2.png"]
+    for i, path in enumerate(images):
+        Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(path)
+    out = tmp_path / "out"
+    missing = str(tmp_path / "gone.png")
+    assert main(["predict", *map(str, images), missing, "--weights", str(weights), "--out", str(out)]) == 1
+    assert len(list(out.glob("*_keypoints.png"))) == 3  # img01, img01_2 and img01_2_2: none overwritten
+    assert (out / "errors.json").is_file()
+    assert main(["predict", str(images[0]), "--weights", str(weights), "--out", str(out)]) == 0
+    assert not (out / "errors.json").exists()  # the earlier run's failures are not this run's
+    # writing into the folder of the inputs: a second run does not take the first run's pictures as inputs
+    for _ in range(2):
+        assert main(["predict", str(tmp_path / "a"), "--weights", str(weights), "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["detections.json", "img01.png", "img01_keypoints.png"]
+    capsys.readouterr()
+    for option in (["--threshold", "2"], ["--resolution", "0"], ["--timeout", "nan"]):
+        with pytest.raises(SystemExit):
+            main(["predict", str(images[0]), "--weights", str(weights), "--out", str(tmp_path / "never"), *option])
+        assert "expected" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_server_urls_are_host_and_port() -> None:
+    from rfkp.client import check_url
+
+    for good in ("127.0.0.1:8001", "localhost:1", "[::1]:65535"):
+        assert check_url(good) == good
+    for bad in ("127.0.0.1", "127.0.0.1:99999", "grpc://127.0.0.1:8001", ":8001", "host:port"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            check_url(bad)
+
+
 def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:
     assert main(["demo", "--local", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_keypoints.png").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -210,6 +211,13 @@ def test_max_pixels_applies_to_arrays_and_tensors() -> None:
     with pytest.raises(ValueError, match="2000 pixels, more than max_pixels=1999"):
         to_tensor(torch.zeros(3, 40, 50), max_pixels=1999)
     assert to_tensor(torch.zeros(3, 40, 50), max_pixels=2000).shape == (3, 40, 50)
+
+
+def test_a_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "frames"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_image(fifo)
 
 
 def test_paths_urls_and_empty_paths() -> None:

@@ -1,0 +1,47 @@
+"""Checks on the files a command is about to write, done before the work so that nothing is lost."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["check_output_file", "refuse_overwriting_inputs"]
+
+PathLike = str | os.PathLike
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(
+    outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None]
+) -> None:
+    """Raise ValueError when an output path names one of the inputs (or another output).
+
+    Keys are the option names the user typed (e.g. ``"--json"``); None values are skipped. Paths are compared
+    resolved, and as the same file on disk (hard links, symlinks).
+    """
+    named_out = [(k, Path(v)) for k, v in outputs.items() if v is not None]
+    named_in = [(k, Path(v)) for k, v in inputs.items() if v is not None]
+    for i, (out_name, out) in enumerate(named_out):
+        for in_name, source in named_in + named_out[:i]:
+            if out.resolve() == source.resolve() or _same(out, source):
+                raise ValueError(f"{out_name} {out} is also {in_name}: it would be overwritten; choose another path")
+
+
+def check_output_file(path: PathLike, option: str) -> Path:
+    """A file about to be written: not a folder, and its parent a folder or creatable. Returns it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
