@@ -8,6 +8,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from rfkp.cli.arguments import probability
+
 
 def sample_image_path() -> Path:
     return Path(str(resources.files("rfkp") / "assets" / "sample_mouse.png"))
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="predict on the bundled sample image", description=__doc__)
     p.add_argument("--weights", help="checkpoint (default: the project's default model)")
     p.add_argument("--out", default="rfkp_demo", help="output folder (default: rfkp_demo)")
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--threshold", type=probability, default=0.3, help="minimum rescored score (default 0.3)")
     p.add_argument("--local", action="store_true", help="run in-process instead of through the server")
     p.set_defaults(func=main)
 
@@ -26,10 +28,16 @@ def main(args: argparse.Namespace) -> int:
     from rfkp.api import RFDETRKeypoint
     from rfkp.viz import draw_detections
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if args.weights:  # a missing or unreadable checkpoint stops here, before a server or a folder is made
+        from rfkp.checkpoint import read_checkpoint
+
+        read_checkpoint(args.weights)
     if not args.local:
         from rfkp.serving.demo import serve_and_predict
 
-        out = Path(args.out)
         dets = serve_and_predict(sample_image_path(), out, weights=args.weights, threshold=args.threshold)
         draw_detections(sample_image_path(), dets).save(out / "sample_keypoints.png")
         print(f"wrote {out}/sample_keypoints.png")
@@ -43,7 +51,6 @@ def main(args: argparse.Namespace) -> int:
         )
     image = sample_image_path()
     dets = model.predict(image, threshold=args.threshold)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     draw_detections(image, dets).save(out / "sample_keypoints.png")
     (out / "sample_detections.json").write_text(json.dumps(dets.to_dict(), indent=1))

@@ -142,3 +142,11 @@ def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:
     assert main(["demo", "--local", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_keypoints.png").exists()
     assert json.loads((tmp_path / "sample_detections.json").read_text())["image_size"] == [406, 396]
+
+
+def test_demo_with_missing_weights_leaves_nothing(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "out"
+    for mode in ([], ["--local"]):
+        assert main(["demo", "--weights", str(tmp_path / "nope.pt"), "--out", str(out), *mode]) == 1
+        assert "checkpoint not found" in capsys.readouterr().err
+    assert not out.exists()  # no server run folder, no pictures
