@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shlex
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer.jsonfile import finite_or_none  # re-exported: result files are strict JSON (NaN and inf as null)
 
 
 def cpu_model() -> str:
@@ -50,17 +51,6 @@ def portable_argv(argv: list[str]) -> list[str]:
 def command_line(argv: list[str]) -> str:
     """``python`` + the portable argv, quoted so that it can be pasted into a shell."""
     return shlex.join(["python", *portable_argv(argv)])
-
-
-def finite_or_none(value: Any) -> Any:
-    """NaN and infinities as None (null), recursively: result files are strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 def write_result(path: Path, what: str, results: dict[str, Any], *, argv: list[str] | None = None,

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rfkp.cli.arguments import float_in, positive_int, probability
 from rfkp.devices import device_arg
-from trainer.data.errors import CocoFormatError
 from trainer.evaluation.calibration import SIGMA_LEVELS, CalibrationResult, nominal_coverage
 from trainer.evaluation.covariance_scale import (
     FIT_MODES,
@@ -28,8 +27,13 @@ from trainer.evaluation.covariance_scale import (
     cross_validate,
     fit_covariance_scale,
 )
+from trainer.jsonfile import finite_or_none
+from trainer.outputs import check_outputs, check_plot_file, write_text
 
 KINDS = ("visible", "occluded", "all")
+#: --level: below 0.5 sigma the ellipse holds under 12 % of the keypoints, above 3 over 99 %; beyond either the
+#: fitted quantile is that of a handful of extreme errors (at 1e-9 a factor of 1e16, at 100 one of 1e-4).
+LEVEL_RANGE = (0.5, 3.0)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -43,7 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True, help="image folder of --data")
     p.add_argument("--out", type=Path, required=True, help="calibrated checkpoint to write (not --weights)")
     p.add_argument("--by", choices=FIT_MODES, default="class", help="one factor overall, per class or per keypoint")
-    p.add_argument("--level", type=float, default=2.0, help="n-sigma ellipse whose coverage is made nominal")
+    p.add_argument("--level", type=float_in(*LEVEL_RANGE, why=" sigmas (the ellipse holding 12 % to 99 % of a Gaussian)"),
+                   default=2.0, help="n-sigma ellipse whose coverage is made nominal, in [0.5, 3] (default 2)")
     p.add_argument("--fit-on", choices=KINDS, default="visible", help="which labelled keypoints to fit on")
     p.add_argument("--min-count", type=int, default=20,
                    help="groups with fewer keypoints take their parent's factor (keypoint -> class -> global)")
@@ -51,10 +56,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="cross-validation folds over images, >= 2 (default 0: one per image, also when there are "
                         "fewer images than folds)")
     p.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
-    p.add_argument("--threshold", type=float, default=0.001, help="score threshold of the detections")
-    p.add_argument("--resolution", type=int, help="inference resolution")
+    p.add_argument("--threshold", type=probability, default=0.001, help="score threshold of the detections")
+    p.add_argument("--resolution", type=positive_int, help="inference resolution")
     p.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass")
     p.add_argument("--plot", type=Path, help="write the reliability plot (before / after / cross-validated) here")
     p.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -69,14 +74,24 @@ def calibrate_options(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["calibrate", *argv])
 
 
-def _check_options(args: argparse.Namespace, coco: dict[str, Any]) -> None:
-    """What can be refused before the model runs over every image."""
-    if args.out.resolve() == args.weights.resolve():
-        raise ValueError(f"--out must be a new file, not --weights ({args.weights})")
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before anything is read: no output names an input (or another output), each can be written, the plot's
+    format is known.
+
+    Raises:
+        ValueError, OSError: naming the option.
+    """
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; name the checkpoint file to write")
-    if not (math.isfinite(args.level) and args.level > 0):
-        raise ValueError(f"--level must be a finite number of sigmas > 0, got {args.level}")
+    outputs = {"--out": args.out, "--json": args.json_out, "--plot": args.plot}
+    check_outputs(outputs, {"--weights": args.weights, "--data": args.data, "--sigmas": args.sigmas})
+    check_plot_file(args.plot, "--plot")
+
+
+def _check_options(args: argparse.Namespace, coco: dict[str, Any]) -> None:
+    """What can be refused before the model runs over every image."""
+    if not LEVEL_RANGE[0] <= args.level <= LEVEL_RANGE[1]:  # callers in code skip the parser
+        raise ValueError(f"--level must be in [{LEVEL_RANGE[0]}, {LEVEL_RANGE[1]}] sigmas, got {args.level}")
     if args.min_count < 1:
         raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
     if args.folds < 0 or args.folds == 1:
@@ -114,12 +129,13 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.evaluation.results import class_categories
     from trainer.jsonfile import load_sigmas
 
+    _check_outputs(args)
     coco = load_coco_json(args.data)
     schema = infer_schema(coco, args.data.name)
     validate_coco(coco, schema, args.data.name)
     _check_options(args, coco)
     check_image_files(coco, args.images, args.data.name)
-    sigmas = load_sigmas(args.sigmas)
+    sigmas = load_sigmas(args.sigmas, schema)
     dtype = _stored_float_dtype(args.weights)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
     config = model.config
@@ -179,6 +195,11 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def report_json(report: dict[str, Any]) -> str:
+    """The report as strict JSON text (NaN and infinities as null)."""
+    return json.dumps(finite_or_none(report), indent=1, allow_nan=False) + "\n"
+
+
 def format_calibration(report: dict[str, Any]) -> str:
     lines = [f"images: {report['images']}   keypoint AP (unchanged): {report['keypoint_ap']:.3f}", ""]
     lines.append("covariance factors (x the model's covariances):")
@@ -206,14 +227,13 @@ def format_calibration(report: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     try:
         report = calibrate(args)
-    except (CocoFormatError, ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # CocoFormatError too
         print(f"rfkp calibrate: error: {err}", file=sys.stderr)
         return 1
     print(format_calibration(report))
     print(f"\ncalibrated checkpoint: {args.out}")
     if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_text(args.json_out, report_json(report))
     if "plot" in report:
         print(f"reliability plot: {report['plot']}")
     return 0

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rfkp.cli.arguments import positive_int, probability
 from rfkp.devices import device_arg
-from trainer.data.errors import CocoFormatError
 from trainer.data.schema import DatasetSchema, infer_schema
 from trainer.data.validate import check_image_files, load_coco_json, validate_coco
 from trainer.evaluation.coco_eval import evaluate_keypoints
@@ -23,6 +23,10 @@ from trainer.evaluation.predict import predict_rows
 from trainer.evaluation.report import format_report, report_to_dict
 from trainer.evaluation.sigmas import DEFAULT_SIGMA
 from trainer.jsonfile import load_json, load_sigmas
+from trainer.outputs import check_outputs, check_plot_file, write_text
+
+#: Options that only apply to running a model (--weights), with their defaults there.
+MODEL_OPTIONS = {"images": None, "threshold": 0.001, "resolution": None, "device": None, "batch_size": 4}
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,10 +50,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"JSON object {{category id or name: sigma or [one per keypoint]}}; default COCO's for the "
         f"17-keypoint person, {DEFAULT_SIGMA} otherwise",
     )
-    parser.add_argument("--threshold", type=float, default=0.001, help="score threshold with --weights")
-    parser.add_argument("--resolution", type=int, help="inference resolution with --weights")
+    parser.add_argument("--threshold", type=probability, help="score threshold with --weights (default 0.001)")
+    parser.add_argument("--resolution", type=positive_int, help="inference resolution with --weights")
     parser.add_argument("--device", type=device_arg, help="torch device with --weights (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass with --weights")
+    parser.add_argument("--batch-size", type=positive_int, help="images per forward pass with --weights (default 4)")
     parser.add_argument("--plot", type=Path, help="write the calibration reliability plot (PNG) here")
     parser.add_argument("--save-detections", type=Path, help="write the detections as COCO results JSON")
     parser.add_argument("--json", type=Path, dest="json_out", help="write the full report as JSON")
@@ -72,13 +76,37 @@ def _predict_rows(
     )
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """What can be refused before anything is read: outputs that would overwrite an input or cannot be written,
+    and model options given with --detections (they would be ignored). Fills in the model options' defaults.
+
+    Raises:
+        ValueError, OSError: naming the option.
+    """
+    outputs = {"--save-detections": args.save_detections, "--json": args.json_out, "--plot": args.plot}
+    inputs = {"--data": args.data, "--detections": args.detections, "--weights": args.weights, "--sigmas": args.sigmas}
+    check_outputs(outputs, inputs)
+    check_plot_file(args.plot, "--plot")
+    if args.detections is not None:
+        given = [f"--{name.replace('_', '-')}" for name in MODEL_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only apply with --weights (running a model); --detections are evaluated "
+                f"as they are"
+            )
+    for name, default in MODEL_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def eval_main(args: argparse.Namespace) -> int:
     """Run the evaluation and print the report. Returns 0, or 1 with a message on stderr for bad input."""
     try:
+        _check_options(args)
         coco = load_coco_json(args.data)
         schema = infer_schema(coco, args.data.name)
         validate_coco(coco, schema, args.data.name)
-        sigmas = load_sigmas(args.sigmas)
+        sigmas = load_sigmas(args.sigmas, schema)
         if args.weights is not None:
             rows = _predict_rows(args, coco, schema)
         else:
@@ -86,14 +114,14 @@ def eval_main(args: argparse.Namespace) -> int:
             if not isinstance(rows, list):
                 raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
         report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
-    except (CocoFormatError, ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # CocoFormatError too
         print(f"rfkp eval: error: {err}", file=sys.stderr)
         return 1
     print(format_report(report))
     if args.save_detections:
-        args.save_detections.write_text(json.dumps(rows), encoding="utf-8")
+        write_text(args.save_detections, json.dumps(rows))
     if args.json_out:
-        args.json_out.write_text(json.dumps(report_to_dict(report), indent=2), encoding="utf-8")
+        write_text(args.json_out, json.dumps(report_to_dict(report), indent=2))
     if args.plot:
         if report.calibration is None:
             print("rfkp eval: no plot: the detections carry no keypoint_covariance", file=sys.stderr)

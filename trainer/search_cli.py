@@ -17,9 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from rfkp.cli.arguments import non_negative_int, probability
 from rfkp.devices import device_arg
-from trainer.jsonfile import load_sigmas
+from trainer.jsonfile import finite_or_none, load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
+from trainer.outputs import check_output_folder, check_outputs
+
+#: The files written into --out.
+OUT_FILES = ("search.csv", "pareto.csv", "pareto.png", "search.json")
 
 # (flag, attribute, search space axis, help) of the options that set an axis of the space
 _AXIS_OPTIONS = (
@@ -53,9 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=30, help="timed batch-1 runs per choice (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
     parser.add_argument("--max-configs", type=int, help="search a seeded random subset of this many choices")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-configs subset (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the --max-configs subset (default 0)")
     parser.add_argument(
-        "--threshold", type=float, default=0.001, help="detection score threshold (default 0.001)"
+        "--threshold", type=probability, default=0.001, help="detection score threshold in [0, 1] (default 0.001)"
     )
     parser.add_argument(
         "--sigmas", type=Path, help="JSON object {category id or name: sigma or [per keypoint]}"
@@ -103,10 +108,24 @@ def format_front(front: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """--out is a folder (or creatable) and none of the files written into it is an input; before the search.
+
+    Raises:
+        ValueError: a result file would overwrite an input. NotADirectoryError: --out or a parent is a file.
+    """
+    out = check_output_folder(args.out, "--out")
+    inputs = {"--weights": args.weights, "--data": args.data, "--sigmas": args.sigmas}
+    for name in OUT_FILES:
+        check_outputs({"--out": out / name}, inputs)
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
     from rfkp.api import RFDETRKeypoint
+    from trainer.data.schema import infer_schema
+    from trainer.data.validate import load_coco_json
     from trainer.nas.pareto import pareto_front, write_csv
     from trainer.nas.plot import pareto_plot
     from trainer.nas.search import device_name, search
@@ -115,10 +134,13 @@ def _run(args: argparse.Namespace) -> int:
             if getattr(args, dest) is not None}  # fmt: skip
     if args.runs < 1 or args.warmup < 0:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    _check_out(args)
     for what, path in (("annotation", args.data), ("image folder", args.images)):
         if not path.exists():
             raise FileNotFoundError(f"{what} not found: {path}")
-    sigmas = load_sigmas(args.sigmas)
+    # the sigmas against the file's categories before the model runs (search() validates the whole file)
+    schema = infer_schema(load_coco_json(args.data), args.data.name) if args.sigmas is not None else None
+    sigmas = load_sigmas(args.sigmas, schema)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
     space = SearchSpace.for_config(model.config).override(**axes)
     space.check_model(model.config)
@@ -150,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         "results": [r.to_dict() for r in results],
         "pareto": [r.choice.key() for r in front],
     }
-    (out / "search.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (out / "search.json").write_text(json.dumps(finite_or_none(meta), indent=2, allow_nan=False), encoding="utf-8")
     print(format_front(front))
     print(f"wrote search.csv, pareto.csv, pareto.png and search.json to {out}")
     return 0
@@ -160,6 +182,6 @@ def main(args: argparse.Namespace) -> int:
     """Run the search. Returns 0, or 1 with a message on stderr for bad input."""
     try:
         return _run(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError) as err:  # CocoFormatError, CheckpointError too
+    except (ValueError, OSError) as err:  # CocoFormatError, CheckpointError too
         print(f"rfkp search: error: {err}", file=sys.stderr)
         return 1

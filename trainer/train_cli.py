@@ -15,11 +15,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rfkp.cli.arguments import (
+    float_in,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from rfkp.devices import device_arg
-from trainer.data.errors import CocoFormatError
 from trainer.jsonfile import load_sigmas
+from trainer.outputs import check_output_folder, check_outputs
 
 logger = logging.getLogger(__name__)
+
+#: Files of a run whose presence means --out holds one (the settings and command alone: it saved nothing yet).
+RUN_RESULTS = ("checkpoint.pt", "last.pt", "best.pt", "metrics.jsonl")
+#: Everything a run (with --calibrate) writes into --out.
+RUN_FILES = (*RUN_RESULTS, "train_settings.json", "command.json", "best_calibrated.pt", "calibration.json",
+             "calibration.png")
+#: Model config fields that come from the training file, not from --set.
+DATASET_FIELDS = ("num_classes", "num_keypoints_per_class", "class_names", "category_ids", "keypoint_names",
+                  "skeletons")
+_FLIP_PAIRS_FORM = 'a JSON object {category id or name or "*": [[i, j], ...]}, e.g. \'{"*": [[0, 3], [1, 2]]}\''
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -41,24 +59,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                            "best_calibrated.pt, calibration.json and calibration.png")
     data.add_argument("--no-augment", action="store_true", help="no flip / crop augmentation")
     model = p.add_argument_group("model")
-    model.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, metrics)")
+    model.add_argument("--out", type=Path, required=True,
+                       help="run directory (checkpoints, logs, metrics); one that holds a run needs --resume")
     model.add_argument("--init", type=Path, help="start from this rfkp or rfdetr checkpoint (any skeleton)")
     model.add_argument("--variant", default="nano", help="architecture without --init: preview, nano or tiny")
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a model config field (JSON value), e.g. --set resolution=320")
+                       help="override a model config field (JSON value), e.g. --set resolution=320; the classes, "
+                            "keypoints and skeletons come from --data")
     model.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=50)
-    opt.add_argument("--batch-size", type=int, default=4)
-    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    opt.add_argument("--lr", type=float, default=1e-4)
-    opt.add_argument("--lr-backbone", type=float, default=1.5e-4, help="ViT rate before layer-wise decay")
-    opt.add_argument("--layer-decay", type=float, default=0.8, help="ViT layer-wise learning-rate decay")
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--warmup-steps", type=int, default=0)
-    opt.add_argument("--clip-grad", type=float, default=0.1, help="max gradient norm (0: off)")
-    opt.add_argument("--ema-decay", type=float, default=0.993)
-    opt.add_argument("--ema-tau", type=float, default=100.0, help="EMA decay warm-up in optimiser steps")
+    opt.add_argument("--epochs", type=positive_int, default=50)
+    opt.add_argument("--batch-size", type=positive_int, default=4)
+    opt.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimiser step")
+    opt.add_argument("--lr", type=positive_float, default=1e-4)
+    opt.add_argument("--lr-backbone", type=non_negative_float, default=1.5e-4,
+                     help="ViT rate before layer-wise decay (0: a frozen backbone)")
+    opt.add_argument("--layer-decay", type=float_in(0.0, 1.0, low_open=True), default=0.8,
+                     help="ViT layer-wise learning-rate decay, in (0, 1]")
+    opt.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
+    opt.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    opt.add_argument("--clip-grad", type=non_negative_float, default=0.1, help="max gradient norm (0: off)")
+    opt.add_argument("--ema-decay", type=float_in(0.0, 1.0, high_open=True), default=0.993, help="in [0, 1)")
+    opt.add_argument("--ema-tau", type=non_negative_float, default=100.0,
+                     help="EMA decay warm-up in optimiser steps (0: none)")
     opt.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                      help="autocast dtype (auto: bf16/fp16 on GPU, off on CPU)")
     opt.add_argument("--loss-weight", action="append", default=[], metavar="TERM=VALUE",
@@ -73,15 +96,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     for axis, example in (("nas-resolutions", "256,320"), ("nas-patch-sizes", "12,16"), ("nas-windows", "1,2"),
                           ("nas-dec-layers", "1,2,3"), ("nas-num-queries", "50,100")):
         nas.add_argument(f"--{axis}", help=f"values of this axis, e.g. {example}")
-    nas.add_argument("--nas-full-fraction", type=float, default=0.25,
+    nas.add_argument("--nas-full-fraction", type=probability, default=0.25,
                      help="share of steps that train the full architecture (sandwich rule)")
     run = p.add_argument_group("run")
     run.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
-    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--eval-every", type=int, default=1, help="epochs between validations")
-    run.add_argument("--save-every", type=int, default=0, help="also save the training state every N steps")
-    run.add_argument("--max-steps", type=int, help="stop (and save) after this many optimiser steps")
+    run.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    run.add_argument("--seed", type=non_negative_int, default=0)
+    run.add_argument("--eval-every", type=positive_int, default=1, help="epochs between validations")
+    run.add_argument("--save-every", type=non_negative_int, default=0,
+                     help="also save the training state every N steps (0: at epoch ends only)")
+    run.add_argument("--max-steps", type=positive_int, help="stop (and save) after this many optimiser steps")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
     p.set_defaults(func=main)
@@ -109,12 +133,55 @@ def _side_tokens(text: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "true or false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _flip_pairs(text: str | None) -> dict[str, Any] | None:
+    """``--flip-pairs``: a JSON object of pair lists (the categories are checked once the data is read).
+
+    Raises:
+        ValueError: not JSON, not an object, or a value that is not a list of two-entry pairs.
+    """
+    spec = _json_arg(text, "--flip-pairs")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError(f"--flip-pairs: expected {_FLIP_PAIRS_FORM}, got {_JSON_KINDS.get(type(spec), 'JSON')}")
+    for key, pairs in spec.items():
+        if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)):
+            raise ValueError(
+                f"--flip-pairs {key!r}: expected a list of [i, j] pairs (0-based indices or keypoint names), "
+                f"got {json.dumps(pairs)}"
+            )
+    return spec
+
+
+def _check_flip_pair_categories(spec: dict[str, Any] | None, schema: Any, source: str) -> None:
+    """Raise ValueError for a ``--flip-pairs`` key that names no category of the data (it would be ignored)."""
+    known = {"*"} | {str(c.category_id) for c in schema.categories} | {c.name for c in schema.categories}
+    unknown = [key for key in spec or {} if key not in known]
+    if unknown:
+        categories = ", ".join(f"{c.category_id} ({c.name!r})" for c in schema.categories)
+        raise ValueError(
+            f"--flip-pairs: {source} has no category {unknown[0]!r}; the keys are a category id or name "
+            f"({categories}) or \"*\" for every category"
+        )
+
+
 def _overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items (JSON values, else the text). Raises ValueError for a malformed item or a field
+    that comes from the training file."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        if key in DATASET_FIELDS:
+            raise ValueError(
+                f"--set {key}: the classes, category ids, keypoint names and skeletons come from the training "
+                f"file (--data); change its categories instead"
+            )
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -158,6 +225,29 @@ def _nas_space(args: argparse.Namespace, cfg: Any) -> Any:
     return space
 
 
+def _check_run_folder(args: argparse.Namespace) -> None:
+    """Before any data is read: --out is a folder (or creatable), holds no run unless --resume, and none of the
+    files a run writes there is an input.
+
+    Raises:
+        ValueError: --out holds a run without --resume, or a run file would overwrite an input.
+        FileNotFoundError: --resume without a training state. NotADirectoryError: --out or a parent is a file.
+    """
+    out = check_output_folder(args.out, "--out")
+    inputs = {"--data": args.data, "--val": args.val, "--sigmas": args.sigmas, "--init": args.init}
+    for name in RUN_FILES:
+        check_outputs({"--out": out / name}, inputs)
+    if args.resume and not (out / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"no training state to resume from: {out / 'checkpoint.pt'}")
+    if not args.resume:
+        found = [name for name in RUN_RESULTS if (out / name).exists()]
+        if found:
+            raise ValueError(
+                f"--out {out} already holds a run ({', '.join(found)}): pass --resume to continue it, or choose "
+                f"another --out"
+            )
+
+
 def _run(args: argparse.Namespace) -> int:
     from rfkp import variants
     from trainer.data.coco import CocoKeypointDataset
@@ -169,26 +259,32 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.matcher import MatchCosts
     from trainer.nas.space import parse_int_list
 
-    flip_pairs = _json_arg(args.flip_pairs, "--flip-pairs")
+    # the options first, then the run folder, then the data: a mistake costs no data loading
+    flip_pairs = _flip_pairs(args.flip_pairs)
     side_tokens = _side_tokens(args.side_tokens)
-    train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)
-    val_set = None
+    overrides = _overrides(args.set)
+    loss_weights = _term_weights(args.loss_weight, LossWeights(), "--loss-weight")
+    match_costs = _term_weights(args.match_cost, MatchCosts(), "--match-cost")
+    resolutions = list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None
     if args.calibrate and args.val is None:
         raise ValueError("--calibrate needs --val: the covariance factors are fitted on held-out images")
+    if args.init is None and args.variant not in variants.VARIANTS:
+        raise ValueError(f"unknown variant {args.variant!r}; choose from {sorted(variants.VARIANTS)}")
+    _check_run_folder(args)
+
+    train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)
+    _check_flip_pair_categories(flip_pairs, train_set.schema, args.data.name)
+    val_set = None
     if args.val is not None:
         val_set = CocoKeypointDataset(args.val, args.val_images or args.images, flip_pairs=flip_pairs,
                                       side_tokens=side_tokens)
         if val_set.schema.num_keypoints_per_class != train_set.schema.num_keypoints_per_class:
             raise ValueError(f"{args.val.name} and {args.data.name} describe different skeletons")
-    sigmas = load_sigmas(args.sigmas)  # checked before training, not at the first validation
+    # checked before training, not at the first validation
+    sigmas = load_sigmas(args.sigmas, (val_set or train_set).schema)
 
-    if args.init is not None:
-        base = architecture_of(args.init)
-    else:
-        if args.variant not in variants.VARIANTS:
-            raise ValueError(f"unknown variant {args.variant!r}; choose from {sorted(variants.VARIANTS)}")
-        base = variants.VARIANTS[args.variant]()
-    config = model_config_for(train_set.schema, base, **_overrides(args.set))
+    base = architecture_of(args.init) if args.init is not None else variants.VARIANTS[args.variant]()
+    config = model_config_for(train_set.schema, base, **overrides)
     network, report = build_network(config, args.init, seed=args.seed)
     if report is not None:
         logger.info("initialised from %s: %s", args.init, report.summary())
@@ -204,10 +300,10 @@ def _run(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         ema_tau=args.ema_tau,
         amp=args.amp,
-        resolutions=list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None,
+        resolutions=resolutions,
         nas_full_fraction=args.nas_full_fraction,
-        loss_weights=_term_weights(args.loss_weight, LossWeights(), "--loss-weight"),
-        match_costs=_term_weights(args.match_cost, MatchCosts(), "--match-cost"),
+        loss_weights=loss_weights,
+        match_costs=match_costs,
         eval_every=args.eval_every,
         seed=args.seed,
         num_workers=args.workers,
@@ -224,18 +320,29 @@ def _run(args: argparse.Namespace) -> int:
     (args.out / "command.json").write_text(json.dumps({"argv": sys.argv, "config": config.to_dict()}, indent=2),
                                            encoding="utf-8")
     history = trainer.fit()
-    best = max((r for r in history if "ap" in r), key=lambda r: r["ap"], default=None)
     print(f"run directory: {args.out}")
-    ap = "" if best is None else f", val AP {best['ap']:.4f}"
-    print(f"weights: {args.out / 'best.pt'} (EMA{ap}), {args.out / 'last.pt'}")
+    print(_weights_message(args, history))
     if args.calibrate:
         _calibrate_best(args)
     return 0
 
 
+def _weights_message(args: argparse.Namespace, history: list[dict[str, Any]]) -> str:
+    """Which inference weights the run left: best.pt by validation AP, or last.pt alone (no validation yet), or
+    last.pt and its copy best.pt (no --val)."""
+    best, last = args.out / "best.pt", args.out / "last.pt"
+    if args.val is None:
+        return f"weights: {last} (EMA), also as {best} (no --val to select by)"
+    if not best.is_file():
+        return f"weights: {last} (EMA; no best.pt: the run stopped before its first validation)"
+    validated = max((r for r in history if "ap" in r), key=lambda r: r["ap"], default=None)
+    ap = "" if validated is None else f", val AP {validated['ap']:.4f}"
+    return f"weights: {best} (EMA{ap}), {last}"
+
+
 def _calibrate_best(args: argparse.Namespace) -> None:
     """``rfkp calibrate`` on best.pt with --val; a failure (nothing matched yet) is reported, the run stands."""
-    from trainer.calibrate_cli import calibrate, calibrate_options, format_calibration
+    from trainer.calibrate_cli import calibrate, calibrate_options, format_calibration, report_json
 
     argv = ["--weights", str(args.out / "best.pt"), "--data", str(args.val), "--images", str(args.val_images or args.images),
             "--out", str(args.out / "best_calibrated.pt"), "--plot", str(args.out / "calibration.png")]  # fmt: skip
@@ -251,14 +358,28 @@ def _calibrate_best(args: argparse.Namespace) -> None:
     except ValueError as err:
         print(f"no calibration: {err}", file=sys.stderr)
         return
-    (args.out / "calibration.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (args.out / "calibration.json").write_text(report_json(report), encoding="utf-8")
     print(format_calibration(report))
     print(f"calibrated weights: {options.out}")
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    return [folder for folder in (path, *path.parents) if not folder.exists()]
+
+
 def main(args: argparse.Namespace) -> int:
+    """Train. Returns 0, or 1 with a message on stderr for bad input or a diverged run; a run that failed before
+    writing anything leaves no empty --out behind."""
+    new_folders = _missing_folders(args.out)
     try:
         return _run(args)
-    except (CocoFormatError, ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # CocoFormatError and the trainer's NonFiniteTrainingError too
         print(f"rfkp train: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        for folder in new_folders:  # deepest first; stops at the first that holds something
+            try:
+                folder.rmdir()
+            except OSError:
+                break

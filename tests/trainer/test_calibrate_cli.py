@@ -126,12 +126,10 @@ def test_calibrate_per_keypoint_and_bad_input(dataset: dict[str, Path], capsys: 
     capsys.readouterr()
 
     assert _run(dataset, dataset["weights"]) == 1
-    assert "--out must be a new file" in capsys.readouterr().err
+    assert f"--out {dataset['weights']} is also --weights: it would be overwritten" in capsys.readouterr().err
     for extra, message in [
         (["--folds", "1"], "--folds must be 0 (one per image) or >= 2, got 1"),
         (["--folds", "-2"], "--folds must be 0 (one per image) or >= 2, got -2"),
-        (["--level", "inf"], "--level must be a finite number of sigmas > 0, got inf"),
-        (["--level", "-1"], "--level must be a finite number of sigmas > 0, got -1.0"),
         (["--min-count", "0"], "--min-count must be >= 1, got 0"),
         (["--fit-on", "occluded"], "val.json labels no occluded keypoints to fit on (--fit-on)"),
     ]:
@@ -166,3 +164,37 @@ def test_one_image_fits_but_skips_cross_validation(dataset: dict[str, Path], cap
     report = json.loads(report_path.read_text())
     assert "cross-validated" not in report["coverage"] and report["images"] == 1
     assert (dataset["root"] / "one.pt").is_file()
+
+
+def test_calibrate_outputs_are_checked_before_the_model_runs(dataset: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    root = dataset["root"]
+    out = root / "checked.pt"
+    inputs = {name: dataset[name].read_bytes() for name in ("weights", "data", "sigmas")}
+    for extra, message in [
+        (["--json", str(dataset["weights"])], f"--json {dataset['weights']} is also --weights: it would be overwritten"),
+        (["--json", str(dataset["data"])], f"--json {dataset['data']} is also --data"),
+        (["--plot", str(dataset["sigmas"])], f"--plot {dataset['sigmas']} is also --sigmas"),
+        (["--json", str(out)], f"--json {out} is also --out"),
+        (["--plot", str(root / "p.txt")], f"--plot {root / 'p.txt'}: '.txt' is not an image format matplotlib writes"),
+        (["--json", str(dataset["images"])], f"--json {dataset['images']} is a folder; give a file name"),
+    ]:
+        assert _run(dataset, out, *extra) == 1, extra
+        assert message in capsys.readouterr().err, extra
+        assert not out.exists(), extra  # refused before the checkpoint was written
+    assert {name: dataset[name].read_bytes() for name in inputs} == inputs
+
+
+@pytest.mark.parametrize(
+    ("level", "message"),
+    [("100", "got 100"), ("1e-9", "got 1e-9"), ("0.4", "got 0.4"), ("inf", "expected a finite number, got 'inf'"),
+     ("-1", "got -1")],
+)
+def test_calibrate_level_is_a_sigma_level_in_a_useful_range(dataset: dict[str, Path], capsys: pytest.CaptureFixture,
+                                                            level: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run(dataset, dataset["root"] / "level.pt", "--level", level)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --level:" in err and message in err
+    if "finite" not in message:
+        assert "expected a number in [0.5, 3] sigmas (the ellipse holding 12 % to 99 % of a Gaussian)" in err

@@ -89,6 +89,13 @@ def test_schema_of_two_mouse_categories_with_explicit_pairs() -> None:
     assert [c.flip_pairs for c in by_name.categories] == [(), ((0, 3),)]
 
 
+def test_flip_pairs_by_category_id_as_json_gives_it() -> None:
+    """JSON object keys are strings: ``--flip-pairs '{"2": ...}'`` names category id 2."""
+    coco = {"categories": [{"id": 1, "name": "a", "keypoints": ["p", "q"]}, {"id": 2, "name": "b", "keypoints": ["p", "q"]}]}
+    schema = infer_schema(coco, flip_pairs={"2": [[0, 1]]})
+    assert [c.flip_pairs for c in schema.categories] == [(), ((0, 1),)]
+
+
 def test_categories_sorted_by_id_and_keypoint_count_inferred() -> None:
     coco = {
         "categories": [{"id": 7, "name": "b"}, {"id": 3, "name": "a", "keypoints": ["x"], "skeleton": []}],

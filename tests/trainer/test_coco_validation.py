@@ -135,6 +135,30 @@ def test_missing_image_file_names_the_image(tmp_path: Path) -> None:
 def test_image_size_disagreeing_with_annotation(tmp_path: Path) -> None:
     coco = copy.deepcopy(VALID)
     coco["images"][0]["width"] = 9
-    dataset = CocoKeypointDataset(_write(tmp_path, coco), tmp_path / "images")
-    with pytest.raises(ValueError, match="image id 10: file 'a.png' is 8x6 but the annotation says 9x6"):
+    path = _write(tmp_path, coco)  # refused from the header, before training
+    with pytest.raises(CocoFormatError, match="image id 10: file 'a.png' is 8x6 but the annotation says 9x6"):
+        CocoKeypointDataset(path, tmp_path / "images")
+    dataset = CocoKeypointDataset(_write(tmp_path, VALID), tmp_path / "images")
+    Image.fromarray(np.zeros((6, 9), np.uint8)).save(tmp_path / "images" / "a.png")  # replaced after loading
+    with pytest.raises(ValueError, match="image id 10: file 'a.png' is 9x6 but the annotation says 8x6"):
         dataset[0]
+
+
+def test_image_headers_are_read_with_their_exif_orientation(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALID)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned by 90 degrees: load_image gives 6 wide, 8 high
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png", exif=exif)
+    with pytest.raises(CocoFormatError, match="image id 10: file 'a.png' is 6x8 but the annotation says 8x6"):
+        CocoKeypointDataset(path, tmp_path / "images")
+    (tmp_path / "images" / "a.png").write_bytes(b"not an image")
+    with pytest.raises(CocoFormatError, match="image id 10: file 'a.png' is not a readable image: cannot identify"):
+        CocoKeypointDataset(path, tmp_path / "images")
+
+
+def test_an_undecodable_image_names_its_id(tmp_path: Path) -> None:
+    dataset = CocoKeypointDataset(_write(tmp_path, VALID), tmp_path / "images")
+    image = tmp_path / "images" / "b.png"
+    image.write_bytes(image.read_bytes()[:40])  # a header without pixels
+    with pytest.raises(ValueError, match="ann.json: image id 11: could not decode image file .*b.png"):
+        dataset[1]

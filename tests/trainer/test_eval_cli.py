@@ -103,3 +103,76 @@ def test_eval_runs_a_checkpoint_through_predict(tmp_path: Path, capsys: pytest.C
     assert _run(["eval", "--data", str(SAMPLE / "person_keypoints.json"), "--detections", str(saved),
                  "--json", str(again)]) == 0  # fmt: skip
     assert json.loads(again.read_text()) == report
+
+
+def test_eval_outputs_never_overwrite_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    coco = _sample()
+    data = tmp_path / "gt.json"
+    data.write_text(json.dumps(coco))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_detections(coco)))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    sigmas = tmp_path / "sigmas.json"
+    sigmas.write_text('{"person": 0.1}')
+    detections = ["--detections", str(results)]
+    model = ["--weights", str(weights), "--images", str(SAMPLE / "images")]
+    for source, extra, message in [
+        (model, ["--save-detections", str(data)], f"--save-detections {data} is also --data: it would be overwritten"),
+        (detections, ["--json", str(data)], f"--json {data} is also --data"),
+        (detections, ["--json", str(results)], f"--json {results} is also --detections"),
+        (model, ["--json", str(weights)], f"--json {weights} is also --weights"),
+        (detections, ["--plot", str(sigmas), "--sigmas", str(sigmas)], f"--plot {sigmas} is also --sigmas"),
+        (detections, ["--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.json")],
+         f"--plot {tmp_path / 'r.json'} is also --json"),
+    ]:
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        assert _run(["eval", "--data", str(data), *source, *extra]) == 1, extra
+        assert message in capsys.readouterr().err, extra
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_eval_output_paths_are_checked_before_the_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    coco = _sample()
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_detections(coco)))
+    argv = ["eval", "--data", str(SAMPLE / "person_keypoints.json"), "--detections", str(results)]
+    (tmp_path / "folder").mkdir()
+    for extra, message in [
+        (["--json", str(tmp_path / "folder")], f"--json {tmp_path / 'folder'} is a folder; give a file name"),
+        (["--json", str(results / "r.json")], f"--json {results / 'r.json'}: {results} is a file, not a folder"),
+        (["--plot", str(tmp_path / "p.txt")], f"--plot {tmp_path / 'p.txt'}: '.txt' is not an image format"),
+    ]:
+        assert _run([*argv, *extra]) == 1, extra
+        out, err = capsys.readouterr()
+        assert message in err and "person" not in out, extra  # no report printed first
+    report = tmp_path / "new" / "folder" / "report.json"  # parent folders are made, as for --plot
+    assert _run([*argv, "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["overall"]
+
+
+def test_eval_input_and_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    coco = _sample()
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_detections(coco)))
+    data = str(SAMPLE / "person_keypoints.json")
+    assert _run(["eval", "--data", str(SAMPLE), "--detections", str(results)]) == 1
+    assert f"COCO annotation file {SAMPLE} is a folder; give the JSON file" in capsys.readouterr().err
+    given = ["--threshold", "0.3", "--batch-size", "2", "--images", str(SAMPLE / "images")]
+    assert _run(["eval", "--data", data, "--detections", str(results), *given]) == 1
+    assert ("--images, --threshold, --batch-size only apply with --weights (running a model); --detections are "
+            "evaluated as they are") in capsys.readouterr().err
+    for option, value, message in [("--batch-size", "0", "expected an integer >= 1, got 0"),
+                                   ("--batch-size", "-1", "expected an integer >= 1, got -1"),
+                                   ("--threshold", "nan", "expected a finite number, got 'nan'"),
+                                   ("--threshold", "2", "expected a number in [0, 1], got 2")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            _run(["eval", "--data", data, "--weights", str(tmp_path / "w.pt"), option, value])
+        assert f"argument {option}: {message}" in capsys.readouterr().err
+    sigmas = tmp_path / "sigmas.json"
+    for content, message in [({"person": "x"}, "sigmas.json: entry 'person': expected a sigma"),
+                             ({"person": [0.1, "x"]}, "sigmas.json: entry 'person': expected a sigma"),
+                             ({"cat": 0.1}, "sigmas.json: sigma overrides for unknown categories ['cat']")]:  # fmt: skip
+        sigmas.write_text(json.dumps(content))
+        assert _run(["eval", "--data", data, "--detections", str(results), "--sigmas", str(sigmas)]) == 1
+        assert message in capsys.readouterr().err

@@ -108,3 +108,34 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
     assert rfkp_main([*broken, "--resolutions", "128", "--dec-layers", "1", "--num-queries", "5"]) == 1
     assert "bad.json: malformed JSON" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_search_outputs_and_threshold_are_checked_before_the_search(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, coco = _setup(tmp_path)
+    small = ["--resolutions", "128", "--dec-layers", "1", "--num-queries", "5", "--runs", "1", "--warmup", "0"]
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    data_copy = tmp_path / "copy" / "search.json"
+    data_copy.parent.mkdir()
+    data_copy.write_text(json.dumps(coco))
+    images = argv[argv.index("--images") + 1]
+    for extra, message in [
+        (["--out", str(taken)], f"--out {taken} is a file; give a folder"),
+        (["--out", str(taken / "sub")], f"--out {taken / 'sub'}: {taken} is a file, not a folder"),
+        (["--out", str(data_copy.parent), "--data", str(data_copy), "--images", images],
+         f"--out {data_copy} is also --data: it would be overwritten"),
+    ]:
+        assert rfkp_main([*argv, *small, *extra]) == 1, extra
+        assert message in capsys.readouterr().err, extra
+    assert json.loads(data_copy.read_text()) == coco and taken.read_text() == "a file"
+    for option, value, message in [("--threshold", "2", "expected a number in [0, 1], got 2"),
+                                   ("--threshold", "nan", "expected a finite number, got 'nan'"),
+                                   ("--seed", "-1", "expected an integer >= 0, got -1")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            rfkp_main([*argv, *small, option, value])
+        assert f"rfkp search: error: argument {option}: {message}" in capsys.readouterr().err
+    sigmas = tmp_path / "sigmas.json"
+    sigmas.write_text('{"mirror_mouse_side": "x"}')
+    assert rfkp_main([*argv, *small, "--sigmas", str(sigmas)]) == 1
+    assert "sigmas.json: entry 'mirror_mouse_side': expected a sigma" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from PIL import Image
 
 from rfkp.cli.main import main
 from trainer.data.synthetic import make_dataset
@@ -42,12 +44,50 @@ def _train(root, train_json, *extra: str, out=None) -> list[str]:  # noqa: ANN00
         (["--loss-weight", "kp_nll=nan"], "--loss-weight kp_nll: must be a finite number >= 0, got nan"),
         (["--match-cost", "cls=inf"], "--match-cost cls: must be a finite number >= 0, got inf"),
         (["--calibrate"], "--calibrate needs --val"),
+        (["--flip-pairs", "[[0, 1]]"], '--flip-pairs: expected a JSON object {category id or name or "*": [[i, j], ...]}'),
+        (["--flip-pairs", '{"*": [0, 1]}'], "--flip-pairs '*': expected a list of [i, j] pairs"),
+        (["--flip-pairs", '{"cat": [[0, 1]]}'],
+         "--flip-pairs: train.json has no category 'cat'; the keys are a category id or name (1 ('triangle')"),
+        *[(["--set", f"{key}={value}"], f"--set {key}: the classes, category ids, keypoint names and skeletons come "
+           "from the training file") for key, value in (("class_names", '["a"]'), ("keypoint_names", "[]"),
+                                                       ("skeletons", "[]"), ("num_classes", "1"),
+                                                       ("num_keypoints_per_class", "[3]"), ("category_ids", "[7]"))],
     ],
 )
 def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message: str) -> None:
     root, train_json = data
     assert main(_train(root, train_json, *extra)) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--layer-decay", "nan", "argument --layer-decay: expected a finite number, got 'nan'"),
+        ("--layer-decay", "0", "argument --layer-decay: expected a number in (0, 1], got 0"),
+        ("--lr-backbone", "inf", "argument --lr-backbone: expected a finite number, got 'inf'"),
+        ("--lr", "0", "argument --lr: expected a finite number > 0, got 0"),
+        ("--clip-grad", "-1", "argument --clip-grad: expected a finite number >= 0, got -1"),
+        ("--warmup-steps", "-5", "argument --warmup-steps: expected an integer >= 0, got -5"),
+        ("--ema-tau", "-1", "argument --ema-tau: expected a finite number >= 0, got -1"),
+        ("--ema-decay", "1", "argument --ema-decay: expected a number in [0, 1), got 1"),
+        ("--save-every", "-1", "argument --save-every: expected an integer >= 0, got -1"),
+        ("--seed", "-1", "argument --seed: expected an integer >= 0, got -1"),
+        ("--max-steps", "0", "argument --max-steps: expected an integer >= 1, got 0"),
+        ("--max-steps", "-1", "argument --max-steps: expected an integer >= 1, got -1"),
+        ("--epochs", "0", "argument --epochs: expected an integer >= 1, got 0"),
+        ("--workers", "-1", "argument --workers: expected an integer >= 0, got -1"),
+        ("--nas-full-fraction", "2", "argument --nas-full-fraction: expected a number in [0, 1], got 2"),
+    ],
+)
+def test_hyperparameters_out_of_range_are_refused_at_parse_time(data, capsys, tmp_path, option: str, value: str,
+                                                                 message: str) -> None:
+    root, train_json = data
+    with pytest.raises(SystemExit) as exit_info:
+        main(_train(root, train_json, option, value, out=tmp_path / "run"))
+    assert exit_info.value.code == 2
+    assert f"rfkp train: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_sigmas_that_are_not_an_object_are_refused_before_training(data, capsys, tmp_path) -> None:
@@ -57,6 +97,22 @@ def test_sigmas_that_are_not_an_object_are_refused_before_training(data, capsys,
     assert main(_train(root, train_json, "--sigmas", str(sigmas), out=tmp_path / "run")) == 1
     assert "expected a JSON object" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_sigma_entries_are_checked_against_the_data_before_training(data, capsys, tmp_path) -> None:
+    root, train_json = data
+    sigmas = tmp_path / "sigmas.json"
+    for content, message in [
+        ({"triangle": "x"}, "sigmas.json: entry 'triangle': expected a sigma (a finite number > 0) or a list of them"),
+        ({"kite": [0.05, "x", 0.05, 0.05, 0.05]}, "sigmas.json: entry 'kite': expected a sigma"),
+        ({"kite": [0.05, 0.05]}, "sigmas.json: category 2 ('kite'): 2 sigmas given for 5 keypoints"),
+        ({"cat": 0.05}, "sigmas.json: sigma overrides for unknown categories ['cat']"),
+    ]:
+        sigmas.write_text(json.dumps(content))
+        argv = _train(root, train_json, "--val", str(train_json), "--sigmas", str(sigmas), out=tmp_path / "run")
+        assert main(argv) == 1, content
+        assert message in capsys.readouterr().err, content
+        assert not (tmp_path / "run").exists()
 
 
 def test_one_step_run_writes_a_loadable_checkpoint(data, capsys, tmp_path) -> None:
@@ -110,4 +166,91 @@ def test_calibrate_without_a_validated_best_says_so(data, capsys, tmp_path) -> N
     root, train_json = data
     argv = _train(root, train_json, "--max-steps", "1", "--val", str(train_json), "--calibrate", "--device", "cpu", out=tmp_path / "run")
     assert main(argv) == 0
-    assert "no calibration: the run wrote no best.pt (it stopped before its first validation)" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "no calibration: the run wrote no best.pt (it stopped before its first validation)" in err
+    assert "last.pt (EMA; no best.pt: the run stopped before its first validation)" in out
+    assert (tmp_path / "run" / "last.pt").is_file() and not (tmp_path / "run" / "best.pt").exists()
+
+
+def _weights(path):  # noqa: ANN001, ANN202
+    from rfkp.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)["model"]
+
+
+def test_stopping_at_max_steps_writes_the_weights(data, capsys, tmp_path) -> None:
+    root, train_json = data
+    run = tmp_path / "run"
+    assert main(_train(root, train_json, "--epochs", "3", "--batch-size", "2", "--max-steps", "1", out=run)) == 0
+    assert f"weights: {run / 'last.pt'} (EMA), also as {run / 'best.pt'} (no --val to select by)" in capsys.readouterr().out
+    from rfkp import RFDETRKeypoint
+
+    RFDETRKeypoint.from_checkpoint(run / "last.pt", device="cpu")
+    last, best = _weights(run / "last.pt"), _weights(run / "best.pt")
+    assert all(torch.equal(last[k], best[k]) for k in last)
+
+
+def test_without_val_best_follows_the_last_epoch(data, tmp_path) -> None:
+    root, train_json = data
+    run = tmp_path / "run"
+    assert main(_train(root, train_json, "--epochs", "2", out=run)) == 0  # best.pt used to stay at epoch 1
+    last, best = _weights(run / "last.pt"), _weights(run / "best.pt")
+    assert all(torch.equal(last[k], best[k]) for k in last)
+
+
+def test_an_out_that_holds_a_run_needs_resume(data, capsys, tmp_path) -> None:
+    root, train_json = data
+    run = tmp_path / "run"
+    assert main(_train(root, train_json, out=run)) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(_train(root, train_json, out=run)) == 1
+    assert (f"--out {run} already holds a run (checkpoint.pt, last.pt, best.pt, metrics.jsonl): pass --resume to "
+            "continue it, or choose another --out") in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(_train(root, train_json, "--epochs", "2", "--resume", out=run)) == 0
+    assert (run / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_a_failed_start_leaves_no_empty_out_behind(capsys, tmp_path) -> None:
+    empty_json = make_dataset(tmp_path, "empty", 0, seed=0)
+    out = tmp_path / "new" / "run"
+    assert main(_train(tmp_path, empty_json, out=out)) == 1  # refused after the trainer made the folder
+    assert "empty.json has no images to train on" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--out", "{data}"], "--out {data} is a file; give a folder"),
+        (["--out", "{root}", "--init", "{root}/last.pt", "--resume"], "--out {root}/last.pt is also --init"),
+    ],
+)
+def test_run_files_are_checked_before_the_data_is_read(data, capsys, tmp_path, extra: list[str], message: str) -> None:
+    root, train_json = data
+    (tmp_path / "last.pt").write_bytes(b"not read")
+    values = {"data": train_json, "root": tmp_path}
+    argv = _train(root, train_json, *[e.format(**values) for e in extra])
+    assert main(argv) == 1
+    assert message.format(**values) in capsys.readouterr().err
+    assert (tmp_path / "last.pt").read_bytes() == b"not read"
+
+
+def test_an_image_that_fails_in_a_worker_gives_its_own_message(tmp_path, capsys) -> None:
+    train_json = make_dataset(tmp_path, "train", 2, seed=0)
+    image = tmp_path / "images" / "train_001.png"
+    image.write_bytes(image.read_bytes()[:200])  # the header reads, the pixels do not
+    assert main(_train(tmp_path, train_json, "--workers", "1", "--batch-size", "2", out=tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "rfkp train: error: train.json: image id 2: could not decode image file" in err and "train_001.png" in err
+    assert "DataLoader worker" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_image_of_another_size_is_refused_before_training(tmp_path, capsys) -> None:
+    train_json = make_dataset(tmp_path, "train", 2, seed=0)
+    Image.new("RGB", (10, 12)).save(tmp_path / "images" / "train_001.png")
+    assert main(_train(tmp_path, train_json, "--workers", "1", out=tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "train.json: image id 2: file 'train_001.png' is 10x12 but the annotation says 128x128" in err
+    assert not (tmp_path / "run").exists()

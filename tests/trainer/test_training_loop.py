@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from trainer.loop.build import build_network, model_config_for
 from trainer.loop.checkpoints import load_train_state
 from trainer.loop.ema import ModelEMA
 from trainer.loop.optim import OptimizerSettings, parameter_groups
-from trainer.loop.trainer import Trainer, TrainSettings, learning_rate_factor
+from trainer.loop.trainer import NonFiniteTrainingError, Trainer, TrainSettings, learning_rate_factor
 from trainer.nas.space import SearchSpace
 
 
@@ -170,6 +171,76 @@ def test_settings_are_validated(synthetic, tmp_path) -> None:
         Trainer(network, synthetic[0], tmp_path, _settings(resolutions=[70]), device="cpu")
     with pytest.raises(ValueError, match="amp must be"):
         Trainer(network, synthetic[0], tmp_path, _settings(amp="fp8"), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": OptimizerSettings(layer_decay=math.nan)}, "optimizer.layer_decay must be a finite number > 0"),
+        ({"optimizer": OptimizerSettings(lr_backbone=math.inf)}, "optimizer.lr_backbone must be a finite number >= 0"),
+        ({"clip_grad": -1.0}, "clip_grad must be a finite number >= 0, got -1.0"),
+        ({"ema_tau": -1.0}, "ema_tau must be a finite number >= 0"),
+        ({"warmup_steps": -5}, "warmup_steps must be >= 0, got -5"),
+        ({"save_every_steps": -1}, "save_every_steps must be >= 0"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"max_steps": 0}, "max_steps must be >= 1"),
+        ({"ema_decay": math.nan}, "ema_decay must be in [0, 1)"),
+    ],
+)
+def test_numeric_settings_must_be_finite_and_in_range(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _settings(**change).validate([16])
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_weights(synthetic, tmp_path, monkeypatch) -> None:
+    train = synthetic[0]
+    trainer = Trainer(_network(train), train, tmp_path, _settings(epochs=3), device="cpu")
+    forward = trainer._forward_losses
+
+    def nan_in_epoch_two(samples, choice):  # noqa: ANN001, ANN202
+        losses = forward(samples, choice)
+        return {**losses, "loss": losses["loss"] * math.nan} if trainer.epoch == 1 else losses
+
+    monkeypatch.setattr(trainer, "_forward_losses", nan_in_epoch_two)
+    with pytest.raises(NonFiniteTrainingError, match=r"the loss became nan at step 4 \(epoch 2\); last.pt, best.pt, "
+                       r"checkpoint.pt keep the last finite state"):
+        trainer.fit()
+    assert load_train_state(tmp_path / "checkpoint.pt")["epoch"] == 1
+    weights = RFDETRKeypoint.from_checkpoint(tmp_path / "last.pt", device="cpu").network.state_dict()
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_weights_that_became_nan_are_not_written(synthetic, tmp_path, monkeypatch) -> None:
+    """A finite loss can still leave NaN weights (a NaN learning rate did): nothing is saved from them."""
+    train = synthetic[0]
+    trainer = Trainer(_network(train), train, tmp_path, _settings(epochs=1), device="cpu")
+    step = trainer._optimizer_step
+
+    def poisoning_step() -> float:
+        norm = step()
+        with torch.no_grad():
+            next(trainer.ema.module.parameters()).fill_(math.nan)
+        return norm
+
+    monkeypatch.setattr(trainer, "_optimizer_step", poisoning_step)
+    with pytest.raises(NonFiniteTrainingError, match="the weights became NaN or infinite by step 3 .epoch 1.; nothing was saved"):
+        trainer.fit()
+    assert not any((tmp_path / name).exists() for name in ("last.pt", "best.pt", "checkpoint.pt", "metrics.jsonl"))
+
+
+def test_metrics_are_strict_json_with_nan_as_null(synthetic, tmp_path, monkeypatch) -> None:
+    import json
+
+    import trainer.loop.trainer as loop
+
+    train, val = synthetic
+    monkeypatch.setattr(loop, "evaluation_record", lambda report: {"ap": 0.0, "coverage_2sigma_occluded": math.nan})
+    Trainer(_network(train), train, tmp_path, _settings(epochs=1, eval_every=1, max_steps=None), val_set=val,
+            device="cpu").fit()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl: {line}"))
+    assert record["coverage_2sigma_occluded"] is None and record["ap"] == 0.0
 
 
 def test_bf16_autocast_step_on_cpu_stays_finite(synthetic, tmp_path) -> None:

@@ -12,7 +12,7 @@ from rfkp.io import load_image
 from trainer.data.flip_pairs import FlipPairSpec
 from trainer.data.schema import DatasetSchema, infer_schema
 from trainer.data.targets import COCO_PIXEL_OFFSET, ImageTargets
-from trainer.data.validate import check_image_files, load_coco_json, validate_coco
+from trainer.data.validate import check_image_files, check_image_sizes, load_coco_json, validate_coco
 
 Transform = Callable[[np.ndarray, ImageTargets], tuple[np.ndarray, ImageTargets]]
 
@@ -55,9 +55,9 @@ def annotation_targets(
 class CocoKeypointDataset:
     """Images and instance targets of a COCO keypoint file.
 
-    Validates the whole file and the presence of every image file at construction, so a bad dataset fails
-    before training starts. Images are decoded with ``rfkp.io.load_image`` (grayscale, palette, RGBA, 16-bit
-    converted to RGB exactly as ``predict()`` does).
+    Validates the whole file, the presence of every image file and its size (from its header) at construction,
+    so a bad dataset fails before training starts. Images are decoded with ``rfkp.io.load_image`` (grayscale,
+    palette, RGBA, 16-bit converted to RGB exactly as ``predict()`` does).
 
     Item ``i``: ``(image (H, W, 3) uint8, ImageTargets)`` in pixel coordinates, after ``transform`` if given.
     """
@@ -78,6 +78,7 @@ class CocoKeypointDataset:
         self.schema = infer_schema(self.coco, source, flip_pairs=flip_pairs, side_tokens=side_tokens)
         validate_coco(self.coco, self.schema, source)
         check_image_files(self.coco, self.images_dir, source)
+        check_image_sizes(self.coco, self.images_dir, source)
         self.images = sorted(self.coco["images"], key=lambda im: im["id"])
         self._annotations: dict[int, list[Mapping[str, Any]]] = {im["id"]: [] for im in self.images}
         for ann in self.coco["annotations"]:
@@ -93,7 +94,10 @@ class CocoKeypointDataset:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ImageTargets]:
         info = self.images[index]
-        image = load_image(self.images_dir / info["file_name"])
+        try:
+            image = load_image(self.images_dir / info["file_name"])
+        except ValueError as err:  # not decodable past its header (truncated, corrupt)
+            raise ValueError(f"{self.annotation_file.name}: image id {info['id']}: {err}") from err
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"{self.annotation_file.name}: image id {info['id']}: file {info['file_name']!r} is "

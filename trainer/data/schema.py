@@ -147,7 +147,7 @@ def _flip_spec_for(
 ) -> FlipPairSpec | None:
     if not flip_pairs:
         return None
-    for key in (category_id, name, ALL_CATEGORIES):
+    for key in (category_id, str(category_id), name, ALL_CATEGORIES):  # JSON gives ids as strings
         if key in flip_pairs:
             return flip_pairs[key]
     return None
@@ -164,8 +164,9 @@ def infer_schema(
     Args:
         coco: the parsed JSON (``categories`` and, when a category lacks its ``keypoints`` list, ``annotations``).
         source: the file name used in error messages.
-        flip_pairs: explicit flip pairs by category id, category name or ``"*"`` (all categories); index or
-            name pairs. Categories without an entry get pairs inferred from keypoint names.
+        flip_pairs: explicit flip pairs by category id (an int or its string, as JSON keys are), category name
+            or ``"*"`` (all categories); index or name pairs. Categories without an entry get pairs inferred
+            from keypoint names.
         side_tokens: extra side-token pairs for inference, e.g. ``[("lf", "rf"), ("lh", "rh")]``.
 
     Raises:

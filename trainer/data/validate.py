@@ -23,7 +23,7 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     """Read a COCO JSON file into a dict.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: the file does not exist. IsADirectoryError: it is a folder.
         CocoFormatError: the text is not JSON (with line and column) or the root is not an object.
     """
     path = Path(path)
@@ -154,6 +154,7 @@ def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: s
     """Check that every image's file exists under ``images_dir``.
 
     Raises:
+        FileNotFoundError: ``images_dir`` is not a folder.
         CocoFormatError: naming the first image id whose file is missing.
     """
     root = Path(images_dir)
@@ -164,4 +165,47 @@ def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: s
         if not path.is_file():
             raise CocoFormatError(
                 f"{source}: image id {image['id']}: file {image['file_name']!r} not found in {root}"
+            )
+
+
+#: EXIF orientations that turn the image by 90 degrees (``rfkp.io.load_image`` applies them: width and height swap).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _orientation(image: Any) -> int | None:
+    """The EXIF orientation of an opened PIL image from what its header holds (``getexif`` would decode a PNG
+    whose EXIF is not in the header: that case is left to the size check after decoding)."""
+    from PIL import Image
+
+    exif = image.info.get("exif")
+    if not exif:
+        return None
+    parsed = Image.Exif()
+    parsed.load(exif)
+    return parsed.get(0x0112)
+
+
+def check_image_sizes(coco: Mapping[str, Any], images_dir: str | Path, source: str = "<coco>") -> None:
+    """Check from each image file's header (no pixels decoded) that PIL can open it and that its size, after
+    the EXIF orientation ``load_image`` applies, is the ``width`` x ``height`` of the file. Run after
+    ``check_image_files``; a file whose pixel data is corrupt past its header still fails when decoded.
+
+    Raises:
+        CocoFormatError: naming the first image id whose file is not an image or has another size.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(images_dir)
+    for image in coco["images"]:
+        where = f"{source}: image id {image['id']}: file {image['file_name']!r}"
+        try:
+            with Image.open(root / image["file_name"]) as opened:
+                width, height = opened.size
+                if _orientation(opened) in _TRANSPOSING_ORIENTATIONS:
+                    width, height = height, width
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise CocoFormatError(f"{where} is not a readable image: {err}") from None
+        if (width, height) != (image["width"], image["height"]):
+            raise CocoFormatError(
+                f"{where} is {width}x{height} but the annotation says {image['width']}x{image['height']}"
             )

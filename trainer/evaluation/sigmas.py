@@ -55,7 +55,8 @@ def category_sigmas(
     """Sigmas per category id: (K,) float64 arrays, K the category's keypoint count.
 
     Raises:
-        ValueError: an override for an unknown category, of the wrong length, or not finite and positive.
+        ValueError: an override for an unknown category, of the wrong length, not numbers, or not finite and
+            positive.
     """
     overrides = dict(overrides or {})
     known = {c.category_id for c in schema.categories} | {str(c.category_id) for c in schema.categories}
@@ -78,7 +79,10 @@ def category_sigmas(
         elif isinstance(override, (int, float)) and not isinstance(override, bool):
             sigmas = np.full(category.num_keypoints, float(override))
         else:
-            sigmas = np.asarray(list(override), dtype=np.float64)
+            try:
+                sigmas = np.asarray(list(override), dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: sigmas must be a number or a list of numbers, got {override!r}") from None
             if sigmas.shape != (category.num_keypoints,):
                 raise ValueError(
                     f"{where}: {sigmas.size} sigmas given for {category.num_keypoints} keypoints "

@@ -5,7 +5,8 @@ A run directory holds:
 - ``checkpoint.pt``: the full training state (model, EMA, optimiser, scheduler position, AMP scaler, step,
   epoch, best AP, torch RNG state). Written to a temporary file and renamed, so a crash never leaves a torn file.
 - ``last.pt`` and ``best.pt``: rfkp-format inference checkpoints of the EMA weights (``RFDETRKeypoint.from_checkpoint``
-  reads them), ``best.pt`` the one with the highest validation AP so far.
+  reads them), ``best.pt`` the one with the highest validation AP so far; without a validation set, the same
+  weights as ``last.pt``.
 """
 
 from __future__ import annotations

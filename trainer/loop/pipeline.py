@@ -10,11 +10,16 @@ lives across steps:
   ``(seed, step)``.
 
 Resuming in the middle of an epoch skips the batches already done; nothing else has to be restored.
+
+A bad image (not decodable, or of another size than its annotation says) raises its own one-line error in the
+main process, also when it was loaded in a ``DataLoader`` worker (torch would wrap it in "Caught ValueError in
+DataLoader worker process 0. Original Traceback ...").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +30,15 @@ from trainer.data.targets import ImageTargets
 from trainer.data.transforms import TrainAugment
 
 Sample = tuple[np.ndarray, ImageTargets]
+
+
+@dataclass(frozen=True)
+class SampleError:
+    """What a worker returns for an item whose image could not be loaded: the error, raised again as it is in
+    the main process (``ValueError`` and ``OSError`` only: the data's fault; other errors keep torch's
+    traceback)."""
+
+    error: ValueError | OSError
 
 
 def draw_generator(*keys: int) -> np.random.Generator:
@@ -46,8 +60,13 @@ class AugmentedEpoch(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Sample:
-        image, targets = self.dataset[index]
+    def __getitem__(self, index: int) -> Sample | SampleError:
+        try:
+            image, targets = self.dataset[index]
+        except (ValueError, OSError) as err:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return SampleError(err)
         if self.augment:
             rng = draw_generator(self.seed, self.epoch, index)
             image, targets = TrainAugment(self.dataset.schema, rng=rng, **self.augment_kwargs)(image, targets)
@@ -67,8 +86,16 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
     return batches
 
 
-def _collate_samples(samples: Sequence[Sample]) -> list[Sample]:
+def _collate_samples(samples: Sequence[Sample | SampleError]) -> list[Sample | SampleError]:
     return list(samples)
+
+
+def _raise_sample_errors(batches: Iterator[list[Sample | SampleError]]) -> Iterator[list[Sample]]:
+    for batch in batches:
+        for sample in batch:
+            if isinstance(sample, SampleError):
+                raise sample.error
+        yield batch  # type: ignore[misc]
 
 
 def epoch_loader(
@@ -81,7 +108,11 @@ def epoch_loader(
     num_workers: int = 0,
     augment: bool = True,
 ) -> Iterator[list[Sample]]:
-    """Batches of augmented samples (unresized) of one epoch, from batch ``skip_batches`` on."""
+    """Batches of augmented samples (unresized) of one epoch, from batch ``skip_batches`` on.
+
+    Raises (when iterated):
+        ValueError, OSError: an image that cannot be loaded, with the dataset's own message (also from workers).
+    """
     batches = epoch_batches(len(dataset), batch_size, seed, epoch)[skip_batches:]
     loader = torch.utils.data.DataLoader(
         AugmentedEpoch(dataset, seed, epoch, augment=augment),
@@ -90,4 +121,4 @@ def epoch_loader(
         num_workers=num_workers,
         persistent_workers=False,
     )
-    return iter(loader)
+    return _raise_sample_errors(iter(loader))

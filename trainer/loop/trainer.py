@@ -28,6 +28,7 @@ from trainer.data.coco import CocoKeypointDataset
 from trainer.data.collate import collate_at
 from trainer.evaluation.coco_eval import KeypointEvaluation, evaluate_keypoints
 from trainer.evaluation.predict import predict_rows
+from trainer.jsonfile import finite_or_none
 from trainer.loop.checkpoints import load_train_state, save_train_state
 from trainer.loop.ema import ModelEMA
 from trainer.loop.optim import OptimizerSettings, build_optimizer
@@ -79,17 +80,41 @@ class TrainSettings:
         return asdict(self)
 
     def validate(self, block_sizes: Sequence[int]) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "eval_every"):
+        """Raise ValueError naming the first setting out of its range (numbers must be finite)."""
+        for name in ("epochs", "batch_size", "grad_accum", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.nas_full_fraction <= 1.0:
-            raise ValueError(f"nas_full_fraction must be in [0, 1], got {self.nas_full_fraction}")
+        for name in ("warmup_steps", "num_workers", "save_every_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None), got {self.max_steps}")
+        o = self.optimizer
+        _check_range("optimizer.lr", o.lr, 0.0, low_open=True)
+        _check_range("optimizer.lr_backbone", o.lr_backbone, 0.0)
+        _check_range("optimizer.layer_decay", o.layer_decay, 0.0, 1.0, low_open=True)
+        _check_range("optimizer.weight_decay", o.weight_decay, 0.0)
+        _check_range("clip_grad", self.clip_grad, 0.0)
+        _check_range("ema_tau", self.ema_tau, 0.0)
+        _check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_range("eval_threshold", self.eval_threshold, 0.0, 1.0)
+        _check_range("nas_full_fraction", self.nas_full_fraction, 0.0, 1.0)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         for r in self.resolutions or []:
             bad = [b for b in block_sizes if r <= 0 or r % b]
             if bad:
                 raise ValueError(f"resolution {r} is not a positive multiple of the block size {bad[0]}")
+
+
+def _check_range(name: str, value: float, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    """Raise ValueError unless ``value`` is finite, above ``low`` (or equal, unless ``low_open``) and <= ``high``."""
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -113,6 +138,11 @@ def learning_rate_factor(opt_step: int, total_steps: int, warmup_steps: int, min
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (opt_step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class NonFiniteTrainingError(ValueError):
+    """The training loss, the gradients or the weights became NaN or infinite: the run stops before anything
+    from that step is saved, so ``last.pt``, ``best.pt`` and ``checkpoint.pt`` keep the last finite state."""
 
 
 @dataclass
@@ -262,6 +292,11 @@ class Trainer:
         params = [p for p in self.network.parameters() if p.grad is not None]
         max_norm = self.settings.clip_grad if self.settings.clip_grad > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
+            raise NonFiniteTrainingError(
+                f"training stopped: the gradient norm became {grad_norm} at step {self.step} (epoch {self.epoch + 1})"
+                f"{self._saved_state_note()}"
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,13 +331,19 @@ class Trainer:
         for samples in loader:
             choice = self.choice_for_step(self.step)
             losses = self._forward_losses(samples, choice)
+            loss = float(losses["loss"].detach())
+            if not math.isfinite(loss):
+                raise NonFiniteTrainingError(
+                    f"training stopped: the loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1})"
+                    f"{self._saved_state_note()}"
+                )
             self.scaler.scale(losses["loss"] / s.grad_accum).backward()
             self.step += 1
             self.batch_in_epoch += 1
             pending += 1
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            self.epoch_loss = (self.epoch_loss[0] + float(losses["loss"].detach()), self.epoch_loss[1] + 1)
+            self.epoch_loss = (self.epoch_loss[0] + loss, self.epoch_loss[1] + 1)
             last = self.batch_in_epoch == self.batches_per_epoch
             if pending < s.grad_accum and not last:
                 continue
@@ -313,11 +354,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{sums['loss'] / pending:.3f}", res=choice.resolution)
             pending, sums = 0, {}
             if s.save_every_steps and self.opt_step % s.save_every_steps == 0 and not last:
+                self._check_finite_weights()
                 self.save()
             if s.max_steps is not None and self.opt_step >= s.max_steps:
+                self._check_finite_weights()
                 if last:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                self._write_last()
                 self.save()
                 if bar is not None:
                     bar.close()
@@ -328,6 +372,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         s = self.settings
+        self._check_finite_weights()
         total, count = self.epoch_loss
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "opt_step": self.opt_step,
                                   "train_loss": total / max(count, 1), "time": time.time()}
@@ -344,12 +389,10 @@ class Trainer:
                 record["best"] = True
                 self.write_weights(self.run_dir / "best.pt")
         self.history.append(record)
-        self.write_weights(self.run_dir / "last.pt")
-        if self.val_set is None and not (self.run_dir / "best.pt").exists():
-            self.write_weights(self.run_dir / "best.pt")
+        self._write_last()
         self.save()
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")  # NaN (no matches) as null
         if evaluate:
             logger.info("epoch %d: val AP %.4f (best %.4f), 2-sigma coverage %s", self.epoch, record["ap"],
                         self.best_ap, _fmt(record.get("coverage_2sigma")))
@@ -374,6 +417,28 @@ class Trainer:
     def write_weights(self, path: Path) -> None:
         """The EMA weights in rfkp's checkpoint format."""
         write_checkpoint(path, self.network.cfg, self.ema.module.state_dict())
+
+    def _write_last(self) -> None:
+        """``last.pt``; without a validation set ``best.pt`` too: with nothing to select by, the latest weights
+        are the best known (with one, ``best.pt`` is written only when the validation AP improves)."""
+        self.write_weights(self.run_dir / "last.pt")
+        if self.val_set is None:
+            self.write_weights(self.run_dir / "best.pt")
+
+    def _check_finite_weights(self) -> None:
+        """Raise NonFiniteTrainingError before weights that hold NaN or infinities are written (a step with a
+        finite loss and gradients can still make them so, e.g. with a huge learning rate)."""
+        tensors = [t for t in (*self.network.parameters(), *self.ema.module.parameters()) if t.is_floating_point()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise NonFiniteTrainingError(
+                f"training stopped: the weights became NaN or infinite by step {self.step} (epoch "
+                f"{self.epoch + 1}){self._saved_state_note()}"
+            )
+
+    def _saved_state_note(self) -> str:
+        saved = [name for name in ("last.pt", "best.pt", "checkpoint.pt") if (self.run_dir / name).is_file()]
+        kept = f"; {', '.join(saved)} keep the last finite state" if saved else "; nothing was saved"
+        return f"{kept} (a lower learning rate, or gradient clipping, may help)"
 
     # -- logging -------------------------------------------------------------------------------------------------
     def _progress(self, total: int, initial: int) -> Any:
