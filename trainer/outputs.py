@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from rfkp.cli.paths import check_output_file, refuse_overwriting_inputs
+from rfkp.cli.paths import check_output_file, check_output_folder, refuse_overwriting_inputs
+
+__all__ = ["check_output_folder", "check_outputs", "check_plot_file", "write_text"]
 
 PathLike = str | os.PathLike
 
@@ -23,23 +25,6 @@ def check_outputs(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, P
     for option, path in outputs.items():
         if path is not None:
             check_output_file(path, option)
-
-
-def check_output_folder(path: PathLike, option: str) -> Path:
-    """A folder about to be written into: a folder or creatable (no file in its place or above it).
-
-    Raises:
-        NotADirectoryError: ``path`` or one of its parents is a file.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{option} {path} is a file; give a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder")
-            break
-    return path
 
 
 def check_plot_file(path: PathLike | None, option: str) -> None:

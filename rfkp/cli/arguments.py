@@ -36,39 +36,22 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _checked(name: str, parse: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable:
+    def check(text: str):  # noqa: ANN202 - int or float, as `parse`
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    check.__name__ = name
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _float(text)
-    if value <= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0.0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
+positive_int = _checked("positive_int", _int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _checked("non_negative_int", _int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _checked("positive_float", _float, lambda v: v > 0.0, "a finite number > 0")
+non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0.0, "a finite number >= 0")
+probability = _checked("probability", _float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False,

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["check_output_file", "refuse_overwriting_inputs"]
+__all__ = ["check_output_file", "check_output_folder", "refuse_overwriting_inputs"]
 
 PathLike = str | os.PathLike
 
@@ -34,14 +34,30 @@ def refuse_overwriting_inputs(
                 raise ValueError(f"{out_name} {out} is also {in_name}: it would be overwritten; choose another path")
 
 
-def check_output_file(path: PathLike, option: str) -> Path:
-    """A file about to be written: not a folder, and its parent a folder or creatable. Returns it as a Path."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+def _check_parents(path: Path, option: str) -> Path:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder")
             break
     return path
+
+
+def check_output_file(path: PathLike, option: str) -> Path:
+    """A file about to be written: not a folder, and its parent a folder or creatable. Returns it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+    return _check_parents(path, option)
+
+
+def check_output_folder(path: PathLike, option: str) -> Path:
+    """A folder about to be written into: a folder or creatable (no file in its place or above it).
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file; give a folder")
+    return _check_parents(path, option)
