@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,8 +219,8 @@ def _conform(value: Any, annotation: str, where: str) -> Any:
     annotation = annotation.replace(" ", "")
     if annotation in ("int", "float", "str", "bool"):
         ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+            "float": isinstance(value, numbers.Real) and not isinstance(value, bool),
             "str": isinstance(value, str),
             "bool": isinstance(value, bool),
         }[annotation]
@@ -227,7 +228,7 @@ def _conform(value: Any, annotation: str, where: str) -> Any:
             raise ValueError(
                 f"config field {where}: expected {annotation}, got {value!r} ({type(value).__name__})"
             )
-        return float(value) if annotation == "float" else value
+        return float(value) if annotation == "float" else int(value) if annotation == "int" else value
     outer, inner = annotation.split("[", 1)
     inner = inner[:-1]
     if not isinstance(value, (list, tuple)):

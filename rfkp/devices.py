@@ -50,9 +50,9 @@ def resolve_device(device: str | int | torch.device | None = None) -> torch.devi
 
 
 def device_arg(text: str) -> str:
-    """argparse ``type=`` for ``--device``: checks the name early, keeps the user's spelling."""
+    """argparse ``type=`` for ``--device``: checks the name early; returns torch's spelling (``CUDA:1`` ->
+    ``cuda:1``)."""
     try:
-        resolve_device(text)
+        return str(resolve_device(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text

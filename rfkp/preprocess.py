@@ -33,9 +33,9 @@ def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return (x - m) / s
 
 
-def load_batch(images: Sequence[object]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def load_batch(images: Sequence[object], max_pixels: int = MAX_PIXELS) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Any accepted image inputs -> list of (3, H, W) float tensors and their (B, 2) (H, W) sizes."""
-    tensors = [to_tensor(img) for img in images]
+    tensors = [to_tensor(img, max_pixels=max_pixels) for img in images]
     sizes = torch.tensor([[t.shape[1], t.shape[2]] for t in tensors], dtype=torch.long)
     return tensors, sizes
 

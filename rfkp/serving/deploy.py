@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,10 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# the rfkp sources a raw graph cannot depend on; every other module counts (loading, the network, the export)
-_NOT_GRAPH_SOURCES = ("cli", "serving")
+# the rfkp sources a raw graph cannot depend on; every other module counts (loading, the network, the export,
+# and the serving protocol and metadata the export embeds)
+_NOT_GRAPH_SOURCES = ("cli",)
+_GRAPH_NAME = re.compile(r"raw-[0-9a-f]{32}-r[0-9]+(\.[0-9]+\.partial)?\.onnx")
 # the cache keeps the graphs used most recently: at most this many, none unused for longer than this
 MAX_CACHED_GRAPHS = 8
 MAX_GRAPH_AGE_S = 30 * 24 * 3600.0
@@ -132,8 +135,8 @@ _PARTIAL_AGE_S = 3600.0  # an unfinished export older than this was left by a cr
 
 
 def graph_code_fingerprint() -> str:
-    """SHA-256 over the rfkp sources a raw graph may be traced from (all but the CLI and the serving code;
-    a stale cache entry costs more than a needless export) and the torch version."""
+    """SHA-256 over the rfkp sources a raw graph may be traced from (all but the CLI: a stale cache entry costs
+    more than a needless export) and the torch version."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(f"torch {torch_version()}".encode())
     for source in sorted(root.rglob("*.py")):
@@ -161,11 +164,13 @@ def prune_graph_cache(
         try:
             path.unlink()
             removed.append(path)
-        except FileNotFoundError:  # another server start pruned it first
-            pass
+        except OSError as exc:  # pruned by another server start first, or another user's file in a shared cache
+            logger.debug("could not prune %s: %s", path, exc)
 
     graphs, partial = [], []
     for path in folder.glob("raw-*.onnx"):
+        if not _GRAPH_NAME.fullmatch(path.name):  # not one of ours
+            continue
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -212,12 +217,12 @@ def prepare_raw_graph(
     key = hashlib.sha256(f"{_file_sha256(prepared.path)} {graph_code_fingerprint()}".encode()).hexdigest()[:32]
     path = folder / f"raw-{key}-r{resolution}.onnx"
     if path.is_file():
-        if _readable_graph(path):
+        if not _readable_graph(path):
+            logger.warning("the cached graph %s is unreadable (a crash while it was written?): exporting it again", path)
+            path.unlink(missing_ok=True)
+        elif _mark_used(path):
             logger.info("reusing the raw ONNX export %s of %s", path, prepared.path)
-            os.utime(path)  # marks it used: pruning keeps the graphs used most recently
             return path, False
-        logger.warning("the cached graph %s is unreadable (a crash while it was written?): exporting it again", path)
-        path.unlink(missing_ok=True)
     logger.info("exporting %s to a raw-output ONNX graph (%d px, dynamic batch) in %s", prepared.path, resolution, path)
     folder.mkdir(parents=True, exist_ok=True)
     model = RFDETRKeypoint.from_checkpoint(prepared.path, device="cpu")
@@ -229,6 +234,18 @@ def prepare_raw_graph(
         partial.unlink(missing_ok=True)
     prune_graph_cache(folder)
     return path, True
+
+
+def _mark_used(path: Path) -> bool:
+    """Touch a cached graph (pruning keeps the graphs used most recently); False when it is gone (pruned by
+    another server start meanwhile). A cache this user may only read is used as it is."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        logger.debug("cannot mark %s as used: %s", path, exc)
+    return True
 
 
 def _readable_graph(path: Path) -> bool:

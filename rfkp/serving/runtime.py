@@ -80,7 +80,7 @@ class Preprocessor:
     def __call__(self, encoded: np.ndarray | None, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Raises RequestError for anything wrong with the payload (see ``payload``)."""
         images = decode_request_images(encoded, raw, max_pixels=self.max_pixels)
-        tensors, sizes = load_batch(images)
+        tensors, sizes = load_batch(images, max_pixels=self.max_pixels)
         cfg = self.config
         x = normalize_batch(tensors, cfg.resolution, cfg.image_mean, cfg.image_std)
         return x.numpy(), sizes.numpy().astype(np.int64)

@@ -21,6 +21,15 @@ def test_variants_are_valid_and_round_trip_through_json(name: str) -> None:
     assert isinstance(again.image_mean, tuple) and all(isinstance(e, tuple) for e in again.skeletons[0])
 
 
+def test_numpy_numbers_are_taken_as_python_numbers() -> None:
+    import numpy as np
+
+    config = ModelConfig(num_classes=np.int64(2), rescore_alpha=np.float32(0.25), num_keypoints_per_class=[np.int32(3)])
+    assert type(config.num_classes) is int and type(config.rescore_alpha) is float
+    assert type(config.num_keypoints_per_class[0]) is int
+    json.dumps(config.to_dict())
+
+
 def test_json_types_are_converted() -> None:
     config = ModelConfig(image_mean=[0, 0, 1], rescore_alpha=1, vit_mlp_ratio=2, covariance_scale=[[1] * 17])
     assert config.image_mean == (0.0, 0.0, 1.0) and isinstance(config.image_mean[0], float)

@@ -18,7 +18,7 @@ def test_names_and_defaults() -> None:
         resolve_device("bogus")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown device 'gpu'"):
         device_arg("gpu")
-    assert device_arg("cpu") == "cpu"
+    assert device_arg("cpu") == "cpu" and device_arg("CPU") == "cpu"  # what serve and the backends compare
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")

@@ -101,17 +101,19 @@ def test_raw_graph_is_exported_once_per_weights_and_resolution(
 
 def test_graph_cache_keeps_the_graphs_used_most_recently(tmp_path: Path) -> None:
     now = 10_000_000.0
-    ages = {f"raw-{i:02d}-r64.onnx": i * 3600.0 for i in range(12)}  # raw-00 used last
-    ages["raw-old-r64.onnx"] = MAX_GRAPH_AGE_S + 1
-    ages["raw-11-r64.12.partial.onnx"] = 2 * 3600.0  # a crashed export
-    ages["raw-12-r64.13.partial.onnx"] = 60.0  # an export in progress
-    ages["notes.txt"] = 1e9  # not ours
+    key = "0123456789abcdef" * 2
+    ages = {f"raw-{key[:-2]}{i:02d}-r64.onnx": i * 3600.0 for i in range(12)}  # ...00 used last
+    ages[f"raw-{key}-r96.onnx"] = MAX_GRAPH_AGE_S + 1
+    ages[f"raw-{key[:-2]}11-r64.12.partial.onnx"] = 2 * 3600.0  # a crashed export
+    ages[f"raw-{key[:-2]}12-r64.13.partial.onnx"] = 60.0  # an export in progress
+    ages["notes.txt"] = ages["raw-model.onnx"] = 1e9  # not ours
     for name, age in ages.items():
         (tmp_path / name).write_bytes(b"x")
         os.utime(tmp_path / name, (now - age, now - age))
     removed = prune_graph_cache(tmp_path, keep=8, now=now)
     kept = sorted(p.name for p in tmp_path.iterdir())
-    assert kept == sorted([f"raw-{i:02d}-r64.onnx" for i in range(8)] + ["raw-12-r64.13.partial.onnx", "notes.txt"])
+    assert kept == sorted([f"raw-{key[:-2]}{i:02d}-r64.onnx" for i in range(8)]
+                          + [f"raw-{key[:-2]}12-r64.13.partial.onnx", "notes.txt", "raw-model.onnx"])  # fmt: skip
     assert len(removed) == 6 and not set(p.name for p in removed) & set(kept)
     assert prune_graph_cache(tmp_path / "missing") == []
 

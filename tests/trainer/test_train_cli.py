@@ -198,6 +198,17 @@ def test_without_val_best_follows_the_last_epoch(data, tmp_path) -> None:
     assert all(torch.equal(last[k], best[k]) for k in last)
 
 
+def test_resuming_a_validated_run_without_val_keeps_its_best(data, tmp_path) -> None:
+    root, train_json = data
+    run = tmp_path / "run"
+    assert main(_train(root, train_json, "--val", str(train_json), out=run)) == 0
+    validated = (run / "best.pt").read_bytes()
+    assert main(_train(root, train_json, "--epochs", "2", "--resume", out=run)) == 0
+    assert (run / "best.pt").read_bytes() == validated  # chosen by validation AP: not replaced by the last epoch
+    last, best = _weights(run / "last.pt"), _weights(run / "best.pt")
+    assert not all(torch.equal(last[k], best[k]) for k in last)
+
+
 def test_an_out_that_holds_a_run_needs_resume(data, capsys, tmp_path) -> None:
     root, train_json = data
     run = tmp_path / "run"

@@ -203,7 +203,7 @@ def check_image_sizes(coco: Mapping[str, Any], images_dir: str | Path, source: s
                 width, height = opened.size
                 if _orientation(opened) in _TRANSPOSING_ORIENTATIONS:
                     width, height = height, width
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
             raise CocoFormatError(f"{where} is not a readable image: {err}") from None
         if (width, height) != (image["width"], image["height"]):
             raise CocoFormatError(

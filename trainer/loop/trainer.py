@@ -331,13 +331,13 @@ class Trainer:
         for samples in loader:
             choice = self.choice_for_step(self.step)
             losses = self._forward_losses(samples, choice)
-            loss = float(losses["loss"].detach())
-            if not math.isfinite(loss):
+            self.scaler.scale(losses["loss"] / s.grad_accum).backward()
+            loss = float(losses["loss"].detach())  # read after backward: the GPU is not left idle in between
+            if not math.isfinite(loss) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
                 raise NonFiniteTrainingError(
                     f"training stopped: the loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1})"
                     f"{self._saved_state_note()}"
                 )
-            self.scaler.scale(losses["loss"] / s.grad_accum).backward()
             self.step += 1
             self.batch_in_epoch += 1
             pending += 1
@@ -422,7 +422,7 @@ class Trainer:
         """``last.pt``; without a validation set ``best.pt`` too: with nothing to select by, the latest weights
         are the best known (with one, ``best.pt`` is written only when the validation AP improves)."""
         self.write_weights(self.run_dir / "last.pt")
-        if self.val_set is None:
+        if self.val_set is None and self.best_ap == -math.inf:  # a resumed validated run keeps its best.pt
             self.write_weights(self.run_dir / "best.pt")
 
     def _check_finite_weights(self) -> None:
