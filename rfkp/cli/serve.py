@@ -12,17 +12,35 @@ PyTorch eager): the raw-output graph is exported once per weights file and resol
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from rfkp.cli.arguments import non_negative_int, positive_float, positive_int, probability
 from rfkp.devices import device_arg
 
 if TYPE_CHECKING:
     from rfkp.serving.repository import ServingOptions
+
+
+HEALTH_CHECK_S = 2.0  # how often the model processes are checked
+
+
+class _StopDuringStartup(BaseException):
+    """SIGINT or SIGTERM before the server is ready: unwinds the start (export, loading) at once."""
+
+
+def _port(text: str) -> int:
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: a free one), got {value}")
+    return value
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -38,29 +56,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--device", type=device_arg, default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="metrics port (default 8002; 0: free one)")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--http-port", type=_port, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    p.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002; 0: free one)")
     p.add_argument("--server", choices=("auto", "embedded", "system"), default="auto",
                    help="embedded: the nvidia-pytriton binary; system: tritonserver on PATH (default auto)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="largest dynamic batch (default 8)")
+    p.add_argument("--max-batch-size", type=positive_int, default=8, help="largest dynamic batch (default 8)")
     p.add_argument("--preferred-batch-sizes", type=_batch_sizes, default=None,
                    help="comma-separated preferred batch sizes (default: half the max and the max)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000,
                    help="longest wait to fill a batch, microseconds (default 2000)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request alone")
-    p.add_argument("--threshold", type=float, default=0.5, help="default score threshold (default 0.5)")
-    p.add_argument("--max-detections", type=int, default=100, help="output rows per image (default 100)")
+    p.add_argument("--threshold", type=probability, default=0.5, help="default score threshold (default 0.5)")
+    p.add_argument("--max-detections", type=positive_int, default=100, help="output rows per image (default 100)")
     p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="CPU network runtime: onnxruntime (the checkpoint's raw ONNX export, exported once and "
                         "cached), torch (eager), or auto: onnxruntime when installed, else torch (default auto; "
                         "on cuda the network runs on torch, or --engine)")
-    p.add_argument("--num-threads", type=int, default=0,
+    p.add_argument("--num-threads", type=non_negative_int, default=0,
                    help="intra-op threads of the network, torch or ONNX Runtime (0: the runtime's default)")
-    p.add_argument("--instances", type=int, default=1, help="network instances (default 1)")
+    p.add_argument("--instances", type=positive_int, default=1, help="network instances (default 1)")
     p.add_argument("--engine", help="TensorRT plan for rfkp_model (needs a tritonserver with TensorRT)")
-    p.add_argument("--run-dir", help="folder for the rendered repository and logs (default: a temporary one)")
-    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.add_argument("--run-dir", help="folder for the rendered repository and logs (default: a temporary one, "
+                                     "removed after a clean stop)")
+    p.add_argument("--ready-timeout", type=positive_float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(func=main)
 
 
@@ -94,17 +113,21 @@ def main(args: argparse.Namespace) -> int:
     from rfkp.serving.launcher import ServerStartError
 
     stop = threading.Event()
+    ready = False
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
+        if not ready:
+            raise _StopDuringStartup
         stop.set()
 
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             server, weights = launch(
                 args.weights,
                 options=options_from_args(args),
-                run_dir=args.run_dir,
+                run_dir=run_dir,
                 host=args.host,
                 grpc_port=args.grpc_port,
                 http_port=args.http_port,
@@ -115,6 +138,10 @@ def main(args: argparse.Namespace) -> int:
         except (ServerStartError, TritonNotFoundError, RuntimeError, OSError, ValueError) as exc:
             print(f"rfkp serve: error: {exc}", file=sys.stderr)
             return 1
+        except _StopDuringStartup:
+            print("rfkp serve: interrupted while starting; stopped", file=sys.stderr)
+            return 130
+        ready = True
         try:
             if weights.random_init:
                 print(f"WARNING: {RANDOM_INIT_WARNING}", flush=True)
@@ -125,15 +152,25 @@ def main(args: argparse.Namespace) -> int:
             print(f"  metrics  {server.metrics_url}", flush=True)
             print(f"  repository {server.repository}; log {server.log_path}", flush=True)
             print("Ctrl-C or SIGTERM stops it.", flush=True)
+            checked = time.monotonic()
             while not stop.wait(0.5):
                 code = server.poll()
                 if code is not None:
                     print(f"tritonserver exited unexpectedly with code {code}:\n{server.log_tail()}", file=sys.stderr)
                     return 1
+                if time.monotonic() - checked > HEALTH_CHECK_S:
+                    checked = time.monotonic()
+                    dead = server.dead_model_processes()
+                    if dead:  # Triton would go on reporting ready while every request fails: stop, let a supervisor restart
+                        print(f"rfkp serve: error: a model process died (out of memory?), its model can no longer "
+                              f"answer; stopping. Gone: {'; '.join(dead)}", file=sys.stderr)  # fmt: skip
+                        return 1
             print("stopping ...", flush=True)
         finally:
             code = server.stop()
         print(f"server stopped (exit code {code})", flush=True)
+        if not args.run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a temporary folder of ours: nothing to keep after a clean stop
         return 0
     finally:
         for sig, handler in previous.items():

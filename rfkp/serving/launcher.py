@@ -42,6 +42,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True when something listens on (or holds) ``host:port`` (a bind test; TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except socket.gaierror:  # not an IPv4 address: left to the server to judge
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def _children(pid: int) -> dict[int, tuple[str, str]]:
+    """{child pid: (state letter, command line)} of a process, from /proc (Linux; empty elsewhere)."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+            if int(fields[1]) == pid:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found[int(entry.name)] = (fields[0], cmdline.strip())
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def _parent_death_signal() -> Callable[[], object] | None:
     """A pre-exec hook asking Linux to SIGTERM the server when its parent dies (None elsewhere).
 
@@ -81,6 +109,9 @@ class TritonServer:
         workdir: Path | str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
+        for name, port in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
+            if not 0 <= int(port) <= 65535:
+                raise ValueError(f"{name} must lie in 0..65535 (0: a free one), got {port}")
         self.repository = Path(repository).resolve()
         if not any(self.repository.glob("*/config.pbtxt")):
             raise FileNotFoundError(f"{self.repository} is not a Triton model repository (no */config.pbtxt)")
@@ -94,6 +125,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._model_processes: dict[int, str] = {}
 
     @property
     def grpc_url(self) -> str:
@@ -138,6 +170,11 @@ class TritonServer:
         """Launch the process (non-blocking); call ``wait_ready`` next."""
         if self._process is not None and self._process.poll() is None:
             raise RuntimeError(f"server already running (pid {self._process.pid})")
+        taken = [f"{name} {port}" for name, port in
+                 (("gRPC", self.grpc_port), ("HTTP", self.http_port), ("metrics", self.metrics_port))
+                 if port_in_use(self.host, port)]  # fmt: skip
+        if taken:  # another server there would answer our readiness checks for a server that then dies
+            raise ServerStartError(f"port(s) already in use on {self.host}: {', '.join(taken)}; choose others or 0")
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         with open(self.log_path, "wb") as log:
@@ -180,7 +217,10 @@ class TritonServer:
             code = self._process.poll()
             if code is not None:
                 raise ServerStartError(f"tritonserver exited with code {code} while loading:\n{self.log_tail()}")
-            if self.is_ready():
+            if self.is_ready() and self._process.poll() is None:
+                self._model_processes = {
+                    pid: cmd for pid, (state, cmd) in _children(self._process.pid).items() if state != "Z"
+                }
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
                 self.stop()
@@ -212,6 +252,15 @@ class TritonServer:
     def poll(self) -> int | None:
         """The exit code if the process has exited, else None."""
         return None if self._process is None else self._process.poll()
+
+    def dead_model_processes(self) -> list[str]:
+        """Command lines of the model processes (python backend stubs) that were running when the server became
+        ready and are gone now (killed, e.g. by the out-of-memory killer, or crashed). Triton neither restarts
+        them nor stops reporting ready, so every request to their model fails from then on."""
+        if self._process is None or not self._model_processes:
+            return []
+        alive = {pid for pid, (state, _) in _children(self._process.pid).items() if state != "Z"}
+        return [cmd for pid, cmd in self._model_processes.items() if pid not in alive]
 
     def __enter__(self) -> TritonServer:
         self.start()

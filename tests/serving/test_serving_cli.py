@@ -165,3 +165,54 @@ def test_cli_refuses_a_used_run_dir(tmp_path: Path) -> None:
     assert "already holds a rendered repository: give an empty or new --run-dir" in result.stderr
     assert "Traceback" not in result.stderr
     assert (run_dir / "model_repository" / "keep.txt").read_text() == "earlier run"
+
+
+def _serve(weights: Path, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "rfkp.cli.main", "serve", "--weights", str(weights), "--grpc-port", "0",
+           "--http-port", "0", "--metrics-port", "0", "--runtime", "torch", *extra]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tmp_path: Path) -> None:
+    """Triton goes on reporting ready when a model process dies (e.g. the out-of-memory killer), while every
+    request fails: rfkp serve notices and exits non-zero, so that a supervisor can restart it. A Ctrl-C while
+    starting stops at once."""
+    require_triton()
+    from rfkp import RFDETRKeypoint
+    from rfkp.serving.launcher import _children
+    from rfkp.variants import tiny
+
+    weights = tmp_path / "tiny.pt"
+    RFDETRKeypoint.from_config(tiny(num_keypoints_per_class=[3]), device="cpu").save_checkpoint(weights)
+    proc = _serve(weights, "--run-dir", str(tmp_path / "run"))
+    try:
+        output = OutputReader(proc)
+        output.until(READY_LINE, timeout=120)
+        (server_pid,) = [pid for pid, (_, cmd) in _children(proc.pid).items() if "tritonserver" in cmd]
+        stubs = [pid for pid, (_, cmd) in _children(server_pid).items() if "rfkp_preprocess" in cmd]
+        os.kill(stubs[0], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        time.sleep(0.5)  # the reader thread takes the last lines
+        text = "".join(output.seen) + "".join(output.lines.get_nowait() for _ in range(output.lines.qsize()))
+        assert "a model process died" in text and "rfkp_preprocess" in text
+        assert not Path(f"/proc/{server_pid}").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    proc = _serve(weights)
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(proc.pid) and time.monotonic() < deadline:  # tritonserver started, still loading
+            time.sleep(0.02)
+        started = list(_children(proc.pid))
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out
+        assert "interrupted while starting" in out and "server ready" not in out
+        assert started and not any(Path(f"/proc/{pid}").exists() for pid in started)  # tritonserver stopped too
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

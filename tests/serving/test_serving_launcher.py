@@ -136,3 +136,37 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_taken_port_is_refused_before_starting(tmp_path: Path) -> None:
+    import socket
+
+    repo = echo_repository(tmp_path)
+    with socket.socket() as other:  # another server on the HTTP port would answer our readiness checks
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        server = TritonServer(repo, grpc_port=0, http_port=taken, metrics_port=0, workdir=tmp_path / "run",
+                              installation=TritonInstallation(Path(sys.executable), "system"))  # fmt: skip
+        with pytest.raises(ServerStartError, match=f"already in use on 127.0.0.1: HTTP {taken}"):
+            server.start()
+        assert server.pid is None
+    with pytest.raises(ValueError, match="grpc_port must lie in 0..65535"):
+        TritonServer(repo, grpc_port=70000, installation=TritonInstallation(Path(sys.executable), "system"))
+
+
+def test_a_dead_model_process_is_reported(tmp_path: Path) -> None:
+    require_triton()
+    import signal
+
+    repo = echo_repository(tmp_path)
+    with TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run") as server:
+        assert server.dead_model_processes() == []
+        stubs = list(server._model_processes)
+        assert stubs, "the python backend's model process was not found"
+        os.kill(stubs[0], signal.SIGKILL)  # what the out-of-memory killer does
+        deadline = time.monotonic() + 30
+        while not server.dead_model_processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any("echo" in cmd for cmd in server.dead_model_processes())
+        assert server.is_ready()  # Triton itself goes on saying ready: hence the check
