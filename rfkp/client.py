@@ -50,6 +50,8 @@ def _encoded(image: RemoteImage) -> bytes | None:
         return bytes(image)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise IsADirectoryError(f"expected an image file, got a folder: {path}")
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         return path.read_bytes()
@@ -116,7 +118,10 @@ def _requested_outputs(grpcclient: Any) -> list[Any]:
 
 def _metadata_from_config(config: Mapping[str, Any]) -> ServedMetadata:
     params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-    return ServedMetadata.from_parameters(params)
+    try:
+        return ServedMetadata.from_parameters(params)
+    except ValueError as exc:
+        raise ValueError(f"model {config.get('name', '?')!r} is not an rfkp ensemble (rfkp serve's 'rfkp'): {exc}") from None
 
 
 def _remote_error(exc: Exception) -> RemoteError:

@@ -25,16 +25,21 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["MAX_PIXELS", "ImageDecodeError", "ImageSource", "load_image", "to_tensor"]
+__all__ = ["MAX_PIXELS", "RASTER_FORMATS", "ImageDecodeError", "ImageSource", "load_image", "to_tensor"]
 
 MAX_PIXELS = 100_000_000
 """Largest accepted image (width * height), checked from the header before pixel data is decoded."""
+
+RASTER_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA", "ICO", "PCX", "JPEG2000")
+"""Formats Pillow decodes by itself (no external program, unlike EPS through Ghostscript): what a server
+accepts from untrusted requests."""
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -129,16 +134,19 @@ def _decode(image: Image.Image, what: str, max_pixels: int) -> np.ndarray:
     return _pil_to_rgb_array(image)
 
 
-def _open(stream: io.BytesIO | Path, what: str, max_pixels: int) -> np.ndarray:
+def _open(stream: io.BytesIO | Path, what: str, max_pixels: int, formats: Sequence[str] | None = None) -> np.ndarray:
     try:
-        image = Image.open(stream)
+        image = Image.open(stream, formats=formats)
     except PermissionError:
         raise
     except Image.DecompressionBombError as err:
         raise ValueError(
-            f"{what} is too large for PIL's decompression-bomb limit (max_pixels={max_pixels} is checked "
-            f"after it): {err}"
+            f"{what} declares more pixels than PIL opens at all (its decompression-bomb limit, "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0)}); at most max_pixels={max_pixels} are accepted"
         ) from err
+    except Image.UnidentifiedImageError as err:
+        known = f" (accepted: {', '.join(formats)})" if formats else ""
+        raise ImageDecodeError(f"could not decode {what}: not an image in a known format{known}") from err
     except _DECODE_ERRORS as err:
         raise ImageDecodeError(f"could not decode {what}: {err}") from err
     with image:
@@ -175,12 +183,15 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
     raise ValueError(f"got a uint8 numpy array of shape {array.shape}; {_ACCEPTED_ARRAYS}")
 
 
-def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(
+    source: ImageSource, *, max_pixels: int = MAX_PIXELS, formats: Sequence[str] | None = None
+) -> np.ndarray:
     """Load any accepted source as an RGB image.
 
     Args:
         source: see the module docstring.
         max_pixels: largest accepted width * height.
+        formats: for encoded bytes, the Pillow formats tried (e.g. ``RASTER_FORMATS``); None: all.
 
     Returns:
         (H, W, 3) uint8 RGB, C-contiguous. A contiguous HxWx3 uint8 array is returned as is (same object).
@@ -206,7 +217,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
         data = bytes(source)
         if not data:
             raise ValueError("got empty bytes; expected an encoded image (JPEG, PNG, ...)")
-        return _open(io.BytesIO(data), f"encoded image ({len(data)} bytes)", max_pixels)
+        return _open(io.BytesIO(data), f"encoded image ({len(data)} bytes)", max_pixels, formats)
     if isinstance(source, Image.Image):
         return _decode(source, f"PIL image (mode {source.mode!r})", max_pixels)
     if isinstance(source, torch.Tensor):

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +30,9 @@ from rfkp.serving.embedded import TritonInstallation, find_installation
 __all__ = ["ServerStartError", "TritonServer", "free_port"]
 
 _PR_SET_PDEATHSIG = 1
+# Triton APIs rfkp's clients never use, closed to requests without a key that is never handed out: a remote
+# client must not change logging (and fill the disk), register shared memory, or load and unload models
+ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 
 
 class ServerStartError(RuntimeError):
@@ -126,6 +130,7 @@ class TritonServer:
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._model_processes: dict[int, str] = {}
+        self._admin_key = secrets.token_hex(16)
 
     @property
     def grpc_url(self) -> str:
@@ -160,6 +165,8 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=10",
+            f"--http-restricted-api={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
+            f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
         ]
         backend_dir = self.installation.prepare_backend_dir(self.workdir / "backends")
         if backend_dir is not None:

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from rfkp.io import ImageDecodeError, load_image
+from rfkp.io import RASTER_FORMATS, ImageDecodeError, load_image
 from rfkp.serving.protocol import INPUT_BYTES, INPUT_RAW
 
 __all__ = ["RequestError", "decode_request_images"]
@@ -41,11 +41,12 @@ def _decode_encoded(encoded: np.ndarray, max_pixels: int) -> list[np.ndarray]:
         try:
             with warnings.catch_warnings():  # the size is checked against max_pixels before decoding
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                images.append(load_image(data, max_pixels=max_pixels))
+                images.append(load_image(data, max_pixels=max_pixels, formats=RASTER_FORMATS))
         except ImageDecodeError as exc:
             raise RequestError(f"{where}: corrupt or unsupported encoded image: {exc}") from None
-        except ValueError as exc:
-            raise RequestError(f"{where}: {exc}") from None
+        except ValueError as exc:  # the limit is the server's: a client cannot raise it
+            message = str(exc).replace("; pass a larger max_pixels if this is intended", " (the server's limit)")
+            raise RequestError(f"{where}: {message}") from None
     return images
 
 

@@ -103,6 +103,15 @@ def test_start_serve_stop(tmp_path: Path) -> None:
             x = grpcclient.InferInput("X", [1, 2], "FP32")
             x.set_data_from_numpy(np.array([[1.5, -2.0]], np.float32))
             np.testing.assert_array_equal(client.infer("echo", [x]).as_numpy("X"), [[1.5, -2.0]])
+            assert client.get_model_config("echo") is not None  # what rfkp's clients use stays open
+            with pytest.raises(grpcclient.InferenceServerException):
+                client.update_log_settings({"log_verbose_level": 2})  # the admin APIs are closed
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"http://{server.http_url}/v2/logging", data=b'{"log_verbose_level": 2}')
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5)
         pid = server.pid
     assert server.poll() is not None and not process_alive(pid)
 

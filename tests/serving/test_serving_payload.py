@@ -58,3 +58,17 @@ def test_second_item_is_named() -> None:
     good = encode(noise_image(8, 8))
     with pytest.raises(RequestError, match=r"IMAGE_BYTES\[1\]: empty payload"):
         decode_request_images(as_bytes_input(good, b""), None, max_pixels=1000)
+
+
+def test_only_raster_formats_pillow_decodes_itself_are_taken() -> None:
+    """An EPS payload would have Pillow run Ghostscript on the request's bytes: refused by format."""
+    import io
+
+    from PIL import Image
+
+    eps = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(eps, format="EPS")
+    with pytest.raises(RequestError, match=r"IMAGE_BYTES\[0\]: .*not an image in a known format \(accepted: JPEG"):
+        decode_request_images(np.array([[eps.getvalue()]], dtype=np.object_), None, max_pixels=10**6)
+    with pytest.raises(RequestError, match="more than max_pixels=99 \\(the server's limit\\)"):
+        decode_request_images(np.array([[encode(noise_image(10, 10, seed=1))]], dtype=np.object_), None, max_pixels=99)
