@@ -74,6 +74,20 @@ def _children(pid: int) -> dict[int, tuple[str, str]]:
     return found
 
 
+def _knows_restricted_apis(installation: TritonInstallation) -> bool:
+    """Whether a (system) tritonserver has the restricted-API flags (older releases refuse them)."""
+    return _help_mentions(str(installation.binary), "--http-restricted-api", tuple(installation.environment().items()))
+
+
+@functools.cache
+def _help_mentions(binary: str, flag: str, env: tuple[tuple[str, str], ...]) -> bool:
+    try:
+        result = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30, env=dict(env))
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag in result.stdout + result.stderr
+
+
 def _parent_death_signal() -> Callable[[], object] | None:
     """A pre-exec hook asking Linux to SIGTERM the server when its parent dies (None elsewhere).
 
@@ -165,9 +179,12 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=10",
-            f"--http-restricted-api={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
-            f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
         ]
+        if self.installation.kind == "embedded" or _knows_restricted_apis(self.installation):
+            cmd += [
+                f"--http-restricted-api={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
+                f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
+            ]
         backend_dir = self.installation.prepare_backend_dir(self.workdir / "backends")
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
