@@ -145,6 +145,9 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._model_processes: dict[int, str] = {}
         self._admin_key = secrets.token_hex(16)
+        # the python backend's shared-memory regions get a prefix of their own, so that what a killed server
+        # leaves in /dev/shm can be removed without touching other servers' regions
+        self.shm_prefix = f"rfkp_{secrets.token_hex(6)}_"
 
     @property
     def grpc_url(self) -> str:
@@ -179,6 +182,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=10",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         if self.installation.kind == "embedded" or _knows_restricted_apis(self.installation):
             cmd += [
@@ -271,6 +275,9 @@ class TritonServer:
         # stubs left behind by a crashed server share the group: make sure none survive
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # what a killed server could not remove
+            with contextlib.suppress(OSError):
+                region.unlink()
         return proc.returncode
 
     def poll(self) -> int | None:

@@ -179,3 +179,18 @@ def test_a_dead_model_process_is_reported(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert any("echo" in cmd for cmd in server.dead_model_processes())
         assert server.is_ready()  # Triton itself goes on saying ready: hence the check
+
+
+def test_shared_memory_of_a_killed_server_is_removed(tmp_path: Path) -> None:
+    require_triton()
+    import signal
+
+    repo = echo_repository(tmp_path)
+    server = TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run")
+    with server:
+        regions = list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+        assert regions, "the python backend did not use the server's own shared-memory prefix"
+        os.kill(server.pid, signal.SIGKILL)  # no clean shutdown: the regions stay behind
+        server._process.wait(timeout=30)
+        assert any(region.exists() for region in regions)
+    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
