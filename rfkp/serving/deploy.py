@@ -341,8 +341,8 @@ def launch(
         metrics_port=metrics_port,
         workdir=run / "server",
     )
-    triton.start()
     try:
+        triton.start()  # inside: an interrupt right after the process is spawned must stop it too
         triton.wait_ready(ready_timeout)
     except BaseException:
         triton.stop()
