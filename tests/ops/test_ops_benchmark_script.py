@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,6 +94,16 @@ def test_keypoint_stream_benchmark_smoke_run(tmp_path):
     assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]  # narrower keypoint streams
     assert rows[3]["parameters"] > rows[0]["parameters"]  # plus the inter-instance attention
     assert all(r["forward_ms"] > r["decoder_ms"] > 0 for r in rows)
+
+
+def test_predict_memory_benchmark_smoke_run(tmp_path):
+    out = tmp_path / "mem.json"
+    cmd = [sys.executable, str(SCRIPT.parent / "predict_memory.py"), "--height", "600", "--width", "800",
+           "--batches", "3", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    rows = json.loads(out.read_text())["results"]["rows"]
+    assert [(r["way"], r["images"]) for r in rows] == [("predict", 3), ("all_at_once", 3)]
+    assert all(r["peak_growth_mb"] >= 0 for r in rows)
 
 
 def test_result_files_are_strict_json_with_portable_commands(tmp_path, monkeypatch):
