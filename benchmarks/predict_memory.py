@@ -2,7 +2,7 @@
 
 `predict()` loads and resizes one image at a time, so only one full-size float image is alive at once. The
 same run measures the way it worked before, for comparison: every image converted to a full-size float
-tensor first (`load_batch`), then resized and stacked (`normalize_batch`). Each case runs in a fresh process (the peak resident set size is per process); the figure is the growth of
+tensor first, then resized and stacked (`normalize_batch`). Each case runs in a fresh process (the peak resident set size is per process); the figure is the growth of
 that peak during the call, over the process's peak before it (model and input arrays already in memory).
 Usage:
     python benchmarks/predict_memory.py [--variant tiny] [--height 3000 --width 4000] [--batches 1,4,8]
@@ -23,9 +23,11 @@ from result_file import write_result
 
 def child(variant: str, n: int, height: int, width: int, way: str) -> dict[str, float]:
     import numpy as np
+    import torch
 
     from rfkp import RFDETRKeypoint
-    from rfkp.preprocess import load_batch, normalize_batch
+    from rfkp.io import to_tensor
+    from rfkp.preprocess import normalize_batch
     from rfkp.variants import VARIANTS
 
     model = RFDETRKeypoint.from_config(VARIANTS[variant](), device="cpu")
@@ -36,7 +38,8 @@ def child(variant: str, n: int, height: int, width: int, way: str) -> dict[str, 
         if way == "predict":
             model.predict(batch, threshold=0.0)
         else:  # all at full size first, as before
-            tensors, sizes = load_batch(batch)
+            tensors = [to_tensor(image) for image in batch]
+            sizes = torch.tensor([t.shape[1:] for t in tensors])
             x = normalize_batch(tensors, cfg.resolution, cfg.image_mean, cfg.image_std)
             model.postprocess(model.forward_raw(x), sizes, threshold=0.0)
 

@@ -185,6 +185,12 @@ class RFDETRKeypoint:
         if resolution is not None:
             _positive_int("resolution", resolution)
         arch = _checked_arch(arch)
+        cfg = self.config
+        block = (arch.get("patch_size") or cfg.patch_size) * (arch.get("num_windows") or cfg.num_windows)
+        if (resolution or cfg.resolution) % block:  # before any image is resized to it
+            raise ValueError(
+                f"resolution {resolution or cfg.resolution} must be a multiple of {block} (patch size x windows)"
+            )
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:

@@ -111,6 +111,10 @@ def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torc
             config = config_from_peer(data["model"], args if isinstance(args, dict) else {})
         except (CheckpointError, ValueError) as exc:
             raise CheckpointError(f"{path}: {exc}") from None
+        except KeyError as exc:  # e.g. a detection-only RF-DETR checkpoint
+            raise CheckpointError(
+                f"{path}: lacks the tensor {exc.args[0]!r}: not an rfdetr keypoint checkpoint (a detection-only one?)"
+            ) from None
         state = _drop_unused_vit_blocks(convert_peer_state_dict(data["model"]), max(config.out_feature_indexes))
     else:
         raise CheckpointError(f"{path}: unrecognised checkpoint layout (neither rfkp nor rfdetr keypoint)")

@@ -11,6 +11,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+PROJECTOR_NORMS = ("layer", "batch")  # LayerNorm or BatchNorm in the projectors' conv blocks
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -105,7 +106,7 @@ class ModelConfig:
                 raise ValueError(
                     f"class {c}: skeleton edge {bad_edges[0]} names a keypoint outside 0..{k - 1}"
                 )
-        if self.projector_norm not in ("layer", "batch"):
+        if self.projector_norm not in PROJECTOR_NORMS:
             raise ValueError(f"projector_norm must be 'layer' or 'batch', got {self.projector_norm!r}")
         if self.decoder_registers < 0:
             raise ValueError(f"decoder_registers must be >= 0, got {self.decoder_registers}")
@@ -136,6 +137,15 @@ class ModelConfig:
                 raise ValueError(
                     f"{dim} {getattr(self, dim)} is not divisible by {heads} {getattr(self, heads)}"
                 )
+        shrink = self.keypoint_dim_downscale
+        if shrink >= 1 and self.hidden_dim % shrink == 0:  # else refused below, with its own message
+            for heads in ("sa_heads", "ca_heads"):  # the keypoint stream runs heads // downscale (at least 1)
+                kp_heads = max(1, getattr(self, heads) // shrink)
+                if self.keypoint_dim % kp_heads:
+                    raise ValueError(
+                        f"keypoint_dim_downscale {shrink}: the keypoint stream's width {self.keypoint_dim} is not "
+                        f"divisible by its {kp_heads} heads ({heads} {getattr(self, heads)} // {shrink})"
+                    )
         if any(k < 0 for k in self.num_keypoints_per_class):
             raise ValueError(f"num_keypoints_per_class must be >= 0, got {self.num_keypoints_per_class}")
         if not self.out_feature_indexes or not all(
@@ -158,11 +168,6 @@ class ModelConfig:
             raise ValueError(
                 f"image_mean must be finite and image_std finite and > 0, got {self.image_mean}, {self.image_std}"
             )
-
-    @property
-    def coco_category_ids(self) -> list[int]:
-        """The COCO category id of each class: ``category_ids``, or the class index when unset."""
-        return list(self.category_ids) or list(range(self.num_classes))
 
     @property
     def max_keypoints(self) -> int:

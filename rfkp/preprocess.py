@@ -33,13 +33,6 @@ def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return (x - m) / s
 
 
-def load_batch(images: Sequence[object], max_pixels: int = MAX_PIXELS) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Any accepted image inputs -> list of (3, H, W) float tensors and their (B, 2) (H, W) sizes."""
-    tensors = [to_tensor(img, max_pixels=max_pixels) for img in images]
-    sizes = torch.tensor([[t.shape[1], t.shape[2]] for t in tensors], dtype=torch.long)
-    return tensors, sizes
-
-
 def prepare_batch(
     images: Sequence[object],
     resolution: int,
@@ -48,8 +41,8 @@ def prepare_batch(
     device: torch.device | str | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``load_batch`` then ``normalize_batch``, one image at a time: only one full-size image is held in memory
-    at once. Returns (x (B, 3, R, R) normalised, source sizes (B, 2) (H, W)).
+    """Images of any accepted kind (``rfkp.io.to_tensor``) -> the network input, one image at a time: only one
+    full-size image is held in memory at once (resizing as ``normalize_batch``). Returns (x (B, 3, R, R) normalised, source sizes (B, 2) (H, W)).
 
     Raises:
         What ``to_tensor`` raises; for a ValueError or TypeError of a list of several images, the message

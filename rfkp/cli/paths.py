@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,10 +36,17 @@ def refuse_overwriting_inputs(
 
 
 def _check_parents(path: Path, option: str) -> Path:
+    """The nearest existing folder above ``path`` must be a folder one can write in (probed with a temporary
+    file: permissions, read-only mounts and pseudo file systems all show)."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder")
+            try:
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as exc:
+                raise PermissionError(f"{option} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
             break
     return path
 

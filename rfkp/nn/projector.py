@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfkp.config import PROJECTOR_NORMS
+
 
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) map."""
@@ -25,14 +27,13 @@ class ChannelLayerNorm(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-NORMS = ("layer", "batch")
 
 
 class ConvNormAct(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, norm: str = "layer") -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if norm not in PROJECTOR_NORMS:
+            raise ValueError(f"norm must be one of {PROJECTOR_NORMS}, got {norm!r}")
         self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
         self.norm = ChannelLayerNorm(c_out) if norm == "layer" else nn.BatchNorm2d(c_out)
 

@@ -20,7 +20,7 @@ import torch
 
 from rfkp.config import ModelConfig
 from rfkp.postprocess import decode_detections, to_keypoint_detections
-from rfkp.preprocess import load_batch, normalize_batch
+from rfkp.preprocess import prepare_batch
 from rfkp.serving import protocol as P
 from rfkp.serving.packing import pack_detections
 from rfkp.serving.payload import RequestError, decode_request_images
@@ -80,9 +80,8 @@ class Preprocessor:
     def __call__(self, encoded: np.ndarray | None, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Raises RequestError for anything wrong with the payload (see ``payload``)."""
         images = decode_request_images(encoded, raw, max_pixels=self.max_pixels)
-        tensors, sizes = load_batch(images, max_pixels=self.max_pixels)
         cfg = self.config
-        x = normalize_batch(tensors, cfg.resolution, cfg.image_mean, cfg.image_std)
+        x, sizes = prepare_batch(images, cfg.resolution, cfg.image_mean, cfg.image_std, max_pixels=self.max_pixels)
         return x.numpy(), sizes.numpy().astype(np.int64)
 
 

@@ -124,6 +124,10 @@ def test_missing_and_wrong_layout(tmp_path: Path) -> None:
     torch.save({"format": "rfkp", "version": 1, "model": {"x": torch.zeros(2)}}, tmp_path / "nocfg.pth")
     with pytest.raises(CheckpointError, match="without its 'config'"):
         RFDETRKeypoint.from_checkpoint(tmp_path / "nocfg.pth")
+    # an rfdetr layout without the tensors a keypoint model has (e.g. a detection-only checkpoint)
+    torch.save({"model": {"backbone.0.encoder.encoder.embeddings.cls_token": torch.zeros(1, 1, 8)}}, tmp_path / "d.pth")
+    with pytest.raises(CheckpointError, match="d.pth: lacks the tensor .*not an rfdetr keypoint checkpoint"):
+        RFDETRKeypoint.from_checkpoint(tmp_path / "d.pth")
     torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "y.pth")
     with pytest.raises(CheckpointError, match="unrecognised"):
         RFDETRKeypoint.from_checkpoint(tmp_path / "y.pth")

@@ -54,6 +54,7 @@ def test_json_types_are_converted() -> None:
         (dict(resolution=500), "not a multiple of patch_size x num_windows = 24"),
         (dict(vit_heads=5), "vit_dim 384 is not divisible by vit_heads 5"),
         (dict(ca_heads=3), "hidden_dim 256 is not divisible by ca_heads 3"),
+        (dict(hidden_dim=384, keypoint_dim_downscale=3), r"width 128 is not divisible by its 5 heads \(ca_heads 16 // 3\)"),
         (dict(out_feature_indexes=[3, 13]), "out_feature_indexes must lie in 1..vit_depth 12"),
         (dict(rescore_alpha=float("nan")), "rescore_alpha must be finite"),
         (dict(keypoint_names=[["a"] * 17, ["b"]]), "1 keypointed classes but 2 keypoint name lists"),
@@ -65,8 +66,7 @@ def test_invalid_values_name_the_field(overrides: dict, message: str) -> None:
 
 
 def test_category_ids() -> None:
-    assert ModelConfig(num_classes=3).coco_category_ids == [0, 1, 2]
-    assert ModelConfig(num_classes=3, category_ids=[1, 5, 2]).coco_category_ids == [1, 5, 2]
+    assert ModelConfig(num_classes=3, category_ids=[1, 5, 2]).category_ids == [1, 5, 2]
     for bad in ([1, 2], [1, 1, 2]):
         with pytest.raises(ValueError, match="category_ids must name 3 distinct ids"):
             ModelConfig(num_classes=3, category_ids=bad)

@@ -213,11 +213,35 @@ def test_max_pixels_applies_to_arrays_and_tensors() -> None:
     assert to_tensor(torch.zeros(3, 40, 50), max_pixels=2000).shape == (3, 40, 50)
 
 
+def _raised_within(seconds: float, fn, *args):  # noqa: ANN001, ANN202
+    """The exception ``fn(*args)`` raised, run in a thread: a call that blocks fails the test instead of hanging it."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"{fn.__name__} blocked for {seconds} s"
+    return outcome[0]
+
+
 def test_a_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    from rfkp.checkpoint import CheckpointError, read_checkpoint
+
     fifo = tmp_path / "frames"
     os.mkfifo(fifo)
-    with pytest.raises(ValueError, match="not a regular file"):
-        load_image(fifo)
+    exc = _raised_within(10, load_image, fifo)
+    assert isinstance(exc, ValueError) and "not a regular file" in str(exc)
+    exc = _raised_within(10, read_checkpoint, fifo)
+    assert isinstance(exc, CheckpointError) and "not a regular file" in str(exc)
 
 
 def test_paths_urls_and_empty_paths() -> None:

@@ -87,14 +87,18 @@ def test_query_groups_do_not_see_each_other(config: dict) -> None:
     torch.manual_seed(0)
     net = KeypointDETR(tiny(**config))
     init_weights(net)
+    with torch.no_grad():  # zero-initialised heads would hide the keypoint stream from the outputs
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
     net.train()
     x = torch.randn(1, 3, 256, 256)
-    a = net(x)["pred_logits"]
+    a = net(x)
     with torch.no_grad():
         net.query_feat.weight[20:] += 1.0  # group 1's content queries only
-    b = net(x)["pred_logits"]
-    assert torch.allclose(a[:, :20], b[:, :20], atol=1e-6)
-    assert not torch.allclose(a[:, 20:], b[:, 20:])
+    b = net(x)
+    for name in ("pred_logits", "pred_keypoints"):
+        assert torch.allclose(a[name][:, :20], b[name][:, :20], atol=1e-6), name
+        assert not torch.allclose(a[name][:, 20:], b[name][:, 20:]), name
 
 
 def test_narrow_keypoint_stream_shapes_and_round_trip(tmp_path) -> None:  # noqa: ANN001

@@ -1,8 +1,8 @@
 """Batching with a batch-level random resize: one resolution per batch, drawn from a list.
 
 Images are resized to ``R x R`` and normalised with the model's mean/std by
-``rfkp.preprocess.normalize_batch``, the function ``RFDETRKeypoint.preprocess`` uses at inference (bilinear,
-no antialias, [0, 1] pixels). Targets become the layout the matcher and losses read (normalised, so they do
+``rfkp.preprocess.normalize_batch``: the resize and normalisation ``RFDETRKeypoint.preprocess`` applies at
+inference through ``prepare_batch`` (bilinear, no antialias, [0, 1] pixels). Targets become the layout the matcher and losses read (normalised, so they do
 not depend on ``R``):
 
 - ``labels`` (N,) int64 class indices;
