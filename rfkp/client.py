@@ -11,6 +11,7 @@ bytes are sent as they are), or an (H, W, 3) uint8 RGB array (sent raw).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,9 +108,11 @@ def check_url(url: str) -> str:
 
 
 def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not (math.isfinite(timeout) and timeout > 0)
+    ):
         raise ValueError(f"timeout must be a finite number of seconds > 0 (or None), got {timeout!r}")
-    return timeout
+    return None if timeout is None else float(timeout)
 
 
 def _requested_outputs(grpcclient: Any) -> list[Any]:

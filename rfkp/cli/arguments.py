@@ -12,6 +12,7 @@ __all__ = [
     "float_in",
     "non_negative_float",
     "non_negative_int",
+    "port",
     "positive_float",
     "positive_int",
     "probability",
@@ -51,6 +52,7 @@ positive_int = _checked("positive_int", _int, lambda v: v >= 1, "an integer >= 1
 non_negative_int = _checked("non_negative_int", _int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked("positive_float", _float, lambda v: v > 0.0, "a finite number > 0")
 non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0.0, "a finite number >= 0")
+port = _checked("port", _int, lambda v: 0 <= v <= 65535, "a port in 0..65535 (0: a free one)")
 probability = _checked("probability", _float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 

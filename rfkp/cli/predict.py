@@ -7,6 +7,7 @@ others are still predicted and written, and the exit status is 1 when any image 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -15,7 +16,14 @@ from pathlib import Path
 from rfkp.cli.arguments import positive_float, positive_int, probability
 from rfkp.devices import device_arg
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+def _image_suffixes() -> frozenset[str]:
+    """File suffixes of the formats rfkp reads from folders: Pillow's extensions of ``rfkp.io.RASTER_FORMATS``."""
+    from PIL import Image
+
+    from rfkp.io import RASTER_FORMATS
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in RASTER_FORMATS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,16 +46,17 @@ def expand_images(items: list[str], out: Path | None = None) -> list[str]:
     """Files as given; a folder becomes its image files (by suffix, sorted). An empty folder is an error.
     In the output folder `out`, the pictures an earlier run wrote (``*_keypoints.png``) are not inputs."""
     paths: list[str] = []
+    suffixes = _image_suffixes()
     for item in items:
         path = Path(item)
         if path.is_dir():
             own = out is not None and out.is_dir() and path.resolve() == out.resolve()
             found = sorted(
                 str(p) for p in path.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not (own and p.name.endswith(PICTURE_SUFFIX))
+                if p.is_file() and p.suffix.lower() in suffixes and not (own and p.name.endswith(PICTURE_SUFFIX))
             )  # fmt: skip
             if not found:
-                raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+                raise FileNotFoundError(f"no image files (JPEG, PNG, TIFF, WebP, BMP, GIF, ...) in folder {path}")
             paths += found
         else:
             paths.append(item)
@@ -70,13 +79,13 @@ def picture_names(paths: list[str]) -> list[str]:
     return names
 
 
-def _predictor(args: argparse.Namespace) -> Callable:
+def _predictor(args: argparse.Namespace, closing: contextlib.ExitStack) -> Callable:
     if args.url:
         from rfkp.client import KeypointClient, RemoteError
 
         if args.weights or args.resolution or args.device:
             raise ValueError("--url sends the images to a server: --weights, --resolution and --device do not apply")
-        client = KeypointClient(args.url, timeout=args.timeout)
+        client = closing.enter_context(KeypointClient(args.url, timeout=args.timeout))
         try:
             client.metadata  # noqa: B018 - one round trip: an unreachable server fails here, not once per image
         except RemoteError as exc:
@@ -91,15 +100,20 @@ def _predictor(args: argparse.Namespace) -> Callable:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from rfkp.viz import draw_detections
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     paths = expand_images(args.images, out)
-    predict = _predictor(args)  # a bad checkpoint or server stops here, before any output is written
+    with contextlib.ExitStack() as closing:
+        predict = _predictor(args, closing)  # a bad checkpoint or server stops here, before any output is written
+        return _predict_all(paths, predict, out)
+
+
+def _predict_all(paths: list[str], predict: Callable, out: Path) -> int:
+    from tqdm.auto import tqdm
+
+    from rfkp.viz import draw_detections
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "errors.json").unlink(missing_ok=True)  # an earlier run's: this run writes its own if any fails
     results: dict[str, object] = {}

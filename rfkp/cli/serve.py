@@ -22,10 +22,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from rfkp.cli.arguments import non_negative_int, positive_float, positive_int, probability
+from rfkp.cli.arguments import non_negative_int, port, positive_float, positive_int, probability
 from rfkp.devices import device_arg
 
 if TYPE_CHECKING:
+    from rfkp.serving.deploy import PreparedWeights
+    from rfkp.serving.launcher import TritonServer
     from rfkp.serving.repository import ServingOptions
 
 
@@ -36,11 +38,14 @@ class _StopDuringStartup(BaseException):
     """SIGINT or SIGTERM before the server is ready: unwinds the start (export, loading) at once."""
 
 
-def _port(text: str) -> int:
-    value = non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: a free one), got {value}")
-    return value
+def _serve_device(text: str) -> str:
+    """cpu, cuda or cuda:N (what the python-backend network can be told), checked against this machine."""
+    name = device_arg(text)
+    if name.startswith("cpu"):
+        return "cpu"
+    if not name.startswith("cuda"):
+        raise argparse.ArgumentTypeError(f"rfkp serve runs the network on cpu, cuda or cuda:N, not {text!r}")
+    return name
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -54,11 +59,11 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the model over gRPC/HTTP with Triton Inference Server", description=__doc__)
     p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
-    p.add_argument("--device", type=device_arg, default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=_serve_device, default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
-    p.add_argument("--http-port", type=_port, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
-    p.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002; 0: free one)")
+    p.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--http-port", type=port, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    p.add_argument("--metrics-port", type=port, default=8002, help="metrics port (default 8002; 0: free one)")
     p.add_argument("--server", choices=("auto", "embedded", "system"), default="auto",
                    help="embedded: the nvidia-pytriton binary; system: tritonserver on PATH (default auto)")
     p.add_argument("--max-batch-size", type=positive_int, default=8, help="largest dynamic batch (default 8)")
@@ -113,15 +118,19 @@ def main(args: argparse.Namespace) -> int:
     from rfkp.serving.launcher import ServerStartError
 
     stop = threading.Event()
-    ready = False
+    state = {"ready": False, "interrupted": 0}
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
-        if not ready:
+        if state["ready"]:
+            stop.set()
+        elif not state["interrupted"]:  # the first one unwinds the start; later ones must not cut its clean-up
+            state["interrupted"] = signum
             raise _StopDuringStartup
-        stop.set()
 
-    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))
+    temporary = not args.run_dir
+    run_dir = Path(tempfile.mkdtemp(prefix="rfkp-serve-")) if temporary else Path(args.run_dir)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code, server = 1, None
     try:
         try:
             server, weights = launch(
@@ -135,44 +144,56 @@ def main(args: argparse.Namespace) -> int:
                 server=args.server,
                 ready_timeout=args.ready_timeout,
             )
+            state["ready"] = True
         except (ServerStartError, TritonNotFoundError, RuntimeError, OSError, ValueError) as exc:
             print(f"rfkp serve: error: {exc}", file=sys.stderr)
-            return 1
+            return code
         except _StopDuringStartup:
+            if server is not None:  # the signal came just after launch returned
+                server.stop()
             print("rfkp serve: interrupted while starting; stopped", file=sys.stderr)
-            return 130
-        ready = True
-        try:
-            if weights.random_init:
-                print(f"WARNING: {RANDOM_INIT_WARNING}", flush=True)
-            print(f"rfkp server ready ({server.installation.kind} tritonserver, pid {server.pid})", flush=True)
-            print(f"  network  {weights.runtime}", flush=True)
-            print(f"  gRPC     {server.grpc_url}   (rfkp predict --url {server.grpc_url} IMAGE)", flush=True)
-            print(f"  HTTP     http://{server.http_url}", flush=True)
-            print(f"  metrics  {server.metrics_url}", flush=True)
-            print(f"  repository {server.repository}; log {server.log_path}", flush=True)
-            print("Ctrl-C or SIGTERM stops it.", flush=True)
-            checked = time.monotonic()
-            while not stop.wait(0.5):
-                code = server.poll()
-                if code is not None:
-                    print(f"tritonserver exited unexpectedly with code {code}:\n{server.log_tail()}", file=sys.stderr)
-                    return 1
-                if time.monotonic() - checked > HEALTH_CHECK_S:
-                    checked = time.monotonic()
-                    dead = server.dead_model_processes()
-                    if dead:  # Triton would go on reporting ready while every request fails: stop, let a supervisor restart
-                        print(f"rfkp serve: error: a model process died (out of memory?), its model can no longer "
-                              f"answer; stopping. Gone: {'; '.join(dead)}", file=sys.stderr)  # fmt: skip
-                        return 1
-            print("stopping ...", flush=True)
-        finally:
-            code = server.stop()
-        print(f"server stopped (exit code {code})", flush=True)
-        if not args.run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a temporary folder of ours: nothing to keep after a clean stop
-        return 0
+            code = 128 + state["interrupted"]
+            return code
+        code = _run(server, weights, stop, RANDOM_INIT_WARNING)
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if temporary:
+            if code == 0 or state["interrupted"] or not (run_dir / "server").exists():  # nothing worth keeping
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                print(f"rfkp serve: the repository and server log are kept in {run_dir}", file=sys.stderr)
+
+
+def _run(server: TritonServer, weights: PreparedWeights, stop: threading.Event, random_warning: str) -> int:
+    """Banner, then watch the server until a signal (0) or its failure (1); the server is stopped either way."""
+    try:
+        if weights.random_init:
+            print(f"WARNING: {random_warning}", flush=True)
+        print(f"rfkp server ready ({server.installation.kind} tritonserver, pid {server.pid})", flush=True)
+        print(f"  network  {weights.runtime}", flush=True)
+        print(f"  gRPC     {server.grpc_url}   (rfkp predict --url {server.grpc_url} IMAGE)", flush=True)
+        print(f"  HTTP     http://{server.http_url}", flush=True)
+        print(f"  metrics  {server.metrics_url}", flush=True)
+        print(f"  repository {server.repository}; log {server.log_path}", flush=True)
+        print("Ctrl-C or SIGTERM stops it.", flush=True)
+        checked = time.monotonic()
+        while not stop.wait(0.5):
+            code = server.poll()
+            if code is not None:
+                print(f"tritonserver exited unexpectedly with code {code}:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+            if time.monotonic() - checked > HEALTH_CHECK_S:
+                checked = time.monotonic()
+                dead = server.dead_model_processes()
+                if dead:  # Triton would go on reporting ready while every request fails: stop, let a supervisor restart
+                    print(f"rfkp serve: error: a model process died (out of memory?), its model can no longer "
+                          f"answer; stopping. Gone: {'; '.join(dead)}", file=sys.stderr)  # fmt: skip
+                    return 1
+        print("stopping ...", flush=True)
+    finally:
+        code = server.stop()
+    print(f"server stopped (exit code {code})", flush=True)
+    return 0
 

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from rfkp.checkpoint import load_config_and_state
 from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
 from rfkp.serving.embedded import find_installation
-from rfkp.serving.launcher import TritonServer
+from rfkp.serving.launcher import ServerStartError, TritonServer, port_in_use
 from rfkp.serving.repository import ServingOptions, render_repository
 
 __all__ = [
@@ -279,6 +280,44 @@ def prepare_weights(weights: Path | str | None, run_dir: Path) -> PreparedWeight
     return PreparedWeights(path, model.config, random_init=model.is_random_init)
 
 
+RUN_STAMP = ".rfkp-serve"  # in a run folder: the pid of the launch that rendered it
+
+
+def _claim_run_dir(run: Path) -> None:
+    """Make ``run`` this launch's run folder. A folder an earlier ``rfkp serve`` rendered (its stamp names a
+    process that is gone) is cleared and reused, so a supervisor can restart with the same ``--run-dir``; a
+    folder in use by a live server, or holding a repository rfkp did not render, is refused.
+
+    Raises:
+        NotADirectoryError: ``run`` is a file. FileExistsError: the folder is in use or not ours.
+    """
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"--run-dir {run} is a file, not a folder")
+    repo = run / "model_repository"
+    if repo.is_dir() and any(repo.iterdir()):
+        try:
+            owner = int((run / RUN_STAMP).read_text())
+        except (OSError, ValueError):
+            raise FileExistsError(f"{run} already holds a rendered repository: give an empty or new --run-dir") from None
+        if owner != os.getpid() and _alive(owner):
+            raise FileExistsError(f"{run} is the run folder of a server that is still running (pid {owner})")
+        logger.info("reusing the run folder %s of an earlier rfkp serve (pid %d)", run, owner)
+        for part in ("model_repository", "server"):
+            shutil.rmtree(run / part, ignore_errors=True)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / RUN_STAMP).write_text(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def launch(
     weights: Path | str | None = None,
     *,
@@ -309,11 +348,11 @@ def launch(
         ServerStartError: the server exited or was not ready within ``ready_timeout`` seconds.
     """
     run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
-    if (run / "model_repository").is_dir() and any((run / "model_repository").iterdir()):
-        # refused here, before a graph export that may take minutes (render_repository would refuse it after)
-        raise FileExistsError(f"{run} already holds a rendered repository: give an empty or new --run-dir")
+    _claim_run_dir(run)  # before the graph export (render_repository would refuse a used folder only after it)
+    taken = [p for p in (grpc_port, http_port, metrics_port) if p and port_in_use(host, p)]
+    if taken:  # also before the export; TritonServer.start checks again, for ports taken meanwhile
+        raise ServerStartError(f"port(s) already in use on {host}: {', '.join(map(str, taken))}; choose others or 0")
     installation = find_installation(server)
-    run.mkdir(parents=True, exist_ok=True)
     options = options or ServingOptions()
     prepared = prepare_weights(weights, run)
     runtime = choose_runtime(options)

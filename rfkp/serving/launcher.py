@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import secrets
 import signal
@@ -30,8 +31,11 @@ from rfkp.serving.embedded import TritonInstallation, find_installation
 __all__ = ["ServerStartError", "TritonServer", "free_port"]
 
 _PR_SET_PDEATHSIG = 1
-# Triton APIs rfkp's clients never use, closed to requests without a key that is never handed out: a remote
-# client must not change logging (and fill the disk), register shared memory, or load and unload models
+PYTHON_STUB = "triton_python_backend_stub"  # the process of each python-backend model instance
+logger = logging.getLogger(__name__)
+# Triton APIs rfkp's clients never use, closed to requests without a random key made per start (not printed,
+# though local users can read it from the command line): a remote client must not change logging (and fill the
+# disk), register shared memory, or load and unload models
 ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 
 
@@ -184,7 +188,10 @@ class TritonServer:
             "--exit-timeout-secs=10",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
-        if self.installation.kind == "embedded" or _knows_restricted_apis(self.installation):
+        if self.installation.kind != "embedded" and not _knows_restricted_apis(self.installation):
+            logger.warning("%s has no --http-restricted-api: its administrative APIs (%s) stay open",
+                           self.installation.binary, ", ".join(ADMIN_APIS))  # fmt: skip
+        else:
             cmd += [
                 f"--http-restricted-api={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
                 f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:rfkp-admin-key={self._admin_key}",
@@ -247,8 +254,12 @@ class TritonServer:
                 raise ServerStartError(f"tritonserver exited with code {code} while loading:\n{self.log_tail()}")
             if self.is_ready() and self._process.poll() is None:
                 self._model_processes = {
-                    pid: cmd for pid, (state, cmd) in _children(self._process.pid).items() if state != "Z"
-                }
+                    pid: cmd for pid, (state, cmd) in _children(self._process.pid).items()
+                    if state != "Z" and PYTHON_STUB in cmd
+                }  # fmt: skip
+                if not self._model_processes and any(self.repository.glob("*/1/model.py")):
+                    logger.warning("no python-backend model processes found under pid %d: a model process that "
+                                   "dies will not be noticed", self._process.pid)  # fmt: skip
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
                 self.stop()

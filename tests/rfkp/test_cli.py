@@ -136,6 +136,12 @@ def test_server_urls_are_host_and_port() -> None:
     for bad in ("127.0.0.1", "127.0.0.1:99999", "grpc://127.0.0.1:8001", ":8001", "host:port"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             check_url(bad)
+    from rfkp.client import _check_timeout
+
+    assert _check_timeout(np.float32(2.5)) == 2.5 and _check_timeout(None) is None
+    for bad in (True, 0, -1.0, float("nan"), "5"):
+        with pytest.raises(ValueError, match="timeout must be"):
+            _check_timeout(bad)
 
 
 def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:

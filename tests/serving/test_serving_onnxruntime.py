@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +118,38 @@ def test_graph_cache_keeps_the_graphs_used_most_recently(tmp_path: Path) -> None
                           + [f"raw-{key[:-2]}12-r64.13.partial.onnx", "notes.txt", "raw-model.onnx"])  # fmt: skip
     assert len(removed) == 6 and not set(p.name for p in removed) & set(kept)
     assert prune_graph_cache(tmp_path / "missing") == []
+
+
+def test_run_dirs_of_live_or_foreign_servers_are_refused_and_ours_reused(tmp_path: Path) -> None:
+    from rfkp.serving.deploy import RUN_STAMP, _claim_run_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        _claim_run_dir(tmp_path / "file")
+    run = tmp_path / "run"
+    (run / "model_repository" / "rfkp").mkdir(parents=True)
+    (run / RUN_STAMP).write_text(str(os.getppid()))  # a live process
+    with pytest.raises(FileExistsError, match="still running"):
+        _claim_run_dir(run)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / RUN_STAMP).write_text(str(dead.pid))  # an earlier rfkp serve that is gone
+    _claim_run_dir(run)
+    assert not (run / "model_repository").exists() and (run / RUN_STAMP).read_text() == str(os.getpid())
+
+
+def test_taken_ports_are_refused_before_the_export(tiny_weights: Path, tmp_path: Path) -> None:
+    import socket
+
+    from rfkp.serving.launcher import ServerStartError
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(ServerStartError, match=f"already in use on 127.0.0.1: {other.getsockname()[1]}"):
+            launch(tiny_weights, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+                   http_port=other.getsockname()[1])  # fmt: skip
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_used_run_dir_is_refused_before_anything_is_exported(tiny_weights: Path, tmp_path: Path) -> None:
