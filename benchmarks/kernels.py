@@ -13,7 +13,6 @@ benchmarks/results/kernels_<gpu>.json, naming the GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from result_file import command_line, finite_or_none
+from result_file import command_line, dumps_strict
 from timing import median_ms
 
 import rfkp.ops as ops
@@ -179,7 +178,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     out = Path(args.out) if args.out else RESULTS / f"kernels_{_slug(gpu)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(finite_or_none(result), indent=1, allow_nan=False) + "\n")
+    out.write_text(dumps_strict(result, indent=1) + "\n")
     print(f"wrote {out}")
     return result
 

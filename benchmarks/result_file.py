@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import shlex
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 import torch
 
-from trainer.jsonfile import finite_or_none  # re-exported: result files are strict JSON (NaN and inf as null)
+from trainer.jsonfile import dumps_strict  # re-exported: result files are strict JSON (NaN and inf as null)
 
 
 def cpu_model() -> str:
@@ -69,4 +68,4 @@ def write_result(path: Path, what: str, results: dict[str, Any], *, argv: list[s
         **extra,  # a script's own fields win (e.g. the GPU as device)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
+    path.write_text(dumps_strict(record, indent=1) + "\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -27,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from result_file import command_line, cpu_model, finite_or_none, portable_argv
+from result_file import command_line, cpu_model, dumps_strict, portable_argv
 from timing import times_ms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
             result["runs"] = [served_run(args, weights, frame, mode, folder) for mode in modes]
         summarise(result)
-    text = json.dumps(finite_or_none(result), indent=1, allow_nan=False)
+    text = dumps_strict(result, indent=1)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

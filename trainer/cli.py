@@ -100,23 +100,20 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    """Run the evaluation and print the report. Returns 0, or 1 with a message on stderr for bad input."""
-    try:
-        _check_options(args)
-        coco = load_coco_json(args.data)
-        schema = infer_schema(coco, args.data.name)
-        validate_coco(coco, schema, args.data.name)
-        sigmas = load_sigmas(args.sigmas, schema)
-        if args.weights is not None:
-            rows = _predict_rows(args, coco, schema)
-        else:
-            rows = load_json(args.detections, "detections")
-            if not isinstance(rows, list):
-                raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
-        report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
-    except (ValueError, OSError) as err:  # CocoFormatError too
-        print(f"rfkp eval: error: {err}", file=sys.stderr)
-        return 1
+    """Run the evaluation and print the report. Returns 0; bad input raises ValueError or OSError (CocoFormatError
+    too), which the command line prints as one line."""
+    _check_options(args)
+    coco = load_coco_json(args.data)
+    schema = infer_schema(coco, args.data.name)
+    validate_coco(coco, schema, args.data.name)
+    sigmas = load_sigmas(args.sigmas, schema)
+    if args.weights is not None:
+        rows = _predict_rows(args, coco, schema)
+    else:
+        rows = load_json(args.detections, "detections")
+        if not isinstance(rows, list):
+            raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
+    report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
     print(format_report(report))
     if args.save_detections:
         write_text(args.save_detections, json.dumps(rows))

@@ -54,9 +54,11 @@ def load_sigmas(path: Path | None, schema: DatasetSchema | None = None) -> dict[
     for key, value in sigmas.items():
         values = value if isinstance(value, list) else [value]
         if not values or not all(_is_sigma(v) for v in values):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a wrong file can hold huge entries
             raise ValueError(
                 f"{path.name}: entry {key!r}: expected a sigma (a finite number > 0) or a list of them, one per "
-                f"keypoint, got {json.dumps(value)}"
+                f"keypoint, got {shown}"
             )
     if schema is not None:
         from trainer.evaluation.sigmas import category_sigmas
@@ -77,3 +79,8 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_or_none(v) for v in value]
     return value
+
+
+def dumps_strict(value: Any, indent: int | None = None) -> str:
+    """JSON text with NaN and infinities written as null (``finite_or_none``): what every record rfkp writes is."""
+    return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)

@@ -37,7 +37,7 @@ def check_plot_file(path: PathLike | None, option: str) -> None:
         return
     from matplotlib.backend_bases import FigureCanvasBase
 
-    formats = FigureCanvasBase.get_supported_filetypes()
+    formats = set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"}  # pgf needs a LaTeX installation
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in formats:
         shown = f"'.{suffix}'" if suffix else "no suffix"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from rfkp.cli.arguments import non_negative_int, probability
 from rfkp.devices import device_arg
-from trainer.jsonfile import finite_or_none, load_sigmas
+from trainer.jsonfile import dumps_strict, load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
 from trainer.outputs import check_output_folder, check_outputs
 
@@ -172,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         "results": [r.to_dict() for r in results],
         "pareto": [r.choice.key() for r in front],
     }
-    (out / "search.json").write_text(json.dumps(finite_or_none(meta), indent=2, allow_nan=False), encoding="utf-8")
+    (out / "search.json").write_text(dumps_strict(meta, indent=2), encoding="utf-8")
     print(format_front(front))
     print(f"wrote search.csv, pareto.csv, pareto.png and search.json to {out}")
     return 0
@@ -180,8 +179,4 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Run the search. Returns 0, or 1 with a message on stderr for bad input."""
-    try:
-        return _run(args)
-    except (ValueError, OSError) as err:  # CocoFormatError, CheckpointError too
-        print(f"rfkp search: error: {err}", file=sys.stderr)
-        return 1
+    return _run(args)  # bad input raises ValueError / OSError: rfkp.cli.main prints it (-v: with the traceback)

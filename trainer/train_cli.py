@@ -281,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
         if val_set.schema.num_keypoints_per_class != train_set.schema.num_keypoints_per_class:
             raise ValueError(f"{args.val.name} and {args.data.name} describe different skeletons")
     # checked before training, not at the first validation
-    sigmas = load_sigmas(args.sigmas, (val_set or train_set).schema)
+    sigmas = load_sigmas(args.sigmas, (val_set if val_set is not None else train_set).schema)
 
     base = architecture_of(args.init) if args.init is not None else variants.VARIANTS[args.variant]()
     config = model_config_for(train_set.schema, base, **overrides)
@@ -355,7 +355,7 @@ def _calibrate_best(args: argparse.Namespace) -> None:
         return
     try:
         report = calibrate(options)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # the run stands: only its calibrated copy is missing
         print(f"no calibration: {err}", file=sys.stderr)
         return
     (args.out / "calibration.json").write_text(report_json(report), encoding="utf-8")
@@ -373,10 +373,7 @@ def main(args: argparse.Namespace) -> int:
     writing anything leaves no empty --out behind."""
     new_folders = _missing_folders(args.out)
     try:
-        return _run(args)
-    except (ValueError, OSError) as err:  # CocoFormatError and the trainer's NonFiniteTrainingError too
-        print(f"rfkp train: error: {err}", file=sys.stderr)
-        return 1
+        return _run(args)  # bad input raises ValueError / OSError (NonFiniteTrainingError too): rfkp.cli.main prints it
     finally:
         for folder in new_folders:  # deepest first; stops at the first that holds something
             try:

@@ -154,6 +154,26 @@ def test_image_headers_are_read_with_their_exif_orientation(tmp_path: Path) -> N
     (tmp_path / "images" / "a.png").write_bytes(b"not an image")
     with pytest.raises(CocoFormatError, match="image id 10: file 'a.png' is not a readable image: cannot identify"):
         CocoKeypointDataset(path, tmp_path / "images")
+    # a malformed EXIF block: no orientation, as the image loader reads it (the file decodes)
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "images" / "a.jpg", exif=b"Exif\x00\x00garbage!")
+    from rfkp.io import load_image
+
+    assert load_image(tmp_path / "images" / "a.jpg").shape == (6, 8, 3)
+    coco = json.loads(path.read_text())
+    coco["images"][0]["file_name"] = "a.jpg"
+    path.write_text(json.dumps(coco))
+    assert len(CocoKeypointDataset(path, tmp_path / "images")) == 2
+
+
+def test_images_larger_than_the_loader_takes_are_refused_when_the_data_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rfkp.io
+
+    path = _write(tmp_path, VALID)
+    monkeypatch.setattr(rfkp.io, "MAX_PIXELS", 47)  # the images are 8x6 = 48 pixels
+    with pytest.raises(CocoFormatError, match="is 8x6, more than the 47 pixels images may have"):
+        CocoKeypointDataset(path, tmp_path / "images")
 
 
 def test_an_undecodable_image_names_its_id(tmp_path: Path) -> None:

@@ -142,10 +142,13 @@ def test_eval_output_paths_are_checked_before_the_report(tmp_path: Path, capsys:
         (["--json", str(tmp_path / "folder")], f"--json {tmp_path / 'folder'} is a folder; give a file name"),
         (["--json", str(results / "r.json")], f"--json {results / 'r.json'}: {results} is a file, not a folder"),
         (["--plot", str(tmp_path / "p.txt")], f"--plot {tmp_path / 'p.txt'}: '.txt' is not an image format"),
+        (["--plot", str(tmp_path / "p.pgf")], "'.pgf' is not an image format"),  # needs LaTeX: fails late
     ]:
         assert _run([*argv, *extra]) == 1, extra
         out, err = capsys.readouterr()
         assert message in err and "person" not in out, extra  # no report printed first
+    with pytest.raises(IsADirectoryError):  # -v: the error comes with its traceback
+        _run(["-v", *argv, "--json", str(tmp_path / "folder")])
     report = tmp_path / "new" / "folder" / "report.json"  # parent folders are made, as for --plot
     assert _run([*argv, "--json", str(report)]) == 0
     assert json.loads(report.read_text())["overall"]

@@ -181,7 +181,10 @@ def _orientation(image: Any) -> int | None:
     if not exif:
         return None
     parsed = Image.Exif()
-    parsed.load(exif)
+    try:
+        parsed.load(exif)
+    except Exception:  # noqa: BLE001 - malformed EXIF: no orientation, as the image loader reads it
+        return None
     return parsed.get(0x0112)
 
 
@@ -191,9 +194,12 @@ def check_image_sizes(coco: Mapping[str, Any], images_dir: str | Path, source: s
     ``check_image_files``; a file whose pixel data is corrupt past its header still fails when decoded.
 
     Raises:
-        CocoFormatError: naming the first image id whose file is not an image or has another size.
+        CocoFormatError: naming the first image id whose file is not an image, has another size, or is larger
+            than the image loader accepts (``rfkp.io.MAX_PIXELS``).
     """
     from PIL import Image, UnidentifiedImageError
+
+    from rfkp.io import MAX_PIXELS
 
     root = Path(images_dir)
     for image in coco["images"]:
@@ -205,6 +211,8 @@ def check_image_sizes(coco: Mapping[str, Any], images_dir: str | Path, source: s
                     width, height = height, width
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
             raise CocoFormatError(f"{where} is not a readable image: {err}") from None
+        if width * height > MAX_PIXELS:
+            raise CocoFormatError(f"{where} is {width}x{height}, more than the {MAX_PIXELS} pixels images may have")
         if (width, height) != (image["width"], image["height"]):
             raise CocoFormatError(
                 f"{where} is {width}x{height} but the annotation says {image['width']}x{image['height']}"

@@ -28,7 +28,7 @@ from trainer.data.coco import CocoKeypointDataset
 from trainer.data.collate import collate_at
 from trainer.evaluation.coco_eval import KeypointEvaluation, evaluate_keypoints
 from trainer.evaluation.predict import predict_rows
-from trainer.jsonfile import finite_or_none
+from trainer.jsonfile import dumps_strict
 from trainer.loop.checkpoints import load_train_state, save_train_state
 from trainer.loop.ema import ModelEMA
 from trainer.loop.optim import OptimizerSettings, build_optimizer
@@ -392,7 +392,7 @@ class Trainer:
         self._write_last()
         self.save()
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")  # NaN (no matches) as null
+            f.write(dumps_strict(record) + "\n")  # NaN (no matches) as null
         if evaluate:
             logger.info("epoch %d: val AP %.4f (best %.4f), 2-sigma coverage %s", self.epoch, record["ap"],
                         self.best_ap, _fmt(record.get("coverage_2sigma")))
