@@ -9,7 +9,7 @@
 # PATH; the TensorRT headers for the plugin build (the kernel-lens wheel, or TENSORRT_INCLUDE_DIR). The project
 # is used from the checkout (PYTHONPATH), nothing is installed. A failing step is recorded and the next one
 # runs. Output: OUT_DIR/suite.log (every step's output), OUT_DIR/summary.txt (one line per step), result JSONs.
-# The server step needs nvidia-pytriton (its wheel bundles tritonserver, 55 MB) and tritonclient. On a machine
+# The server step needs nvidia-pytriton (its wheel bundles tritonserver) and tritonclient. On a machine
 # without a package index, bring them as files: the pytriton wheel unpacked and re-packed with xz is about 36 MB
 # (`unzip -q WHEEL -d t && tar -C t -cJf pytriton.tar.xz .`), unpack it into a folder on PYTHONPATH there, and
 # pip install --no-deps the small wheels it needs (tritonclient, sh, typing_inspect, pyzmq, python-rapidjson).

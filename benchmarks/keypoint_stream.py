@@ -20,6 +20,7 @@ from result_file import write_result
 from timing import median_ms
 
 from rfkp import RFDETRKeypoint
+from rfkp.cli.arguments import non_negative_int, positive_int
 from rfkp.variants import VARIANTS
 
 SETTINGS = [(1, False), (2, False), (4, False), (1, True), (2, True)]
@@ -29,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="preview", choices=sorted(VARIANTS))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--runs", type=positive_int, default=10)
+    p.add_argument("--warmup", type=non_negative_int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu"],
+                   help="cpu only: the decoder is timed by wall clock between hooks, with no GPU synchronisation")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

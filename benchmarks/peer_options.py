@@ -99,8 +99,10 @@ def main() -> int:
             print(f"{json.dumps(options):<100} {row.get('peer_parameters')} {row.get('rfkp', 'peer ' + row.get('peer', ''))}: "
                   f"{shown}")
     if args.out:
-        write_result(args.out, "peer (rfdetr 1.11.2) architecture options: rfkp loads them and matches forward_raw, "
-                     "or refuses with a message", {"rows": rows})  # fmt: skip
+        version = subprocess.run([args.peer_python, "-c", "import importlib.metadata as m; print(m.version('rfdetr'))"],
+                                 capture_output=True, text=True).stdout.strip() or "unknown"  # fmt: skip
+        write_result(args.out, f"peer (rfdetr {version}) architecture options: rfkp loads them and matches "
+                     "forward_raw, or refuses with a message", {"rows": rows}, peer_version=version)  # fmt: skip
     return 0
 
 

@@ -33,7 +33,7 @@ def main() -> None:
         args.out,
         "training run and validation of its checkpoint",
         {"validation": report, "curve": curve},
-        checkpoint=args.checkpoint,
+        checkpoint=portable_argv([args.checkpoint])[0] if args.checkpoint else None,  # no machine folders
         train_command=shlex.join(["rfkp", *portable_argv(command["argv"][1:])]),
         settings=settings,
         model_config=command["config"],
