@@ -83,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", type=positive_int, default=1, help="network instances (default 1)")
     p.add_argument("--engine", help="TensorRT plan for rfkp_model (needs a tritonserver with TensorRT)")
     p.add_argument("--run-dir", help="folder for the rendered repository and logs (default: a temporary one, "
-                                     "removed after a clean stop)")
+                                     "removed on exit unless the server failed)")
     p.add_argument("--ready-timeout", type=positive_float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(func=main)
 
