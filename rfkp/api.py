@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from rfkp.checkpoint import CheckpointError, load_config_and_state, write_checkpoint
-from rfkp.config import ModelConfig
+from rfkp.config import ModelConfig, check_resolution
 from rfkp.detections import KeypointDetections
 from rfkp.devices import resolve_device
 from rfkp.io import MAX_PIXELS
@@ -125,6 +125,7 @@ class RFDETRKeypoint:
         """Images -> (x (B, 3, R, R) normalised on the model's device, source sizes (B, 2) (H, W)).
         Images above `max_pixels` (width * height) are refused."""
         res = self.config.resolution if resolution is None else _positive_int("resolution", resolution)
+        check_resolution(res, 1)  # any side up to the largest; predict() also checks it against the block
         cfg = self.config
         return prepare_batch(images, res, cfg.image_mean, cfg.image_std, self.device, max_pixels=max_pixels)
 
@@ -187,10 +188,7 @@ class RFDETRKeypoint:
         arch = _checked_arch(arch)
         cfg = self.config
         block = (arch.get("patch_size") or cfg.patch_size) * (arch.get("num_windows") or cfg.num_windows)
-        if (resolution or cfg.resolution) % block:  # before any image is resized to it
-            raise ValueError(
-                f"resolution {resolution or cfg.resolution} must be a multiple of {block} (patch size x windows)"
-            )
+        check_resolution(resolution or cfg.resolution, block)  # before any image is resized to it
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:

@@ -14,6 +14,19 @@ from typing import Any
 PROJECTOR_NORMS = ("layer", "batch")  # LayerNorm or BatchNorm in the projectors' conv blocks
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# largest network input side: the backbone's global attention layers hold ((R / patch) ** 2) ** 2 scores per head,
+# already about 20 GB in fp32 at 4096 with patch 16 and one window
+MAX_RESOLUTION = 4096
+
+
+def check_resolution(resolution: int, block: int) -> int:
+    """`resolution` if it is a valid network input side: a multiple of `block` (patch size x windows), at most
+    `MAX_RESOLUTION`; else a ValueError saying which."""
+    if resolution % block:
+        raise ValueError(f"resolution {resolution} is not a multiple of patch_size x num_windows = {block}")
+    if resolution > MAX_RESOLUTION:
+        raise ValueError(f"resolution {resolution} is above the largest supported input side {MAX_RESOLUTION}")
+    return resolution
 
 
 @dataclass
@@ -154,10 +167,7 @@ class ModelConfig:
             raise ValueError(
                 f"out_feature_indexes must lie in 1..vit_depth {self.vit_depth}, got {self.out_feature_indexes}"
             )
-        if self.resolution % self.block_size:
-            raise ValueError(
-                f"resolution {self.resolution} is not a multiple of patch_size x num_windows = {self.block_size}"
-            )
+        check_resolution(self.resolution, self.block_size)
         if not (math.isfinite(self.vit_mlp_ratio) and self.vit_mlp_ratio > 0):
             raise ValueError(f"vit_mlp_ratio must be finite and > 0, got {self.vit_mlp_ratio}")
         if not (math.isfinite(self.rescore_alpha) and self.rescore_alpha >= 0):

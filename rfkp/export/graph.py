@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rfkp.api import RFDETRKeypoint
-from rfkp.config import ModelConfig
+from rfkp.config import ModelConfig, check_resolution
 from rfkp.export.plugin_nodes import plugin_rescorer, use_plugin_attention
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from rfkp.postprocess import decode_detections
@@ -84,10 +84,7 @@ class ExportedDetector(nn.Module):
             patch_size=patch_size, num_windows=num_windows, dec_layers=dec_layers, num_queries=num_queries
         )
         block = (patch_size or cfg.patch_size) * (num_windows or cfg.num_windows)
-        if self.resolution % block:
-            raise ValueError(
-                f"resolution {self.resolution} must be a multiple of {block} (patch size x windows)"
-            )
+        check_resolution(self.resolution, block)
         if not 1 <= (dec_layers or cfg.dec_layers) <= cfg.dec_layers:
             raise ValueError(f"dec_layers must be in [1, {cfg.dec_layers}], got {dec_layers}")
         if not 1 <= (num_queries or cfg.num_queries) <= cfg.num_queries:

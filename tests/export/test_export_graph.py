@@ -75,8 +75,10 @@ def test_plugin_flavour_computes_the_same_and_leaves_the_model_alone(
 
 
 def test_knobs_are_checked(model: RFDETRKeypoint) -> None:
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="not a multiple of patch_size x num_windows = 32"):
         ExportedDetector(model, resolution=200)
+    with pytest.raises(ValueError, match="above the largest supported input side"):
+        ExportedDetector(model, resolution=32 * 129)
     with pytest.raises(ValueError, match="dec_layers"):
         ExportedDetector(model, dec_layers=3)
     with pytest.raises(ValueError, match="num_queries"):

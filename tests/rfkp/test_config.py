@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rfkp.checkpoint import CheckpointError, load_config_and_state
-from rfkp.config import ModelConfig
+from rfkp.config import MAX_RESOLUTION, ModelConfig
 from rfkp.variants import VARIANTS, tiny
 
 
@@ -52,6 +52,7 @@ def test_json_types_are_converted() -> None:
         (dict(num_keypoints_per_class=[3, -1], num_classes=3), "must be >= 0"),
         (dict(num_queries=0), "num_queries must be >= 1"),
         (dict(resolution=500), "not a multiple of patch_size x num_windows = 24"),
+        (dict(resolution=24 * 171), f"above the largest supported input side {MAX_RESOLUTION}"),
         (dict(vit_heads=5), "vit_dim 384 is not divisible by vit_heads 5"),
         (dict(ca_heads=3), "hidden_dim 256 is not divisible by ca_heads 3"),
         (dict(hidden_dim=384, keypoint_dim_downscale=3), r"width 128 is not divisible by its 5 heads \(ca_heads 16 // 3\)"),

@@ -90,8 +90,9 @@ def test_arguments_are_checked_before_images_are_read(model: RFDETRKeypoint, rgb
         (dict(patch_size=0), "patch_size must be a positive integer"),
         (dict(num_windows=True), "num_windows must be a positive integer"),
         (dict(max_pixels=-1), "max_pixels must be a positive integer"),
-        (dict(resolution=10001), "resolution 10001 must be a multiple of"),  # not resized to first
-        (dict(resolution=256, patch_size=12), "resolution 256 must be a multiple of 24"),
+        (dict(resolution=10001), "resolution 10001 is not a multiple of"),  # not resized to first
+        (dict(resolution=256, patch_size=12), "resolution 256 is not a multiple of patch_size x num_windows = 24"),
+        (dict(resolution=96 * 43), "above the largest supported input side"),
     ]:
         with pytest.raises(ValueError, match=match):
             model.predict(missing, **kwargs)

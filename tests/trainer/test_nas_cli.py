@@ -83,6 +83,7 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
     argv, _ = _setup(tmp_path)
     cases = [
         (["--resolutions", "100"], "resolution 100 is not a multiple of patch_size x num_windows"),
+        (["--resolutions", "8192"], "resolution 8192 is above the largest supported input side 4096"),
         (
             ["--resolutions", "128,abc"],
             "--resolutions: expected comma-separated positive integers, got '128,abc'",

@@ -34,6 +34,7 @@ def _train(root, train_json, *extra: str, out=None) -> list[str]:  # noqa: ANN00
         (["--side-tokens", "LH-RH"], "--side-tokens: expected LEFT:RIGHT"),
         (["--variant", "huge"], "unknown variant 'huge'"),
         (["--resolutions", "70"], "resolution 70 is not a positive multiple"),
+        (["--resolutions", "8192"], "resolution 8192 is above the largest supported input side 4096"),
         (["--resume"], "no training state to resume from"),
         (["--val", "missing_val.json"], "not found"),
         (["--loss-weight", "kp=2"], "--loss-weight expects TERM=VALUE with TERM one of"),
