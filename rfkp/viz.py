@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from rfkp.detections import KeypointDetections
-from rfkp.io import ImageSource, load_image
+from rfkp.io import ImageSource, load_image, to_tensor
 from rfkp.ops.gaussian import ellipse_axes
 
 __all__ = ["CLASS_COLOURS", "draw_detections", "ellipse_points"]
@@ -90,7 +90,7 @@ def _draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, c
 
 
 def draw_detections(
-    image: ImageSource,
+    image: ImageSource | torch.Tensor,
     detections: KeypointDetections,
     *,
     findable_threshold: float = 0.5,
@@ -105,7 +105,8 @@ def draw_detections(
     """Draw detections onto a copy of ``image``.
 
     Args:
-        image: anything :func:`rfkp.io.load_image` accepts; its (H, W) must equal ``detections.image_size``.
+        image: anything :func:`rfkp.predict` accepts (a path, bytes, PIL image, uint8 array or (3, H, W)
+            tensor); its (H, W) must equal ``detections.image_size``.
         detections: in pixel coordinates of ``image``.
         findable_threshold, visible_threshold: probability thresholds (see the module docstring).
         n_sigma: covariance ellipse size in standard deviations (2 covers about 86% of a 2-D Gaussian).
@@ -116,7 +117,10 @@ def draw_detections(
     Returns:
         A new RGB ``PIL.Image.Image`` of the input's size.
     """
-    rgb = load_image(image)
+    if isinstance(image, torch.Tensor):  # (3, H, W) float in [0, 1] or uint8, on any device
+        rgb = to_tensor(image).mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    else:
+        rgb = load_image(image)
     if rgb.shape[:2] != tuple(detections.image_size):
         raise ValueError(
             f"image is {rgb.shape[0]}x{rgb.shape[1]} (H x W) but detections are for {detections.image_size}"

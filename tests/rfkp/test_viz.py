@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rfkp.detections import KeypointDetections
@@ -129,6 +130,17 @@ def test_accepts_pil_and_rejects_size_mismatch() -> None:
     assert out.size == (W, H)
     with pytest.raises(ValueError, match=r"image is 100x240 .* \(200, 240\)"):
         draw_detections(np.zeros((100, W, 3), np.uint8), det)
+
+
+def test_accepts_the_tensors_predict_takes() -> None:
+    det = _detections()
+    image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    expected = np.array(draw_detections(image, det))
+    chw = torch.from_numpy(image).permute(2, 0, 1)
+    assert np.array_equal(np.array(draw_detections(chw.float() / 255.0, det)), expected)
+    assert np.array_equal(np.array(draw_detections(chw, det)), expected)
+    with pytest.raises(ValueError, match="4-D tensor"):
+        draw_detections(chw[None].float(), det)
 
 
 def test_empty_detections_return_a_copy() -> None:
