@@ -8,10 +8,11 @@ Accepted sources (``ImageSource``):
 - ``np.ndarray`` of dtype uint8: HxWx3 RGB, HxW grayscale, HxWx1 grayscale or HxWx4 RGBA (alpha dropped);
 - for :func:`to_tensor` only, ``torch.Tensor`` (C, H, W) with C in {1, 3}: float in [0, 1] or uint8.
 
-Conventions for PIL modes: EXIF orientation is applied; alpha is dropped, never composited; ``1``, ``L``, ``LA``
-and ``P`` become grey or palette RGB; ``CMYK`` and other colour modes go through PIL's ``convert("RGB")``;
-16-bit modes (``I;16``, ``I;16B``, ``I;16L``) and ``I`` (32-bit int, how PIL holds 16-bit data) scale to 8
-bits by ``round(value / 257)`` and must lie in [0, 65535]; ``F`` (32-bit float) is read as [0, 1] when its
+Conventions for PIL modes: EXIF orientation is applied; alpha is dropped, never composited (premultiplied
+``La`` and ``RGBa`` are un-premultiplied first); ``1``, ``L``, ``LA`` and ``P`` become grey or palette RGB;
+``CMYK`` and other colour modes go through PIL's ``convert("RGB")``; 16-bit modes (``I;16``, ``I;16B``,
+``I;16L``) and ``I`` (32-bit int, how PIL holds 16-bit data) scale to 8 bits by ``round(value / 257)`` and
+must lie in [0, 65535]; ``F`` (32-bit float) is read as [0, 1] when its
 maximum is <= 1.001 (scaled by 255, then clamped: resampling overshoots) and as [0, 255] otherwise, and
 rejected when below -0.001, above 255 or non-finite. All rounding is round-half-to-even.
 
@@ -105,8 +106,8 @@ def _pil_to_rgb_array(image: Image.Image) -> np.ndarray:
         return _grey_to_rgb(np.array(image.convert("L")))
     if mode == "L":
         return _grey_to_rgb(np.array(image))
-    if mode == "LA":
-        return _grey_to_rgb(np.array(image)[:, :, 0])
+    if mode in ("LA", "La"):  # La (premultiplied alpha): un-premultiplied first, as PIL does for RGBa
+        return _grey_to_rgb(np.array(image if mode == "LA" else image.convert("LA"))[:, :, 0])
     if mode in ("P", "PA"):
         # Palette lookup only: any transparency (tRNS or the PA alpha band) is dropped, not composited.
         return np.ascontiguousarray(np.array(image.convert("RGB")))

@@ -115,6 +115,13 @@ def test_colour_modes_drop_alpha_without_compositing() -> None:
     grey = rgb[:, :, 1]
     la = Image.fromarray(np.stack([grey, np.zeros_like(grey)], axis=2), "LA")
     assert np.array_equal(load_image(la)[:, :, 2], grey)
+    # premultiplied modes are un-premultiplied first (up to the rounding of premultiplying by 128 / 255)
+    la_half = Image.fromarray(np.stack([grey, np.full_like(grey, 128)], axis=2), "LA").convert("La")
+    assert la_half.mode == "La"
+    out = load_image(la_half).astype(int)
+    assert (out == out[:, :, :1]).all() and np.abs(out[:, :, 0] - grey.astype(int)).max() <= 2
+    rgba_half = Image.fromarray(np.concatenate([rgb, np.full((5, 6, 1), 128, np.uint8)], axis=2), "RGBA")
+    assert np.abs(load_image(rgba_half.convert("RGBa")).astype(int) - rgb.astype(int)).max() <= 2
     palette = Image.fromarray(rgb).quantize(colors=16)
     assert palette.mode == "P"
     expected = np.array(palette.convert("RGB"))
