@@ -96,7 +96,8 @@ def build_inputs(image: RemoteImage, threshold: float | None = None, grpcclient:
 
 
 def check_url(url: str) -> str:
-    """``host:port`` with a port in 1..65535 (gRPC endpoints have no scheme here).
+    """``host:port`` with a port in 1..65535 (gRPC endpoints have no scheme here); an IPv6 address in
+    brackets, ``[::1]:8001``.
 
     Raises:
         ValueError: another form, naming what was given.
@@ -104,6 +105,8 @@ def check_url(url: str) -> str:
     host, sep, port = str(url).rpartition(":")
     if "://" in str(url) or not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"server url must be HOST:PORT with a port in 1..65535 (no scheme), got {url!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"an IPv6 server address goes in brackets, e.g. [::1]:8001; got {url!r}")
     return str(url)
 
 

@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the model over gRPC/HTTP with Triton Inference Server", description=__doc__)
     p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--device", type=_serve_device, default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind: IPv4, IPv6 (::1 or [::1]) or a host name (default 127.0.0.1, loopback only)")
     p.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--http-port", type=port, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
     p.add_argument("--metrics-port", type=port, default=8002, help="metrics port (default 8002; 0: free one)")

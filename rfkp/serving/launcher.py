@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import ipaddress
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ from types import TracebackType
 
 from rfkp.serving.embedded import TritonInstallation, find_installation
 
-__all__ = ["ServerStartError", "TritonServer", "free_port"]
+__all__ = ["ServerStartError", "TritonServer", "free_port", "normalise_host", "url_host"]
 
 _PR_SET_PDEATHSIG = 1
 PYTHON_STUB = "triton_python_backend_stub"  # the process of each python-backend model instance
@@ -43,20 +44,49 @@ class ServerStartError(RuntimeError):
     """The server exited or did not become ready in time; the message holds its log tail."""
 
 
+def normalise_host(host: str) -> str:
+    """An address or host name to bind: IPv6 addresses may come bracketed (``[::1]``) and are returned bare.
+
+    Raises:
+        ValueError: an empty host, or brackets around something that is not an IPv6 address.
+    """
+    text = str(host).strip()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if not bare or (bare != text and not _is_ipv6(bare)):
+        raise ValueError(f"host must be an IP address or a host name, got {host!r}")
+    return bare
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def url_host(host: str) -> str:
+    """``host`` as it appears in a URL or a gRPC target: IPv6 addresses in brackets."""
+    return f"[{host}]" if _is_ipv6(host) else host
+
+
+def _socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET, socket.SOCK_STREAM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with _socket(host) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def port_in_use(host: str, port: int) -> bool:
     """True when something listens on (or holds) ``host:port`` (a bind test; TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with _socket(host) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except socket.gaierror:  # not an IPv4 address: left to the server to judge
+        except socket.gaierror:  # a host name this machine cannot resolve: left to the server to judge
             return False
         except OSError:
             return True
@@ -138,7 +168,7 @@ class TritonServer:
         if not any(self.repository.glob("*/config.pbtxt")):
             raise FileNotFoundError(f"{self.repository} is not a Triton model repository (no */config.pbtxt)")
         self.installation = installation or find_installation("auto")
-        self.host = host
+        self.host = host = normalise_host(host)
         self.grpc_port = grpc_port or free_port(host)
         self.http_port = http_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
@@ -156,15 +186,15 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         """``host:port`` of the gRPC endpoint (what tritonclient.grpc expects)."""
-        return f"{self.host}:{self.grpc_port}"
+        return f"{url_host(self.host)}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{url_host(self.host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{url_host(self.host)}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -172,17 +202,20 @@ class TritonServer:
 
     def command(self) -> list[str]:
         """The full command line (builds the backend folder for the embedded server)."""
+        http_address = f"ipv6:{self.host}" if _is_ipv6(self.host) else self.host
         cmd = [
             str(self.installation.binary),
             f"--model-repository={self.repository}",
             "--disable-auto-complete-config",
             "--strict-readiness=true",
             "--exit-on-error=true",
-            f"--grpc-address={self.host}",
+            # Triton joins gRPC's address and port as is (an IPv6 address needs brackets) and hands the HTTP
+            # ones to libevhtp, which takes IPv6 addresses as "ipv6:ADDRESS"
+            f"--grpc-address={url_host(self.host)}",
             f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}",
+            f"--http-address={http_address}",
             f"--http-port={self.http_port}",
-            f"--metrics-address={self.host}",
+            f"--metrics-address={http_address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=10",
@@ -234,7 +267,7 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         """True when ``/v2/health/ready`` answers 200 (all models loaded, strict readiness)."""
-        url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        url = f"http://{self.http_url}/v2/health/ready"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
         try:
             with opener.open(url, timeout=1.0) as resp:

@@ -136,6 +136,8 @@ def test_server_urls_are_host_and_port() -> None:
     for bad in ("127.0.0.1", "127.0.0.1:99999", "grpc://127.0.0.1:8001", ":8001", "host:port"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             check_url(bad)
+    with pytest.raises(ValueError, match=r"an IPv6 server address goes in brackets, e.g. \[::1\]:8001"):
+        check_url("::1:8001")
     from rfkp.client import _check_timeout
 
     assert _check_timeout(np.float32(2.5)) == 2.5 and _check_timeout(None) is None

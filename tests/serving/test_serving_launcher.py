@@ -19,7 +19,14 @@ from rfkp.serving.embedded import (
     embedded_installation,
     find_installation,
 )
-from rfkp.serving.launcher import ServerStartError, TritonServer, free_port
+from rfkp.serving.launcher import (
+    ServerStartError,
+    TritonServer,
+    free_port,
+    normalise_host,
+    port_in_use,
+    url_host,
+)
 
 ECHO_MODEL = '''
 import time
@@ -114,6 +121,48 @@ def test_start_serve_stop(tmp_path: Path) -> None:
             urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5)
         pid = server.pid
     assert server.poll() is not None and not process_alive(pid)
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_ipv6_addresses() -> None:
+    assert normalise_host("[::1]") == normalise_host(" ::1 ") == "::1"
+    assert normalise_host("localhost") == "localhost" and normalise_host("0.0.0.0") == "0.0.0.0"
+    for bad in ("", "[]", "[localhost]", "[127.0.0.1]"):
+        with pytest.raises(ValueError, match="host must be an IP address or a host name"):
+            normalise_host(bad)
+    assert url_host("::1") == "[::1]" and url_host("127.0.0.1") == "127.0.0.1" and url_host("host") == "host"
+
+
+def test_serves_on_ipv6_loopback(tmp_path: Path) -> None:
+    require_triton()
+    if not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    import socket
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    repo = echo_repository(tmp_path)
+    with TritonServer(repo, host="[::1]", grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run") as server:
+        assert server.host == "::1" and server.grpc_url == f"[::1]:{server.grpc_port}"
+        assert server.is_ready()  # readiness over HTTP on [::1]
+        assert port_in_use("::1", server.grpc_port) and port_in_use("::1", server.metrics_port)
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            x = grpcclient.InferInput("X", [1, 2], "FP32")
+            x.set_data_from_numpy(np.array([[0.5, 4.0]], np.float32))
+            np.testing.assert_array_equal(client.infer("echo", [x]).as_numpy("X"), [[0.5, 4.0]])
+        with socket.socket() as sock:  # loopback only: nothing listens on the IPv4 side
+            assert sock.connect_ex(("127.0.0.1", server.grpc_port)) != 0
 
 
 def test_readiness_timeout_kills_the_server(tmp_path: Path) -> None:
