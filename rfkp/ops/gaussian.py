@@ -124,7 +124,7 @@ def log_trace_inverse_precision(raw: torch.Tensor) -> torch.Tensor:
     log_t1 = -2.0 * log_l11
     log_t2 = -2.0 * log_l22
     abs_l21 = l21.abs()
-    nonzero = abs_l21 > 0
+    nonzero = abs_l21 != 0  # NaN counts as nonzero: it reaches the result, as any NaN input does
     # Double-where keeps the gradient finite at l21 == 0 (the log branch never sees a zero).
     log_abs = torch.log(torch.where(nonzero, abs_l21, torch.ones_like(abs_l21)))
     log_t3 = torch.where(nonzero, 2.0 * log_abs + log_t1 + log_t2, torch.full_like(log_abs, -math.inf))

@@ -6,6 +6,8 @@ so every dtype and device sees the same numbers up to rounding.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +70,28 @@ def rescore_inputs(num: int, keypoints: int, *, dtype: torch.dtype = torch.float
         "active": torch.rand(num, keypoints, generator=g) > 0.33,
         "score": torch.rand(num, generator=g, dtype=torch.float64) * 0.98 + 0.01,
         "box_wh": torch.rand(num, 2, generator=g, dtype=torch.float64) * 0.5 + 0.05,
+        "image_wh": torch.tensor([[640.0, 480.0]], dtype=torch.float64).expand(num, 2).clone(),
+    }
+    return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in out.items()}
+
+
+def rescore_special_inputs(*, dtype: torch.dtype = torch.float32,
+                           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Inputs of gaussian_rescore with non-finite values: one detection per combination of log_l11, l21,
+    log_l22 and findable logit in {0, 3, NaN, +inf, -inf} and a score in {0.5, 0, 1, NaN}, each with a second,
+    finite keypoint slot. The kernels must give what the reference gives (NaN stays NaN, an infinite variance
+    scores 0)."""
+    special = [0.0, 3.0, math.nan, math.inf, -math.inf]
+    rows = list(itertools.product(special, special, special, special, [0.5, 0.0, 1.0, math.nan]))
+    grid = torch.tensor(rows, dtype=torch.float64)
+    num = len(rows)
+    finite_slot = torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64).expand(num, 3)
+    out = {
+        "cholesky": torch.stack([grid[:, :3], finite_slot], dim=1),
+        "findable_logit": torch.stack([grid[:, 3], torch.ones(num, dtype=torch.float64)], dim=1),
+        "active": torch.ones(num, 2, dtype=torch.bool),
+        "score": grid[:, 4].clone(),
+        "box_wh": torch.tensor([[0.1, 0.2]], dtype=torch.float64).expand(num, 2).clone(),
         "image_wh": torch.tensor([[640.0, 480.0]], dtype=torch.float64).expand(num, 2).clone(),
     }
     return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in out.items()}

@@ -17,13 +17,17 @@ import triton.language as tl
 
 @triton.jit
 def _row_logsumexp(x, valid):
-    """logsumexp over axis 1 of the entries where `valid`; -inf for rows without any."""
+    """logsumexp over axis 1 of the entries where `valid`: -inf for rows without any, +inf for rows with a +inf
+    entry, NaN for rows with a NaN (as torch.logsumexp; a NaN maximum is not taken for an empty row)."""
     x = tl.where(valid, x, float("-inf"))
     m = tl.max(x, axis=1)
-    finite = m > float("-inf")
-    m_safe = tl.where(finite, m, 0.0)
+    empty = m == float("-inf")
+    infinite = m == float("inf")
+    m_safe = tl.where(empty | infinite, 0.0, m)
     total = tl.sum(tl.where(valid, tl.exp(x - m_safe[:, None]), 0.0), axis=1)
-    return tl.where(finite, m_safe + tl.log(total), float("-inf"))
+    has_nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
+    out = tl.where(empty, float("-inf"), tl.where(infinite, float("inf"), m_safe + tl.log(total)))
+    return tl.where(has_nan, float("nan"), out)
 
 
 @triton.jit
@@ -47,10 +51,16 @@ def _rescore_kernel(chol_ptr, findable_ptr, active_ptr, score_ptr, box_ptr, imag
     t2 = -2.0 * log_l22
     nonzero = l21 != 0.0
     t3 = tl.where(nonzero, 2.0 * tl.log(tl.where(nonzero, tl.abs(l21), 1.0)) + t1 + t2, float("-inf"))
-    m = tl.maximum(tl.maximum(t1, t2), t3)
-    log_trace = m + tl.log(tl.exp(t1 - m) + tl.exp(t2 - m) + tl.exp(t3 - m))
+    # Non-finite values follow torch.logsumexp and torch.clamp: NaN stays NaN (propagate_nan), an infinite
+    # maximum is the result (an infinite variance scores 0), never inf - inf.
+    m = tl.maximum(tl.maximum(t1, t2, propagate_nan=tl.PropagateNan.ALL), t3, propagate_nan=tl.PropagateNan.ALL)
+    infinite = (m == float("inf")) | (m == float("-inf"))
+    m_safe = tl.where(infinite, 0.0, m)
+    log_trace = tl.where(
+        infinite, m, m_safe + tl.log(tl.exp(t1 - m_safe) + tl.exp(t2 - m_safe) + tl.exp(t3 - m_safe))
+    )
     w = 1.0 / (1.0 + tl.exp(-logit))
-    log_w = tl.log(tl.maximum(w, 1e-12))
+    log_w = tl.log(tl.maximum(w, 1e-12, propagate_nan=tl.PropagateNan.ALL))
     any_active = tl.sum(use.to(tl.int32), axis=1) > 0
     lmt = _row_logsumexp(log_trace + log_w, use) - _row_logsumexp(log_w, use)
     lmt = tl.where(any_active, lmt, 0.0)
@@ -58,7 +68,7 @@ def _rescore_kernel(chol_ptr, findable_ptr, active_ptr, score_ptr, box_ptr, imag
     alpha = tl.load(params_ptr).to(ACC)
     below_one = tl.load(params_ptr + 1).to(ACC)  # largest value of the output dtype below 1
     fused = 1.0 / (1.0 + tl.exp(-(tl.log(s) - alpha * lmt)))
-    fused = tl.minimum(fused, below_one)
+    fused = tl.minimum(fused, below_one, propagate_nan=tl.PropagateNan.ALL)
     out_ty = out_score_ptr.dtype.element_ty
     tl.store(out_score_ptr + offs_n, tl.where(any_active, fused, s).to(out_ty), mask=mask_n)
     tl.store(out_lmt_ptr + offs_n, lmt.to(out_ty), mask=mask_n)

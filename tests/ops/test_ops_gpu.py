@@ -18,7 +18,7 @@ import torch
 
 import rfkp.ops as ops
 from rfkp.ops import backend, cuda_lib, library
-from rfkp.ops.sample_inputs import msda_inputs, rescore_inputs
+from rfkp.ops.sample_inputs import msda_inputs, rescore_inputs, rescore_special_inputs
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -148,6 +148,15 @@ def test_rescore_against_reference(kernel_backend, dtype):
     for what, g, w in zip(("score", "trace", "covariance"), got, want):
         assert g.dtype == dtype and torch.equal(torch.isnan(g), torch.isnan(w))
         _close(g.nan_to_num(), w.nan_to_num(), dtype, what)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rescore_non_finite_inputs_match_the_reference(kernel_backend, dtype):
+    x = rescore_special_inputs(dtype=dtype, device="cuda")
+    got = ops.gaussian_rescore(*(x[n] for n in RESCORE))
+    want = ops.gaussian_rescore_reference(*(x[n] for n in RESCORE))
+    for what, g, w in zip(("score", "log mean trace"), got[:2], want[:2]):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7, equal_nan=True, msg=what)
 
 
 def _cuda_tool(name: str) -> str | None:

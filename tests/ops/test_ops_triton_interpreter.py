@@ -13,7 +13,7 @@ import torch
 
 import rfkp.ops as ops
 from rfkp.ops import backend, library
-from rfkp.ops.sample_inputs import msda_inputs, rescore_inputs
+from rfkp.ops.sample_inputs import msda_inputs, rescore_inputs, rescore_special_inputs
 
 if torch.cuda.is_available():
     pytest.skip("a CUDA device is present: the Triton kernels are tested for real in test_ops_gpu.py",
@@ -145,3 +145,16 @@ def test_rescore(interpreter, dtype):
     for g, w in zip(got, want):
         assert torch.equal(torch.isnan(g), torch.isnan(w))
         _close(g.nan_to_num(), w.nan_to_num(), dtype)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rescore_non_finite_inputs_match_the_reference(interpreter, dtype):
+    """NaN stays NaN and an infinite variance scores 0, as in the reference (a NaN used to score 1 - eps)."""
+    x = rescore_special_inputs(dtype=dtype)
+    names = ("cholesky", "findable_logit", "active", "score", "box_wh", "image_wh")
+    got = interpreter[1].gaussian_rescore(*(x[n] for n in names), 0.2)
+    want = ops.gaussian_rescore_reference(*(x[n] for n in names), 0.2)
+    for what, g, w in zip(("score", "log mean trace"), got[:2], want[:2]):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7, equal_nan=True, msg=what)
+    assert torch.isnan(want[0]).sum() > 100 and (want[0] == 0).sum() > 100  # both kinds are exercised

@@ -23,7 +23,10 @@ __device__ __forceinline__ float below_one<__half>() { return 1.0f - 1.0f / 2048
 template <>
 __device__ __forceinline__ float below_one<__nv_bfloat16>() { return 1.0f - 1.0f / 256; }
 
-// Online logsumexp: running max m and sum s of exp(x - m).
+// Non-finite inputs follow torch.logsumexp and torch.clamp (the reference): NaN propagates (fmax/fmin would
+// drop it), an infinite maximum is the result (an infinite variance scores 0), never inf - inf.
+
+// Online logsumexp: running max m and sum s of exp(x - m). A NaN x makes s NaN.
 template <typename A>
 __device__ __forceinline__ void lse_add(A x, A& m, A& s) {
   if (x == -INFINITY) return;
@@ -31,13 +34,20 @@ __device__ __forceinline__ void lse_add(A x, A& m, A& s) {
     s = s * exp(m - x) + A(1);
     m = x;
   } else {
-    s += exp(x - m);
+    s += x == m ? A(1) : exp(x - m);  // x == m == +inf: exp(inf - inf) would be NaN
   }
 }
 
 template <typename A>
+__device__ __forceinline__ A lse_result(A m, A s) {
+  return isinf(m) && !isnan(s) ? m : m + log(s);
+}
+
+template <typename A>
 __device__ __forceinline__ A lse3(A a, A b, A c) {
+  if (isnan(a) || isnan(b) || isnan(c)) return a + b + c;
   const A m = fmax(fmax(a, b), c);
+  if (isinf(m)) return m;
   return m + log(exp(a - m) + exp(b - m) + exp(c - m));
 }
 
@@ -76,7 +86,7 @@ __global__ void rescore_kernel(const T* __restrict__ cholesky, const T* __restri
     const A t3 = l21 != A(0) ? A(2) * log(fabs(l21)) + t1 + t2 : static_cast<A>(-INFINITY);
     const A log_trace = lse3(t1, t2, t3);
     const A w = A(1) / (A(1) + exp(-static_cast<A>(to_acc(findable_logit[nk]))));
-    const A log_w = log(fmax(w, static_cast<A>(1e-12)));
+    const A log_w = isnan(w) ? w : log(fmax(w, static_cast<A>(1e-12)));
     lse_add(log_trace + log_w, num_m, num_s);
     lse_add(log_w, den_m, den_s);
     // P^-1 = L^-T L^-1 = [[a^2 + b^2, b c], [b c, c^2]] with a = 1 / l11, c = 1 / l22, b = -l21 a c.
@@ -94,11 +104,11 @@ __global__ void rescore_kernel(const T* __restrict__ cholesky, const T* __restri
     out_score[n] = score[n];
     return;
   }
-  const A log_mean_trace = (num_m + log(num_s)) - (den_m + log(den_s));
+  const A log_mean_trace = lse_result(num_m, num_s) - lse_result(den_m, den_s);
   const A z = log(s) - alpha * log_mean_trace;
   const A fused = A(1) / (A(1) + exp(-z));
   out_log_mean_trace[n] = from_acc<T>(log_mean_trace);
-  out_score[n] = from_acc<T>(fmin(fused, below_one<T>()));
+  out_score[n] = from_acc<T>(isnan(fused) ? fused : fmin(fused, below_one<T>()));
 }
 
 }  // namespace rescore
