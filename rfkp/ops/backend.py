@@ -67,7 +67,7 @@ def uses_reference_directly(device: torch.device) -> bool:
     """True when the public functions call the reference themselves: non-CUDA tensors, unless Triton was
     requested (interpreter). Pure and cheap, so torch.compile traces through it; CUDA tensors always go
     through the registered op, whose body makes the full capability check."""
-    return device.type != "cuda" and requested_backend() != "triton"
+    return device.type != "cuda" and requested_backend() not in ("triton", "cuda")
 
 
 def triton_interpreter_enabled() -> bool:
@@ -102,6 +102,8 @@ def _cuda_unavailable(device: torch.device) -> str | None:
 def _decide(device: torch.device) -> tuple[str, str]:
     requested = requested_backend()
     if device.type == "cpu":
+        if requested == "cuda":
+            raise RuntimeError(f"ops backend 'cuda' was requested but cannot run on CPU: {_cuda_unavailable(device)}")
         if requested == "triton":
             why = _triton_unavailable(device)
             if why:

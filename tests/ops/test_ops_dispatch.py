@@ -9,7 +9,7 @@ import torch
 
 import rfkp.ops as ops
 from rfkp.ops import backend, library
-from rfkp.ops.sample_inputs import msda_inputs
+from rfkp.ops.sample_inputs import msda_inputs, rescore_inputs
 
 LEVELS = [(3, 4), (2, 2)]
 PLAIN = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
@@ -104,18 +104,38 @@ def test_empty_and_non_contiguous_inputs():
     (lambda a: a.update(spatial_shapes=a["spatial_shapes"].float()), TypeError, "must be integer tensors"),
     (lambda a: a.update(level_start_index=a["level_start_index"][:1]), ValueError, r"level_start_index must be \(2,\)"),
 ])
-def test_bad_inputs_get_precise_errors(mutate, error, match):
+@pytest.mark.parametrize("entry", [library.ms_deform_attn_op, ops.multi_scale_deformable_attention])
+def test_bad_inputs_get_precise_errors(mutate, error, match, entry):
     x = msda_inputs(1, 2, 2, 4, LEVELS, 2)
     mutate(x)
     with pytest.raises(error, match=match):
-        library.ms_deform_attn_op(*(x[n] for n in PLAIN))
+        entry(*(x[n] for n in PLAIN))
 
 
-def test_fused_bad_reference_shape():
+@pytest.mark.parametrize("entry", [library.ms_deform_attn_fused_op, ops.multi_scale_deformable_attention_fused])
+def test_fused_bad_reference_shape(entry):
     x = msda_inputs(1, 2, 2, 4, LEVELS, 2, reference_dim=4)
-    x["reference"] = x["reference"][..., :3]
-    with pytest.raises(ValueError, match=r"reference must be \(1, 2, 1 or 2, 2 or 4\)"):
-        library.ms_deform_attn_fused_op(*(x[n] for n in FUSED))
+    for bad in (x["reference"][..., :3], x["reference"][:, :1]):  # the second one used to broadcast on CPU
+        with pytest.raises(ValueError, match=r"reference must be \(1, 2, 1 or 2, 2 or 4\)"):
+            entry(*(bad if n == "reference" else x[n] for n in FUSED))
+    x["attention_logits"] = x["attention_logits"].double()
+    with pytest.raises(TypeError, match="attention_logits has dtype torch.float64 but value has torch.float32"):
+        entry(*(x[n] for n in FUSED))
+
+
+def test_public_rescore_checks_its_inputs_on_cpu():
+    x = rescore_inputs(3, 2)
+    names = ("cholesky", "findable_logit", "active", "score", "box_wh", "image_wh")
+    x["score"] = x["score"][:, None]  # (N, 1) used to broadcast to an (N, N) result
+    with pytest.raises(ValueError, match=r"score must be \(3,\) for cholesky \(3, 2, 3\), got \(3, 1\)"):
+        ops.gaussian_rescore(*(x[n] for n in names))
+
+
+def test_cuda_requested_for_cpu_tensors_raises(monkeypatch):
+    x = msda_inputs(1, 2, 2, 4, LEVELS, 2)
+    monkeypatch.setenv(backend.ENV_VAR, "cuda")
+    with pytest.raises(RuntimeError, match="'cuda' was requested but cannot run on CPU: the CUDA library runs on"):
+        ops.multi_scale_deformable_attention(*(x[n] for n in PLAIN))
 
 
 def test_backend_override_function_env_and_logging(monkeypatch, caplog):
@@ -145,3 +165,7 @@ def test_autocast_runs_the_op_in_float32():
     assert torch.equal(out, ops.ms_deform_attn_reference(value.float(), *rest))
     with pytest.raises(TypeError, match="cast the inputs to one dtype"):
         library.ms_deform_attn_op(value, *rest)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the public function: the same rule
+        assert torch.equal(ops.multi_scale_deformable_attention(value, *rest), out)
+    with pytest.raises(TypeError, match="cast the inputs to one dtype"):
+        ops.multi_scale_deformable_attention(value, *rest)
