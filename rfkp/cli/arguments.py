@@ -16,7 +16,12 @@ __all__ = [
     "positive_float",
     "positive_int",
     "probability",
+    "queue_delay_us",
 ]
+
+# Longest dynamic-batching delay accepted (1 minute): more is a typo for a real-time server, and Triton's
+# configuration parser refuses values beyond its integer range
+MAX_QUEUE_DELAY_US = 60_000_000
 
 
 def _int(text: str) -> int:
@@ -54,6 +59,8 @@ positive_float = _checked("positive_float", _float, lambda v: v > 0.0, "a finite
 non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0.0, "a finite number >= 0")
 port = _checked("port", _int, lambda v: 0 <= v <= 65535, "a port in 0..65535 (0: a free one)")
 probability = _checked("probability", _float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+queue_delay_us = _checked("queue_delay_us", _int, lambda v: 0 <= v <= MAX_QUEUE_DELAY_US,
+                          f"microseconds in 0..{MAX_QUEUE_DELAY_US} (at most a minute)")
 
 
 def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False,

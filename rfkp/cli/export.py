@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rfkp.cli.arguments import non_negative_int, positive_int
-from rfkp.cli.paths import check_output_file, refuse_overwriting_inputs
+from rfkp.cli.arguments import positive_int, queue_delay_us
+from rfkp.cli.paths import check_output_file, check_output_folder, refuse_overwriting_inputs
 
 if TYPE_CHECKING:
     from rfkp.export import ExportedDetector
@@ -30,8 +30,8 @@ def _opset(text: str) -> int:
     import torch.onnx
 
     value = positive_int(text)
-    newest = getattr(torch.onnx, "_constants", None)
-    newest = getattr(newest, "ONNX_MAX_OPSET", None) or 20
+    constants = getattr(torch.onnx, "_constants", None)  # the exporter used (dynamo=False) has its own maximum
+    newest = getattr(constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None) or 20
     if not MIN_OPSET <= value <= newest:
         raise argparse.ArgumentTypeError(f"opset must lie in [{MIN_OPSET}, {newest}] (this torch), got {value}")
     return value
@@ -72,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--engine", help="triton: an already built engine to copy to 1/model.plan")
     p.add_argument(
-        "--max-queue-delay-us", type=non_negative_int, default=2000,
+        "--max-queue-delay-us", type=queue_delay_us, default=2000,
         help="triton: dynamic batching delay (default 2000)",
     )  # fmt: skip
     p.set_defaults(func=main)
@@ -81,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _load_model(weights: str | None):  # noqa: ANN202
     from rfkp.api import RFDETRKeypoint
 
-    if weights:
+    if weights is not None:
         return RFDETRKeypoint.from_checkpoint(weights, device="cpu")
     model = RFDETRKeypoint.default(device="cpu")
     if model.is_random_init:
@@ -140,9 +140,12 @@ def _check_paths(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(outputs, {"--weights": args.weights, "--engine": args.engine})
     if args.engine and not Path(args.engine).is_file():
         raise FileNotFoundError(f"--engine {args.engine} not found")
+    if args.weights == "":
+        raise ValueError("--weights is empty (an unset variable?); leave it out for the project's default model")
     if args.format == "triton":
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"--out {out} is a file; --format triton writes a model folder")
+        check_output_folder(out, "--out")
+        if (out / "1").exists() and not (out / "1").is_dir():
+            raise NotADirectoryError(f"--out {out}: {out / '1'} is a file, where the engine's version folder goes")
         old = [p for p in (out / "config.pbtxt", out / "1" / "model.plan") if p.exists()]
         if old:
             raise FileExistsError(
@@ -150,7 +153,11 @@ def _check_paths(args: argparse.Namespace) -> None:
                 "an old engine would not match it; choose a new folder or remove the old entry"
             )
     else:
-        check_output_file(out, "--out")
+        check_output_file(args.out, "--out")
+        if out.exists() and not out.is_file():  # /dev/null, a pipe: the graph is read back after it is written
+            raise ValueError(f"--out {out} is not a regular file; the export writes the graph and reads it back")
+    if onnx_path != out:
+        check_output_file(onnx_path, "--out")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -167,10 +174,15 @@ def main(args: argparse.Namespace) -> int:
     build = args.format == "engine" or (
         args.format == "triton" and not args.engine and trt_engine.tensorrt_available()
     )
-    if build and trt_engine.plugin_library(args.plugin_lib) is None:
-        message = f"no rfkp TensorRT plugin library given.\n{trt_engine.INSTALL_HINT}"
-        print(f"rfkp export: error: {message}", file=sys.stderr)
-        return 1
+    if build:
+        library = trt_engine.plugin_library(args.plugin_lib)
+        if library is None:
+            message = f"no rfkp TensorRT plugin library given.\n{trt_engine.INSTALL_HINT}"
+            print(f"rfkp export: error: {message}", file=sys.stderr)
+            return 1
+        if not library.is_file():  # before the export, which would leave its graph behind
+            source = "--plugin-lib" if args.plugin_lib else f"${trt_engine.PLUGIN_LIB_ENV}"
+            raise FileNotFoundError(f"{source}: plugin library not found: {library}")
 
     from rfkp.export import ExportedDetector, export_onnx
 

@@ -52,7 +52,10 @@ def _check_parents(path: Path, option: str) -> Path:
 
 
 def check_output_file(path: PathLike, option: str) -> Path:
-    """A file about to be written: not a folder, and its parent a folder or creatable. Returns it as a Path."""
+    """A file about to be written: not a folder (nor a name ending in a separator, which means one), and its
+    parent a folder or creatable. Returns it as a Path."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise IsADirectoryError(f"{option} {path} names a folder; give a file name")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path} is a folder; give a file name")

@@ -22,7 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from rfkp.cli.arguments import non_negative_int, port, positive_float, positive_int, probability
+from rfkp.cli.arguments import (
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    probability,
+    queue_delay_us,
+)
 from rfkp.devices import device_arg
 
 if TYPE_CHECKING:
@@ -69,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=positive_int, default=8, help="largest dynamic batch (default 8)")
     p.add_argument("--preferred-batch-sizes", type=_batch_sizes, default=None,
                    help="comma-separated preferred batch sizes (default: half the max and the max)")
-    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000,
+    p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000,
                    help="longest wait to fill a batch, microseconds (default 2000)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request alone")
     p.add_argument("--threshold", type=probability, default=0.5, help="default score threshold (default 0.5)")

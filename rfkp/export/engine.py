@@ -105,10 +105,11 @@ def _pin_postprocess_fp32(trt: Any, network: Any) -> int:
         if layer.name.startswith(NETWORK_SCOPE) or layer.type == trt.LayerType.CONSTANT:
             continue
         outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if not outputs or any(t.dtype not in floating for t in outputs):
+        float_outputs = [j for j, t in enumerate(outputs) if t.dtype in floating]
+        if not float_outputs:  # shapes, indices, masks
             continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
+        layer.precision = trt.float32  # also top-k, whose indices output keeps its integer type
+        for j in float_outputs:
             layer.set_output_type(j, trt.float32)
         pinned += 1
     return pinned

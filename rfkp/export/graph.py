@@ -4,6 +4,7 @@ the network's raw outputs (what the ``rfkp_model`` step of the served ensemble p
 from __future__ import annotations
 
 import copy
+import numbers
 
 import torch
 from torch import nn
@@ -79,6 +80,13 @@ class ExportedDetector(nn.Module):
         if not isinstance(network, KeypointDETR):
             raise TypeError(f"expected an RFDETRKeypoint or a KeypointDETR, got {type(model).__name__}")
         cfg: ModelConfig = network.cfg
+        knobs = dict(resolution=resolution, dec_layers=dec_layers, num_queries=num_queries, patch_size=patch_size,
+                     num_windows=num_windows, num_select=num_select)  # fmt: skip
+        for name, value in knobs.items():  # None: the model's (not for num_select); 0 or 2.5 must not pass for it
+            if (value is None and name == "num_select") or (value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+            )):  # fmt: skip
+                raise ValueError(f"{name} must be a positive integer (or None for the model's), got {value!r}")
         self.resolution = resolution or cfg.resolution
         self.arch = SubArchitecture(
             patch_size=patch_size, num_windows=num_windows, dec_layers=dec_layers, num_queries=num_queries
@@ -89,8 +97,6 @@ class ExportedDetector(nn.Module):
             raise ValueError(f"dec_layers must be in [1, {cfg.dec_layers}], got {dec_layers}")
         if not 1 <= (num_queries or cfg.num_queries) <= cfg.num_queries:
             raise ValueError(f"num_queries must be in [1, {cfg.num_queries}], got {num_queries}")
-        if num_select < 1:
-            raise ValueError(f"num_select must be >= 1, got {num_select}")
         self.plugins = plugins
         if plugins:
             network = copy.deepcopy(network)

@@ -64,7 +64,7 @@ def _cpu_copy(detector: ExportedDetector) -> ExportedDetector:
 
 
 def _metadata(
-    detector: ExportedDetector, flavour: str, batch: int | None, max_batch: int | None
+    detector: ExportedDetector, flavour: str, batch: int | None, max_batch: int | None, plugin_ops: list[str]
 ) -> dict[str, str]:
     cfg = detector.config
     meta = {
@@ -94,7 +94,7 @@ def _metadata(
                 "domain": plugin_nodes.DOMAIN,
                 "plugin_version": plugin_nodes.PLUGIN_VERSION,
                 "plugin_namespace": plugin_nodes.PLUGIN_NAMESPACE,
-                "ops": sorted(plugin_nodes.PLUGINS),
+                "ops": plugin_ops,  # those in the graph: a raw export has no rescoring node
             }
         )
     return meta
@@ -206,7 +206,8 @@ def export_onnx(
         )
     graph = onnx.load(str(path))
     _declare_output_shapes(graph, detector, BATCH_AXIS if dynamic_batch else batch)
-    meta = _metadata(detector, flavour, None if dynamic_batch else batch, dynamic_batch)
+    plugin_ops = sorted({node.op_type for node in graph.graph.node if node.domain == plugin_nodes.DOMAIN})
+    meta = _metadata(detector, flavour, None if dynamic_batch else batch, dynamic_batch, plugin_ops)
     graph.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())
     if detector.outputs == RAW:
         graph.doc_string = f"rfkp keypoint detector network, raw outputs ({flavour}); {RAW_CONVENTIONS}"

@@ -164,8 +164,10 @@ def test_build_steps_profile_and_fp32_post_processing(
     assert ("library" in calls) == (not static)
     assert calls["profile"] == ("PIXELS", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
     assert calls["flags"] == ["FP16", "OBEY"]
-    # the network layer stays free, the constant too, the top-k has an int output; the rest is pinned to FP32
-    assert [layer.precision for layer in layers] == [None, "fp32", None, None, "fp32"]
+    # the network layer stays free, the constant too; the rest is pinned to FP32, the top-k's scores included
+    # (its int indices keep their type)
+    assert [layer.precision for layer in layers] == [None, "fp32", "fp32", None, "fp32"]
+    assert layers[2].output_types == {0: "fp32"}
     assert layers[4].output_types == {0: "fp32", 1: "fp32", 2: "fp32"}
 
 

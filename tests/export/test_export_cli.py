@@ -184,7 +184,8 @@ def test_outputs_never_replace_inputs_and_bad_options_stop_first(
     assert "already holds a model entry" in capsys.readouterr().err
     assert not (entry / "config.pbtxt").exists()
     for option in (["--resolution", "-32"], ["--num-queries", "0"], ["--opset", "5"], ["--opset", "99"],
-                   ["--max-queue-delay-us", "-5"]):  # fmt: skip
+                   ["--opset", "21"],  # the exporter rfkp uses (TorchScript) stops at 20
+                   ["--max-queue-delay-us", "-5"], ["--max-queue-delay-us", "99999999999999999999"]):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["export", "--weights", str(copy), "--out", str(tmp_path / "x.onnx"), *option])
         err = capsys.readouterr().err
@@ -205,3 +206,34 @@ def test_fixed_batch_entry_has_no_batching() -> None:
     assert json.loads(cfg.parameters["keypoint_names"].string_value) == config.keypoint_names
     with pytest.raises(ValueError, match="preferred"):
         TritonEntryOptions(max_batch=4, preferred_batch_sizes=(8,)).preferred()
+
+
+def test_paths_and_the_plugin_library_are_checked_before_exporting(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["export", "--weights", str(weights)]
+    cases = [
+        ([*base, "--out", str(tmp_path / "newdir") + "/"], "names a folder; give a file name"),
+        ([*base, "--out", "/dev/null"], "is not a regular file"),
+        (["export", "--weights", "", "--out", str(tmp_path / "a.onnx")], "--weights is empty"),
+    ]
+    (tmp_path / "entry").mkdir()
+    (tmp_path / "entry" / "1").write_text("a file where the version folder goes")
+    cases.append(([*base, "--format", "triton", "--dynamic-batch", "2", "--out", str(tmp_path / "entry")],
+                  "is a file, where the engine's version folder goes"))  # fmt: skip
+    (tmp_path / "file").write_text("")
+    cases.append(([*base, "--format", "triton", "--out", str(tmp_path / "file" / "entry")], "is a file, not a folder"))
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "file"]  # nothing exported
+    assert [p.name for p in (tmp_path / "entry").iterdir()] == ["1"]
+    from rfkp.export import engine as trt_engine
+
+    monkeypatch.setattr(trt_engine, "tensorrt_available", lambda: True)  # the library is checked first
+    for flags in (["--plugin-lib", str(tmp_path / "missing.so")], []):
+        monkeypatch.setenv("RFKP_TRT_PLUGIN_LIB", str(tmp_path / "env_missing.so"))
+        assert main([*base, "--format", "engine", "--out", str(tmp_path / "m.plan"), *flags]) == 1
+        err = capsys.readouterr().err
+        assert "plugin library not found" in err and ("--plugin-lib" if flags else "$RFKP_TRT_PLUGIN_LIB") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "file"]

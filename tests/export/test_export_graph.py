@@ -83,6 +83,10 @@ def test_knobs_are_checked(model: RFDETRKeypoint) -> None:
         ExportedDetector(model, dec_layers=3)
     with pytest.raises(ValueError, match="num_queries"):
         ExportedDetector(model, num_queries=21)
+    for knob, bad in (("dec_layers", 0), ("num_queries", 0), ("patch_size", 0), ("num_windows", 0),
+                      ("num_queries", 2.5), ("num_select", None), ("resolution", True)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{knob} must be a positive integer"):
+            ExportedDetector(model, **{knob: bad})
     with pytest.raises(ValueError, match="pixels"):
         ExportedDetector(model)(torch.zeros(1, 3, 128, 128))
     with pytest.raises(TypeError):

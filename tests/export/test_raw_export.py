@@ -106,6 +106,7 @@ def test_raw_plugin_graph_has_only_the_attention_nodes_and_computes_forward_raw(
     kinds = [n.op_type for n in graph.graph.node if n.domain]
     assert kinds == ["RfkpMSDeformAttn"] * (2 * cfg.dec_layers)
     assert read_metadata(path)["rfkp_flavour"] == "plugins"
+    assert json.loads(read_metadata(path)["rfkp_plugins"])["ops"] == ["RfkpMSDeformAttn"]  # the graph's own
     grid = cfg.resolution // cfg.patch_size
     reference = with_reference_functions(
         graph, spatial_shape=(grid, grid), heads=cfg.ca_heads, channels=cfg.hidden_dim // cfg.ca_heads,
