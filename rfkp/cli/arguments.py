@@ -11,6 +11,7 @@ from collections.abc import Callable
 __all__ = [
     "float_in",
     "non_negative_float",
+    "non_empty_path",
     "non_negative_int",
     "port",
     "positive_float",
@@ -78,3 +79,11 @@ def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool
         return value
 
     return parse
+
+
+def non_empty_path(text: str) -> str:
+    """A path option's value; an empty one (``--weights "$W"`` with W unset) is refused rather than taken as
+    "not given"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string (an unset variable?)")
+    return text

@@ -8,7 +8,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from rfkp.cli.arguments import probability
+from rfkp.cli.arguments import non_empty_path, probability
 
 
 def sample_image_path() -> Path:
@@ -17,7 +17,7 @@ def sample_image_path() -> Path:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="predict on the bundled sample image", description=__doc__)
-    p.add_argument("--weights", help="checkpoint (default: the project's default model)")
+    p.add_argument("--weights", type=non_empty_path, help="checkpoint (default: the project's default model)")
     p.add_argument("--out", default="rfkp_demo", help="output folder (default: rfkp_demo)")
     p.add_argument("--threshold", type=probability, default=0.3, help="minimum rescored score (default 0.3)")
     p.add_argument("--local", action="store_true", help="run in-process instead of through the server")

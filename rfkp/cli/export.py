@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rfkp.cli.arguments import positive_int, queue_delay_us
+from rfkp.cli.arguments import non_empty_path, positive_int, queue_delay_us
 from rfkp.cli.paths import check_output_file, check_output_folder, refuse_overwriting_inputs
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export", help="export to ONNX, a TensorRT engine or a Triton model entry", description=__doc__
     )
     p.add_argument(
-        "--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)"
+        "--weights", type=non_empty_path,
+        help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)",
     )
     p.add_argument(
         "--format", choices=("onnx", "engine", "triton"), default="onnx", help="what to write (default onnx)"
@@ -140,8 +141,6 @@ def _check_paths(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(outputs, {"--weights": args.weights, "--engine": args.engine})
     if args.engine and not Path(args.engine).is_file():
         raise FileNotFoundError(f"--engine {args.engine} not found")
-    if args.weights == "":
-        raise ValueError("--weights is empty (an unset variable?); leave it out for the project's default model")
     if args.format == "triton":
         check_output_folder(out, "--out")
         if (out / "1").exists() and not (out / "1").is_dir():

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rfkp.cli.arguments import positive_float, positive_int, probability
+from rfkp.cli.arguments import non_empty_path, positive_float, positive_int, probability
 from rfkp.devices import device_arg
 
 
@@ -29,7 +29,7 @@ def _image_suffixes() -> frozenset[str]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect keypoints in images", description=__doc__)
     p.add_argument("images", nargs="+", help="image files, or folders of images")
-    p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
+    p.add_argument("--weights", type=non_empty_path, help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--url", help="HOST:PORT of a running rfkp server (gRPC) instead of local weights")
     p.add_argument("--threshold", type=probability, default=0.5, help="minimum rescored score (default 0.5)")
     p.add_argument("--resolution", type=positive_int, help="input resolution (multiple of patch size x windows)")

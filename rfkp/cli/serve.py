@@ -23,6 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from rfkp.cli.arguments import (
+    non_empty_path,
     non_negative_int,
     port,
     positive_float,
@@ -65,7 +66,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the model over gRPC/HTTP with Triton Inference Server", description=__doc__)
-    p.add_argument("--weights", help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
+    p.add_argument("--weights", type=non_empty_path, help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--device", type=_serve_device, default="cpu", help="where the network runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind: IPv4, IPv6 (::1 or [::1]) or a host name (default 127.0.0.1, loopback only)")
     p.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001; 0 picks a free one)")

@@ -158,3 +158,14 @@ def test_demo_with_missing_weights_leaves_nothing(tmp_path: Path, capsys) -> Non
         assert main(["demo", "--weights", str(tmp_path / "nope.pt"), "--out", str(out), *mode]) == 1
         assert "checkpoint not found" in capsys.readouterr().err
     assert not out.exists()  # no server run folder, no pictures
+
+
+@pytest.mark.parametrize("command", ["predict", "demo", "serve", "export"])
+def test_an_empty_weights_path_is_refused_not_taken_for_the_default(command: str, capsys) -> None:
+    from rfkp.cli.main import main
+
+    extra = {"predict": ["image.jpg"], "export": ["--out", "x.onnx"]}.get(command, [])
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--weights", "", *extra])
+    assert exc.value.code == 2
+    assert "argument --weights: expected a path, got an empty string" in capsys.readouterr().err
