@@ -56,7 +56,9 @@ def prepare_batch(
         except (ValueError, TypeError) as exc:
             if len(images) == 1:
                 raise
-            raise type(exc)(f"image {i} of {len(images)}: {exc}") from exc
+            located = type(exc)(f"image {i} of {len(images)}: {exc}")
+            located.image_index = i  # callers that know the images better (dataset ids) name them from it
+            raise located from exc
         sizes.append((tensor.shape[1], tensor.shape[2]))
         resized.append(_resize(tensor, size, device))
         del tensor

@@ -121,7 +121,12 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
     from rfkp.api import RFDETRKeypoint
     from trainer.data.schema import infer_schema
-    from trainer.data.validate import check_image_files, load_coco_json, validate_coco
+    from trainer.data.validate import (
+        check_image_files,
+        load_coco_json,
+        require_labelled_keypoints,
+        validate_coco,
+    )
     from trainer.evaluation.coco_eval import evaluate_keypoints
     from trainer.evaluation.predict import predict_rows
     from trainer.evaluation.results import class_categories
@@ -131,13 +136,16 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     coco = load_coco_json(args.data)
     schema = infer_schema(coco, args.data.name)
     validate_coco(coco, schema, args.data.name)
+    require_labelled_keypoints(coco, args.data.name, "there is nothing to calibrate on")
     _check_options(args, coco)
     check_image_files(coco, args.images, args.data.name)
     sigmas = load_sigmas(args.sigmas, schema)
     dtype = _stored_float_dtype(args.weights)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
     config = model.config
-    categories = class_categories(config.class_names, schema)[: len(config.num_keypoints_per_class)]
+    categories = class_categories(config.class_names, schema, config.num_keypoints_per_class)[
+        : len(config.num_keypoints_per_class)
+    ]
     missing = [config.class_names[c] for c, cat in enumerate(categories) if cat is None]
     if missing:
         raise ValueError(f"{args.data.name} has no category for the keypointed classes {missing}")

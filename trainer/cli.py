@@ -16,7 +16,7 @@ from typing import Any
 from rfkp.cli.arguments import positive_int, probability
 from rfkp.devices import device_arg
 from trainer.data.schema import DatasetSchema, infer_schema
-from trainer.data.validate import check_image_files, load_coco_json, validate_coco
+from trainer.data.validate import check_image_files, load_coco_json, require_labelled_keypoints, validate_coco
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.plots import reliability_plot
 from trainer.evaluation.predict import predict_rows
@@ -106,6 +106,7 @@ def eval_main(args: argparse.Namespace) -> int:
     coco = load_coco_json(args.data)
     schema = infer_schema(coco, args.data.name)
     validate_coco(coco, schema, args.data.name)
+    require_labelled_keypoints(coco, args.data.name, "there is nothing to evaluate against")
     sigmas = load_sigmas(args.sigmas, schema)
     if args.weights is not None:
         rows = _predict_rows(args, coco, schema)

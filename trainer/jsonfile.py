@@ -30,6 +30,8 @@ def load_json(path: Path, what: str) -> Any:
         ) from err
     except UnicodeDecodeError as err:
         raise ValueError(f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except RecursionError:
+        raise ValueError(f"{path.name}: JSON nested too deeply to read") from None
 
 
 def _is_sigma(value: Any) -> bool:

@@ -251,6 +251,7 @@ def _check_run_folder(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from rfkp import variants
     from trainer.data.coco import CocoKeypointDataset
+    from trainer.data.validate import require_labelled_keypoints
     from trainer.loop.build import build_network, model_config_for
     from trainer.loop.init_from import architecture_of
     from trainer.loop.optim import OptimizerSettings
@@ -273,13 +274,20 @@ def _run(args: argparse.Namespace) -> int:
     _check_run_folder(args)
 
     train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)
+    require_labelled_keypoints(train_set.coco, args.data.name, "there is nothing to train on")
     _check_flip_pair_categories(flip_pairs, train_set.schema, args.data.name)
     val_set = None
     if args.val is not None:
         val_set = CocoKeypointDataset(args.val, args.val_images or args.images, flip_pairs=flip_pairs,
                                       side_tokens=side_tokens)
-        if val_set.schema.num_keypoints_per_class != train_set.schema.num_keypoints_per_class:
-            raise ValueError(f"{args.val.name} and {args.data.name} describe different skeletons")
+        require_labelled_keypoints(val_set.coco, args.val.name, "validation would rank the epochs on nothing")
+        described = [(s.class_names, s.num_keypoints_per_class) for s in (val_set.schema, train_set.schema)]
+        if described[0] != described[1]:  # validation matches classes to categories by name
+            (val_names, val_k), (train_names, train_k) = described
+            raise ValueError(
+                f"{args.val.name} and {args.data.name} describe different categories: {val_names} with "
+                f"{val_k} keypoints vs {train_names} with {train_k}"
+            )
     # checked before training, not at the first validation
     sigmas = load_sigmas(args.sigmas, (val_set if val_set is not None else train_set).schema)
 

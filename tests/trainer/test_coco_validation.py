@@ -114,6 +114,25 @@ CASES: list[tuple[str, Callable[[dict], None], str]] = [
     ("dup ann", lambda c: c["annotations"].append(copy.deepcopy(_ann(c))), "annotation id 100.*duplicate"),
     ("iscrowd", lambda c: _ann(c).update(iscrowd=2), "'iscrowd' must be 0 or 1"),
     ("area", lambda c: _ann(c).update(area=-1), "'area' must be a finite number >= 0"),
+    ("list image_id", lambda c: _ann(c).update(image_id=[10]), r"'image_id' must be an integer, got \[10\]"),
+    ("dict category_id", lambda c: _ann(c).update(category_id={"a": 1}), "'category_id' must be an integer"),
+    ("bool ann id", lambda c: _ann(c).update(id=True), "'id' must be an integer, got True"),
+    ("huge image id", lambda c: c["images"][1].update(id=2**64 + 5), "'id' must be an integer in the int64 range"),
+    (
+        "kp far outside",
+        lambda c: _ann(c)["keypoints"].__setitem__(0, 1e30),
+        r"keypoint 0 at \(1e\+30, 2\) lies far outside the 8x6 image",
+    ),
+    (
+        "category name",
+        lambda c: c["categories"][0].update(name=None),
+        "category #0: 'name' must be a non-empty string, got None",
+    ),
+    (
+        "dup category name",
+        lambda c: c["categories"].append({**c["categories"][0], "id": 2}),
+        r"category id 2 \('thing'\): duplicate category name \(category id 1\)",
+    ),
 ]
 
 
@@ -182,3 +201,32 @@ def test_an_undecodable_image_names_its_id(tmp_path: Path) -> None:
     image.write_bytes(image.read_bytes()[:40])  # a header without pixels
     with pytest.raises(ValueError, match="ann.json: image id 11: could not decode image file .*b.png"):
         dataset[1]
+
+
+def test_keypoints_just_outside_the_image_and_unlabelled_ones_anywhere_pass() -> None:
+    coco = copy.deepcopy(VALID)
+    _ann(coco)["keypoints"] = [-3.5, 10.0, 1, 15.0, -5.0, 2, 1e9, 1e9, 0]  # within one image size of the border
+    _validate(coco)
+
+
+def test_long_file_names_are_cut_and_name_the_image(tmp_path: Path) -> None:
+    from trainer.data.validate import check_image_files
+
+    coco = copy.deepcopy(VALID)
+    coco["images"][1]["file_name"] = "x" * 5000 + ".png"
+    _write(tmp_path, coco)
+    with pytest.raises(CocoFormatError, match=r"ann.json: image id 11: file 'xxx.*' cannot be looked up") as exc:
+        check_image_files(coco, tmp_path / "images", "ann.json")
+    assert len(str(exc.value)) < 300
+
+
+def test_files_without_labelled_keypoints_are_refused_for_training_and_evaluation() -> None:
+    from trainer.data.validate import require_labelled_keypoints
+
+    coco = copy.deepcopy(VALID)
+    require_labelled_keypoints(coco, "ann.json", "nothing to do")
+    _ann(coco)["keypoints"] = [0, 0, 0] * 3
+    for kept in (coco["annotations"], []):
+        coco["annotations"] = kept
+        with pytest.raises(CocoFormatError, match=r"ann.json: none of its \d annotations has a labelled keypoint"):
+            require_labelled_keypoints(coco, "ann.json", "nothing to do")

@@ -65,3 +65,13 @@ def test_mismatched_classes_are_refused() -> None:
         ValueError, match=r"model class 2 \('a'\) has 3 keypoints but dataset category 4 \('a'\) has 4"
     ):
         detections_to_results(_detections(), 7, class_categories(["b", "background", "a"], other))
+    with pytest.raises(  # with the model's K the mismatch is found before any image is run
+        ValueError, match=r"model class 0 \('a'\) has 3 keypoints but dataset category 4 \('a'\) has 4"
+    ):
+        class_categories(["a"], other, [3])
+
+
+def test_categories_no_class_matches_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        assert class_categories(["a"], SCHEMA, [3]) == [SCHEMA.categories[0]]
+    assert "dataset categories ['b'] match no model class: their objects count as missed" in caplog.text

@@ -179,3 +179,22 @@ def test_eval_input_and_option_errors(tmp_path: Path, capsys: pytest.CaptureFixt
         sigmas.write_text(json.dumps(content))
         assert _run(["eval", "--data", data, "--detections", str(results), "--sigmas", str(sigmas)]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_an_unreadable_image_is_named_by_its_dataset_id(tmp_path: Path) -> None:
+    from trainer.data.schema import infer_schema
+    from trainer.evaluation.predict import predict_rows
+
+    coco = _sample()
+    images = sorted(coco["images"], key=lambda im: im["id"])[:3]
+    coco["images"] = images
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in images:
+        (folder / image["file_name"]).write_bytes((SAMPLE / "images" / image["file_name"]).read_bytes())
+    broken = images[1]
+    (folder / broken["file_name"]).write_bytes(b"\xff\xd8 not a jpeg")
+    model = RFDETRKeypoint.from_config(tiny(resolution=64), device="cpu")
+    with pytest.raises(ValueError, match=rf"^image id {broken['id']} \('{broken['file_name']}'\): ") as exc:
+        predict_rows(model, coco, folder, infer_schema(coco), batch_size=3)
+    assert "of 3" not in str(exc.value)  # not the position in the batch

@@ -123,6 +123,8 @@ def test_sigma_overrides_apply_per_category() -> None:
         category_sigmas(schema, {1: [0.1, 0.2]})
     with pytest.raises(ValueError, match="must be finite and > 0"):
         category_sigmas(schema, {1: -0.1})
+    with pytest.raises(ValueError, match=r"category 1 \('mirror_mouse_side'\) has several sigma entries"):
+        category_sigmas(schema, {"1": 0.1, "mirror_mouse_side": 0.2})
 
 
 def test_no_detections_score_zero() -> None:
@@ -152,6 +154,15 @@ def test_bad_result_rows_are_named() -> None:
             "keypoint 0 is not symmetric positive",
         ),
         ([dict(good[0], keypoint_covariance=[[[1, 0], [0, 1]]] * 17), good[1]], "1 of 2 result rows carry"),
+        # numpy would convert these strings, pycocotools would then fail with a traceback
+        ([dict(good[0], score="0.5")], "'score' must be a finite number, got '0.5'"),
+        ([dict(good[0], keypoints=[str(v) for v in good[0]["keypoints"]])], "'keypoints' must be a flat list"),
+        ([dict(good[0], image_id=[good[0]["image_id"]])], r"result row 0: 'image_id' must be an integer, got \["),
+        ([dict(good[0], category_id=True)], "'category_id' must be an integer, got True"),
+        ([dict(good[0], image_id=2**64)], "'image_id' must be an integer"),
+        ([dict(good[0], bbox=[0, 0, 5, 5]), good[1]], r"result row 1 .*'bbox' is given on some rows only"),
+        ([dict(good[0], bbox=[0, 0, "5", 5])], "'bbox' must be \\[x, y, width, height\\]"),
+        ([dict(good[0], keypoint_covariance=[[["1", 0], [0, 1]]] * 17)], "must hold finite numbers only"),
     ]
     for rows, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -227,8 +227,8 @@ def test_an_out_that_holds_a_run_needs_resume(data, capsys, tmp_path) -> None:
 def test_a_failed_start_leaves_no_empty_out_behind(capsys, tmp_path) -> None:
     empty_json = make_dataset(tmp_path, "empty", 0, seed=0)
     out = tmp_path / "new" / "run"
-    assert main(_train(tmp_path, empty_json, out=out)) == 1  # refused after the trainer made the folder
-    assert "empty.json has no images to train on" in capsys.readouterr().err
+    assert main(_train(tmp_path, empty_json, out=out)) == 1
+    assert "empty.json: none of its 0 annotations has a labelled keypoint" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 
@@ -266,3 +266,24 @@ def test_an_image_of_another_size_is_refused_before_training(tmp_path, capsys) -
     err = capsys.readouterr().err
     assert "train.json: image id 2: file 'train_001.png' is 10x12 but the annotation says 128x128" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_val_file_of_other_categories_is_refused_before_training(data, tmp_path, capsys) -> None:
+    root, train_json = data
+    coco = json.loads(train_json.read_text())
+    for category in coco["categories"]:
+        category["name"] += "_renamed"  # same skeletons: validation would match no class and score nothing
+    val = root / "val_renamed.json"
+    val.write_text(json.dumps(coco))
+    out = tmp_path / "run"
+    assert main(_train(root, train_json, "--val", str(val), out=out)) == 1
+    assert "val_renamed.json and train.json describe different categories" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_deeply_nested_json_is_a_message_not_a_traceback(data, tmp_path, capsys) -> None:
+    root, train_json = data
+    sigmas = tmp_path / "deep.json"
+    sigmas.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(_train(root, train_json, "--sigmas", str(sigmas), out=tmp_path / "run")) == 1
+    assert "deep.json: JSON nested too deeply to read" in capsys.readouterr().err

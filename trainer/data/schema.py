@@ -177,6 +177,7 @@ def infer_schema(
         raise CocoFormatError(f"{source}: 'categories' must be a non-empty list")
     annotations = coco.get("annotations") if isinstance(coco.get("annotations"), list) else []
     seen_ids: set[int] = set()
+    seen_names: dict[str, int] = {}
     out: list[CategorySchema] = []
     for position, category in enumerate(categories):
         where = f"{source}: category #{position}"
@@ -187,10 +188,15 @@ def infer_schema(
                 raise CocoFormatError(f"{where}: missing key '{key}'")
         if not _is_int(category["id"]):
             raise CocoFormatError(f"{where}: 'id' must be an integer, got {category['id']!r}")
+        if not isinstance(category["name"], str) or not category["name"].strip():
+            raise CocoFormatError(f"{where}: 'name' must be a non-empty string, got {category['name']!r}")
         where = f"{source}: category id {category['id']} ({category['name']!r})"
         if category["id"] in seen_ids:
             raise CocoFormatError(f"{where}: duplicate category id")
+        if category["name"] in seen_names:  # models and results match classes to categories by name
+            raise CocoFormatError(f"{where}: duplicate category name (category id {seen_names[category['name']]})")
         seen_ids.add(category["id"])
+        seen_names[category["name"]] = category["id"]
         names = _keypoint_names(category, annotations, where)
         skeleton = _skeleton(category, len(names), where)
         spec = _flip_spec_for(flip_pairs, category["id"], str(category["name"]))

@@ -40,6 +40,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _is_id(value: Any) -> bool:
+    """An id as COCO tools hold them: an integer in the int64 range (numpy arrays and pycocotools use int64)."""
+    return _is_int(value) and -_INT64_MAX - 1 <= value <= _INT64_MAX
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -55,8 +68,8 @@ def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
         for key in _IMAGE_KEYS:
             if key not in image:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
-        if not _is_int(image["id"]):
-            raise CocoFormatError(f"{where}: 'id' must be an integer, got {image['id']!r}")
+        if not _is_id(image["id"]):
+            raise CocoFormatError(f"{where}: 'id' must be an integer in the int64 range, got {image['id']!r}")
         if image["id"] in by_id:
             raise CocoFormatError(f"{where}: duplicate image id")
         if not isinstance(image["file_name"], str) or not image["file_name"]:
@@ -68,7 +81,9 @@ def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
     return by_id
 
 
-def _check_keypoints(ann: Mapping[str, Any], num_keypoints: int, where: str, category: str) -> None:
+def _check_keypoints(
+    ann: Mapping[str, Any], num_keypoints: int, where: str, category: str, image: Mapping[str, Any]
+) -> None:
     values = ann["keypoints"]
     if not isinstance(values, list):
         raise CocoFormatError(f"{where}: 'keypoints' must be a list of x, y, v triplets")
@@ -86,6 +101,13 @@ def _check_keypoints(ann: Mapping[str, Any], num_keypoints: int, where: str, cat
             )
         if v not in _VISIBILITY or isinstance(v, bool):
             raise CocoFormatError(f"{where}: keypoint {k} has visibility {v!r}; it must be 0, 1 or 2")
+        width, height = image["width"], image["height"]
+        # labelled points may lie a little outside the image (occluded at the border), not an image away
+        if v > 0 and not (-width <= x <= 2 * width and -height <= y <= 2 * height):
+            raise CocoFormatError(
+                f"{where}: keypoint {k} at ({x}, {y}) lies far outside the {width}x{height} image "
+                "(more than the image's size beyond its border)"
+            )
         labelled += v > 0
     if "num_keypoints" in ann and ann["num_keypoints"] != labelled:
         raise CocoFormatError(
@@ -122,14 +144,15 @@ def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = 
     for position, ann in enumerate(annotations):
         if not isinstance(ann, Mapping):
             raise CocoFormatError(f"{source}: annotations[{position}] must be an object")
-        where = f"{source}: annotation id {ann.get('id', f'? (annotations[{position}])')}"
+        where = f"{source}: annotation id {_short(ann.get('id', f'? (annotations[{position}])'))}"
         if "image_id" in ann:
-            where += f" (image id {ann['image_id']})"
+            where += f" (image id {_short(ann['image_id'])})"
         for key in _ANNOTATION_KEYS:
             if key not in ann:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
-        if not _is_int(ann["id"]):
-            raise CocoFormatError(f"{where}: 'id' must be an integer, got {ann['id']!r}")
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise CocoFormatError(f"{where}: '{key}' must be an integer, got {_short(ann[key])}")
         if ann["id"] in seen:
             raise CocoFormatError(f"{where}: duplicate annotation id")
         seen.add(ann["id"])
@@ -142,12 +165,27 @@ def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = 
         category = categories[ann["category_id"]]
         _check_bbox(ann["bbox"], where)
         _check_keypoints(
-            ann, category.num_keypoints, where, f"category {category.category_id} {category.name!r}"
+            ann, category.num_keypoints, where, f"category {category.category_id} {category.name!r}",
+            images[ann["image_id"]],
         )
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
             raise CocoFormatError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
         if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
             raise CocoFormatError(f"{where}: 'area' must be a finite number >= 0, got {ann['area']!r}")
+
+
+def require_labelled_keypoints(coco: Mapping[str, Any], source: str, purpose: str) -> None:
+    """Refuse a (validated) file in which no annotation has a labelled keypoint: training would learn nothing
+    and OKS AP would be -1 (pycocotools skips such annotations). ``purpose`` completes the message.
+
+    Raises:
+        CocoFormatError: naming the file and what it was meant for.
+    """
+    if not any(any(v > 0 for v in ann["keypoints"][2::3]) for ann in coco["annotations"]):
+        count = len(coco["annotations"])
+        raise CocoFormatError(
+            f"{source}: none of its {count} annotations has a labelled keypoint (v > 0); {purpose}"
+        )
 
 
 def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: str = "<coco>") -> None:
@@ -162,9 +200,16 @@ def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: s
         raise FileNotFoundError(f"image folder not found: {root}")
     for image in coco["images"]:
         path = root / image["file_name"]
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as err:  # a name too long for the file system, say
             raise CocoFormatError(
-                f"{source}: image id {image['id']}: file {image['file_name']!r} not found in {root}"
+                f"{source}: image id {image['id']}: file {_short(image['file_name'])} cannot be looked up: "
+                f"{err.strerror or err}"
+            ) from None
+        if not found:
+            raise CocoFormatError(
+                f"{source}: image id {image['id']}: file {_short(image['file_name'])} not found in {root}"
             )
 
 

@@ -9,6 +9,8 @@ A row is COCO's keypoint result format, ``{"image_id", "category_id", "keypoints
 from __future__ import annotations
 
 import copy
+import logging
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,18 +23,31 @@ from trainer.evaluation.calibration import COVARIANCE_KEY
 if TYPE_CHECKING:
     from rfkp.detections import KeypointDetections
 
+logger = logging.getLogger(__name__)
+
 _REQUIRED = ("image_id", "category_id", "keypoints", "score")
 
 
+def _is_number(value: Any) -> bool:
+    """A real number (a numpy one too): not a bool, not a string that numpy would convert."""
+    return isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
 def _finite(values: Any) -> bool:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return False
-    return bool(np.isfinite(array).all())
+    """Finite numbers only (flat or nested lists of them)."""
+    if isinstance(values, (list, tuple)):
+        return all(_finite(v) for v in values)
+    return _is_number(values) and bool(np.isfinite(values))
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+        and -(2**63) <= int(value) < 2**63  # fmt: skip
 
 
 def _check_covariance(value: Any, num_keypoints: int, where: str) -> None:
+    if not _finite(value):
+        raise ValueError(f"{where}: '{COVARIANCE_KEY}' must hold finite numbers only")
     try:
         cov = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -69,6 +84,9 @@ def check_results(
         for key in _REQUIRED:
             if key not in row:
                 raise ValueError(f"{where}: missing key '{key}'")
+        for key in ("image_id", "category_id"):
+            if not _is_id(row[key]):
+                raise ValueError(f"{where}: '{key}' must be an integer, got {row[key]!r:.80}")
         where += f" (image id {row['image_id']})"
         if row["image_id"] not in image_ids:
             raise ValueError(f"{where}: image id not in the ground truth")
@@ -84,10 +102,15 @@ def check_results(
                 else type(row["keypoints"]).__name__
             )
             raise ValueError(f"{where}: 'keypoints' has {got} values, expected {3 * k} (3 x {k} keypoints)")
-        if not _finite(row["keypoints"]):
-            raise ValueError(f"{where}: 'keypoints' has non-numeric or non-finite values")
-        if not _finite(row["score"]) or isinstance(row["score"], bool) or not np.ndim(row["score"]) == 0:
-            raise ValueError(f"{where}: 'score' must be a finite number, got {row['score']!r}")
+        if not all(_is_number(v) for v in row["keypoints"]) or not _finite(row["keypoints"]):
+            raise ValueError(f"{where}: 'keypoints' must be a flat list of finite numbers")
+        if not _finite(row["score"]) or isinstance(row["score"], (list, tuple)):
+            raise ValueError(f"{where}: 'score' must be a finite number, got {row['score']!r:.80}")
+        if i and ("bbox" in row) != ("bbox" in results[0]):  # pycocotools reads the first row's keys for all
+            raise ValueError(f"{where}: 'bbox' is given on some rows only; give it on all or none")
+        if "bbox" in row and not (isinstance(row["bbox"], (list, tuple)) and len(row["bbox"]) == 4
+                                  and _finite(row["bbox"])):  # fmt: skip
+            raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers")
         if COVARIANCE_KEY in row:
             _check_covariance(row[COVARIANCE_KEY], k, where)
             with_cov += 1
@@ -98,11 +121,18 @@ def check_results(
     return [copy.deepcopy(dict(row)) for row in results]
 
 
-def class_categories(class_names: Sequence[str], schema: DatasetSchema) -> list[CategorySchema | None]:
-    """For each model class, the dataset category of the same name (None when the dataset has none).
+def class_categories(
+    class_names: Sequence[str], schema: DatasetSchema, num_keypoints_per_class: Sequence[int] | None = None
+) -> list[CategorySchema | None]:
+    """For each model class, the dataset category of the same name (None when the dataset has none). Classes
+    and categories left unmatched are logged as warnings: the dataset's are then counted as missed.
+
+    Args:
+        num_keypoints_per_class: the model's K per keypointed class; when given, a matched category with
+            another K is refused here, before any image is run.
 
     Raises:
-        ValueError: no class name matches a category.
+        ValueError: no class name matches a category, or a matched category has another keypoint count.
     """
     by_name = {c.name: c for c in schema.categories}
     mapping = [by_name.get(name) for name in class_names]
@@ -110,6 +140,17 @@ def class_categories(class_names: Sequence[str], schema: DatasetSchema) -> list[
         raise ValueError(
             f"no model class {list(class_names)} matches a dataset category {schema.class_names}"
         )
+    for c, (name, category) in enumerate(zip(class_names, mapping)):
+        k = num_keypoints_per_class[c] if num_keypoints_per_class is not None and c < len(num_keypoints_per_class) \
+            else None  # fmt: skip
+        if category is not None and k is not None and k != category.num_keypoints:
+            raise ValueError(
+                f"model class {c} ({name!r}) has {k} keypoints but dataset category {category.category_id} "
+                f"({category.name!r}) has {category.num_keypoints}"
+            )
+    unmatched = [c.name for c in schema.categories if c.name not in set(class_names)]
+    if unmatched:
+        logger.warning("dataset categories %s match no model class: their objects count as missed", unmatched)
     return mapping
 
 

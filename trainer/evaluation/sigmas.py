@@ -43,10 +43,13 @@ def is_coco_person(category: CategorySchema) -> bool:
 def _override_for(
     overrides: Mapping[int | str, SigmaOverride], category: CategorySchema
 ) -> SigmaOverride | None:
-    for key in (category.category_id, str(category.category_id), category.name):
-        if key in overrides:
-            return overrides[key]
-    return None
+    keys = [key for key in dict.fromkeys((category.category_id, str(category.category_id), category.name))
+            if key in overrides]  # fmt: skip
+    if len(keys) > 1:
+        raise ValueError(
+            f"category {category.category_id} ({category.name!r}) has several sigma entries {keys}; give one"
+        )
+    return overrides[keys[0]] if keys else None
 
 
 def category_sigmas(

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from trainer.data.schema import DatasetSchema, infer_schema
-from trainer.data.validate import check_image_files, load_coco_json, validate_coco
+from trainer.data.validate import check_image_files, load_coco_json, require_labelled_keypoints, validate_coco
 from trainer.evaluation.coco_eval import evaluate_keypoints
+from trainer.evaluation.predict import naming_dataset_images
 from trainer.evaluation.results import class_categories, detections_to_results
 from trainer.evaluation.sigmas import SigmaOverride
 from trainer.nas.space import ArchChoice
@@ -121,6 +122,7 @@ def _load_val_set(coco_json: str | Path | Mapping[str, Any], images_dir: str | P
         coco, source = load_coco_json(coco_json), Path(coco_json).name
     schema = infer_schema(coco, source)
     validate_coco(coco, schema, source)
+    require_labelled_keypoints(coco, source, "the configurations cannot be scored on it")
     check_image_files(coco, images_dir, source)
     images = sorted(coco["images"], key=lambda im: im["id"])
     if not images:
@@ -129,14 +131,13 @@ def _load_val_set(coco_json: str | Path | Mapping[str, Any], images_dir: str | P
     return _ValSet(coco, schema, source, images, paths)
 
 
-def _preprocess(
-    model: RFDETRKeypoint, paths: Sequence[str], resolution: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _preprocess(model: RFDETRKeypoint, val: _ValSet, resolution: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (x (b, 3, R, R) on the model's device, source sizes (b, 2) (H, W))."""
-    return [
-        model.preprocess(paths[i : i + PREDICT_BATCH], resolution)
-        for i in range(0, len(paths), PREDICT_BATCH)
-    ]
+    batches = []
+    for i in range(0, len(val.paths), PREDICT_BATCH):
+        with naming_dataset_images(val.images[i : i + PREDICT_BATCH]):
+            batches.append(model.preprocess(val.paths[i : i + PREDICT_BATCH], resolution))
+    return batches
 
 
 def _evaluate(
@@ -148,7 +149,7 @@ def _evaluate(
     sigmas: Mapping[int | str, SigmaOverride] | None,
 ) -> tuple[dict[str, float], dict[str, float], float, int]:
     """(overall stats, AP per category name, 2-sigma coverage, number of detections) of one choice."""
-    categories = class_categories(model.config.class_names, val.schema)
+    categories = class_categories(model.config.class_names, val.schema, model.config.num_keypoints_per_class)
     arch = choice.arch_kwargs()
     rows: list[dict[str, Any]] = []
     start = 0
@@ -201,7 +202,8 @@ def search(
     for choice in choices:
         choice.check_model(model.config)
     val = _load_val_set(coco_json, images_dir)
-    class_categories(model.config.class_names, val.schema)  # fail early on a model/dataset mismatch
+    # fail early on a model/dataset mismatch
+    class_categories(model.config.class_names, val.schema, model.config.num_keypoints_per_class)
     name = device_name(model.device)
     by_resolution: dict[int, list[int]] = {}
     for i, choice in enumerate(choices):
@@ -209,7 +211,7 @@ def search(
     results: list[SearchResult | None] = [None] * len(choices)
     with tqdm(total=len(choices), desc="search", unit="config", disable=not progress) as bar:
         for resolution, indexes in by_resolution.items():
-            batches = _preprocess(model, val.paths, resolution)
+            batches = _preprocess(model, val, resolution)
             one_image, one_size = batches[0][0][:1], batches[0][1][:1]
             for i in indexes:
                 choice = choices[i]
