@@ -34,7 +34,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _finite(values: Any) -> bool:
-    """Finite numbers only (flat or nested lists of them)."""
+    """Finite numbers only (flat or nested lists of them, or a numeric numpy array)."""
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind in "iuf" and bool(np.isfinite(values).all())
     if isinstance(values, (list, tuple)):
         return all(_finite(v) for v in values)
     return _is_number(values) and bool(np.isfinite(values))
