@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.cli.arguments import non_negative_int, probability
+from rfkp.cli.arguments import non_negative_int, positive_float, probability
+from rfkp.cli.paths import check_output_file
 from rfkp.devices import device_arg
 from trainer.jsonfile import dumps_strict, load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
@@ -64,6 +65,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--sigmas", type=Path, help="JSON object {category id or name: sigma or [per keypoint]}"
     )
+    parser.add_argument(
+        "--budget-ms", type=positive_float,
+        help="pick the most accurate choice whose median latency is within this many milliseconds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-choice", type=Path, metavar="PATH",
+        help="with --budget-ms: write the picked sub-architecture as a checkpoint of its own (rfkp predict, "
+             "serve and export then run it without knobs)",
+    )  # fmt: skip
     parser.set_defaults(func=main)
     return parser
 
@@ -71,7 +81,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> str:
     parts = ["rfkp", "search"]
     for flag in ("--weights", "--data", "--images", "--out", *(f for f, *_ in _AXIS_OPTIONS), "--device",
-                 "--runs", "--warmup", "--max-configs", "--seed", "--threshold", "--sigmas"):  # fmt: skip
+                 "--runs", "--warmup", "--max-configs", "--seed", "--threshold", "--sigmas", "--budget-ms",
+                 "--save-choice"):  # fmt: skip
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None:
             parts += [flag, str(value)]
@@ -117,6 +128,11 @@ def _check_out(args: argparse.Namespace) -> None:
     inputs = {"--weights": args.weights, "--data": args.data, "--sigmas": args.sigmas}
     for name in OUT_FILES:
         check_outputs({"--out": out / name}, inputs)
+    if args.save_choice is not None:
+        if args.budget_ms is None:
+            raise ValueError("--save-choice writes the choice --budget-ms picks: give --budget-ms too")
+        check_output_file(args.save_choice, "--save-choice")
+        check_outputs({"--save-choice": args.save_choice}, {**inputs, **{f"--out {n}": out / n for n in OUT_FILES}})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -125,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     from rfkp.api import RFDETRKeypoint
     from trainer.data.schema import infer_schema
     from trainer.data.validate import load_coco_json
-    from trainer.nas.pareto import pareto_front, write_csv
+    from trainer.nas.pareto import pareto_front, pick_within_budget, write_csv
     from trainer.nas.plot import pareto_plot
     from trainer.nas.search import device_name, search
 
@@ -171,9 +187,34 @@ def _run(args: argparse.Namespace) -> int:
         "results": [r.to_dict() for r in results],
         "pareto": [r.choice.key() for r in front],
     }
+    picked = None
+    if args.budget_ms is not None:
+        picked = pick_within_budget(results, args.budget_ms)
+        meta["budget"] = {"ms": args.budget_ms, "picked": picked.choice.key() if picked else None}
     (out / "search.json").write_text(dumps_strict(meta, indent=2), encoding="utf-8")
     print(format_front(front))
     print(f"wrote search.csv, pareto.csv, pareto.png and search.json to {out}")
+    if args.budget_ms is not None:
+        return _report_pick(model, results, picked, args)
+    return 0
+
+
+def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Namespace) -> int:
+    """Print (and with --save-choice, write) the choice picked within --budget-ms; 1 when none fits."""
+    from trainer.nas.bake import bake
+
+    if picked is None:
+        fastest = min(r.latency_ms_median for r in results)
+        print(f"rfkp search: error: no choice runs within {args.budget_ms:g} ms here (the fastest took "
+              f"{fastest:.2f} ms); see {args.out / 'search.csv'}", file=sys.stderr)  # fmt: skip
+        return 1
+    c = picked.choice
+    print(f"within {args.budget_ms:g} ms: {c.key()} (AP {picked.ap:.4f}, {picked.latency_ms_median:.2f} ms median)"
+          f"; predict(img, resolution={c.resolution}, patch_size={c.patch_size}, num_windows={c.num_windows}, "
+          f"dec_layers={c.dec_layers}, num_queries={c.num_queries})")  # fmt: skip
+    if args.save_choice is not None:
+        bake(model, c).save_checkpoint(args.save_choice)
+        print(f"wrote {args.save_choice}: the {c.key()} sub-architecture as a checkpoint of its own")
     return 0
 
 

@@ -140,3 +140,43 @@ def test_search_outputs_and_threshold_are_checked_before_the_search(tmp_path: Pa
     assert rfkp_main([*argv, *small, "--sigmas", str(sigmas)]) == 1
     assert "sigmas.json: entry 'mirror_mouse_side': expected a sigma" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_search_picks_within_a_latency_budget_and_saves_the_choice(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv, _ = _setup(tmp_path)
+    axes = ["--resolutions", "96,128", "--patch-sizes", "16", "--windows", "2", "--dec-layers", "1,2",
+            "--num-queries", "20", "--runs", "2", "--warmup", "1"]  # fmt: skip
+    saved = tmp_path / "picked.pt"
+    assert rfkp_main([*argv, *axes, "--save-choice", str(saved)]) == 1  # needs the budget, refused first
+    assert "--save-choice writes the choice --budget-ms picks" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert rfkp_main([*argv, *axes, "--budget-ms", "100000", "--save-choice", str(saved)]) == 0
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "out" / "search.json").read_text())
+    results = meta["results"]
+    best = max(r["ap"] for r in results)
+    picked = min((r for r in results if r["ap"] == best), key=lambda r: r["latency_ms_median"])
+    key = f"r{picked['resolution']}-p16-w2-d{picked['dec_layers']}-q20"
+    assert meta["budget"] == {"ms": 100000.0, "picked": key} and f"within 100000 ms: {key}" in out
+    cfg = RFDETRKeypoint.from_checkpoint(saved, device="cpu").config
+    assert (cfg.resolution, cfg.dec_layers) == (picked["resolution"], picked["dec_layers"])
+    assert rfkp_main([*argv, *axes, "--budget-ms", "0.000001"]) == 1
+    assert "no choice runs within 1e-06 ms here (the fastest took" in capsys.readouterr().err
+
+
+def test_pick_within_budget() -> None:
+    from trainer.nas.pareto import pick_within_budget
+    from trainer.nas.search import SearchResult
+    from trainer.nas.space import ArchChoice
+
+    def result(ap: float, ms: float, queries: int) -> SearchResult:
+        return SearchResult(ArchChoice(96, 16, 2, 1, queries), ap, ap, ap, float("nan"), ms, ms)
+
+    results = [result(0.5, 10, 1), result(0.7, 30, 2), result(0.7, 20, 3), result(-1.0, 1, 4),
+               result(float("nan"), 2, 5), result(0.9, 50, 6)]  # fmt: skip
+    assert pick_within_budget(results, 25).choice.num_queries == 3  # most accurate within 25 ms
+    assert pick_within_budget(results, 30).choice.num_queries == 3  # equal AP: the faster
+    assert pick_within_budget(results, 10).choice.num_queries == 1  # undefined APs are never picked
+    assert pick_within_budget(results, 5) is None

@@ -39,6 +39,13 @@ def pareto_front(results: Sequence[SearchResult]) -> list[SearchResult]:
     return sorted(front, key=lambda r: (r.latency_ms_median, -r.ap))
 
 
+def pick_within_budget(results: Sequence[SearchResult], budget_ms: float) -> SearchResult | None:
+    """The most accurate result whose median latency is within ``budget_ms`` (the faster one on equal AP);
+    None when none fits. Results without a defined AP (NaN, or pycocotools' -1) are never picked."""
+    fitting = [r for r in results if r.latency_ms_median <= budget_ms and r.ap >= 0]  # NaN compares False
+    return max(fitting, key=lambda r: (r.ap, -r.latency_ms_median), default=None)
+
+
 def _cell(value: float | int | bool) -> str:
     if isinstance(value, bool) or isinstance(value, int):
         return str(value)
