@@ -70,7 +70,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="pick the most accurate choice whose median latency is within this many milliseconds",
     )  # fmt: skip
     parser.add_argument(
-        "--save-choice", type=Path, metavar="PATH",
+        "--save-choice", metavar="PATH",  # a str: a trailing separator (a folder) is refused
         help="with --budget-ms: write the picked sub-architecture as a checkpoint of its own (rfkp predict, "
              "serve and export then run it without knobs)",
     )  # fmt: skip
@@ -213,7 +213,7 @@ def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Nam
           f"; predict(img, resolution={c.resolution}, patch_size={c.patch_size}, num_windows={c.num_windows}, "
           f"dec_layers={c.dec_layers}, num_queries={c.num_queries})")  # fmt: skip
     if args.save_choice is not None:
-        bake(model, c).save_checkpoint(args.save_choice)
+        bake(model, c).save_checkpoint(Path(args.save_choice))
         print(f"wrote {args.save_choice}: the {c.key()} sub-architecture as a checkpoint of its own")
     return 0
 

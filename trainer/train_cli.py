@@ -275,18 +275,21 @@ def _run(args: argparse.Namespace) -> int:
 
     train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)
     require_labelled_keypoints(train_set.coco, args.data.name, "there is nothing to train on")
+    shared = train_set.schema.shared_names()
+    if shared:  # the trained model's classes would match no single category when it is evaluated
+        name, ids = next(iter(shared.items()))
+        raise ValueError(f"{args.data.name}: categories {ids} share the name {name!r}; give them distinct names")
     _check_flip_pair_categories(flip_pairs, train_set.schema, args.data.name)
     val_set = None
     if args.val is not None:
         val_set = CocoKeypointDataset(args.val, args.val_images or args.images, flip_pairs=flip_pairs,
                                       side_tokens=side_tokens)
         require_labelled_keypoints(val_set.coco, args.val.name, "validation would rank the epochs on nothing")
-        described = [(s.class_names, s.num_keypoints_per_class) for s in (val_set.schema, train_set.schema)]
-        if described[0] != described[1]:  # validation matches classes to categories by name
-            (val_names, val_k), (train_names, train_k) = described
+        val_k, train_k = (dict(zip(s.class_names, s.num_keypoints_per_class)) for s in (val_set.schema, train_set.schema))
+        if val_k != train_k:  # validation matches classes to categories by name (ids and order may differ)
             raise ValueError(
-                f"{args.val.name} and {args.data.name} describe different categories: {val_names} with "
-                f"{val_k} keypoints vs {train_names} with {train_k}"
+                f"{args.val.name} and {args.data.name} describe different categories: {val_k} vs {train_k} "
+                "(name: keypoints)"
             )
     # checked before training, not at the first validation
     sigmas = load_sigmas(args.sigmas, (val_set if val_set is not None else train_set).schema)

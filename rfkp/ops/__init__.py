@@ -20,11 +20,11 @@ from rfkp.ops.rescore import RESCORE_ALPHA, gaussian_rescore_reference
 
 
 def _float32_under_autocast(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The reference path's inputs: under autocast for `device`, float inputs in float32, as the registered ops
-    get them (their autocast rule), so that mixed dtypes are refused only outside autocast."""
+    """The reference path's inputs: under autocast for `device`, half-precision and float32 inputs in float32
+    (float64 stays), as autocast hands them to the registered ops, so mixed dtypes are refused only outside it."""
     if not torch.is_autocast_enabled(device.type):
         return tensors
-    return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+    return tuple(t.float() if t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors)
 
 
 def multi_scale_deformable_attention(
@@ -76,6 +76,8 @@ def gaussian_rescore(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rescored scores, log mean traces and pixel covariances (see `gaussian_rescore_reference`)."""
     if uses_reference_directly(cholesky.device):
+        cholesky, findable_logit, score, box_wh, image_wh = _float32_under_autocast(
+            cholesky.device, cholesky, findable_logit, score, box_wh, image_wh)
         checks.check_rescore(cholesky, findable_logit, active, score, box_wh, image_wh)
         return gaussian_rescore_reference(cholesky, findable_logit, active, score, box_wh, image_wh, alpha)
     return library.gaussian_rescore_op(cholesky, findable_logit, active, score, box_wh, image_wh, alpha)

@@ -131,6 +131,19 @@ def test_public_rescore_checks_its_inputs_on_cpu():
         ops.gaussian_rescore(*(x[n] for n in names))
 
 
+def test_public_functions_follow_the_ops_autocast_rule():
+    names = ("cholesky", "findable_logit", "active", "score", "box_wh", "image_wh")
+    x = rescore_inputs(3, 2)
+    mixed = {n: (t.bfloat16() if n == "cholesky" else t) for n, t in x.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ops.gaussian_rescore(*(mixed[n] for n in names))
+        want = library.gaussian_rescore_op(*(mixed[n] for n in names), 0.2)
+    assert [t.dtype for t in got] == [t.dtype for t in want] == [torch.float32] * 3
+    wide = msda_inputs(1, 3, 2, 4, LEVELS, 2, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float64 is left alone by autocast
+        assert ops.multi_scale_deformable_attention(*(wide[n] for n in PLAIN)).dtype == torch.float64
+
+
 def test_cuda_requested_for_cpu_tensors_raises(monkeypatch):
     x = msda_inputs(1, 2, 2, 4, LEVELS, 2)
     monkeypatch.setenv(backend.ENV_VAR, "cuda")

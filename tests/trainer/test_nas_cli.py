@@ -84,6 +84,7 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
     cases = [
         (["--resolutions", "100"], "resolution 100 is not a multiple of patch_size x num_windows"),
         (["--resolutions", "8192"], "resolution 8192 is above the largest supported input side 4096"),
+        (["--budget-ms", "5", "--save-choice", "picked/"], "--save-choice picked/ names a folder"),
         (
             ["--resolutions", "128,abc"],
             "--resolutions: expected comma-separated positive integers, got '128,abc'",

@@ -125,6 +125,10 @@ def test_sigma_overrides_apply_per_category() -> None:
         category_sigmas(schema, {1: -0.1})
     with pytest.raises(ValueError, match=r"category 1 \('mirror_mouse_side'\) has several sigma entries"):
         category_sigmas(schema, {"1": 0.1, "mirror_mouse_side": 0.2})
+    digits = infer_schema({"categories": [{"id": 0, "name": "1", "keypoints": ["a"]},
+                                          {"id": 1, "name": "2", "keypoints": ["b"]}]})  # fmt: skip
+    by_id = category_sigmas(digits, {"0": 0.03, "1": 0.04})  # "1" is category 0's name but category 1's id
+    assert by_id[0].tolist() == [0.03] and by_id[1].tolist() == [0.04]
 
 
 def test_no_detections_score_zero() -> None:
@@ -157,11 +161,13 @@ def test_bad_result_rows_are_named() -> None:
         # numpy would convert these strings, pycocotools would then fail with a traceback
         ([dict(good[0], score="0.5")], "'score' must be a finite number, got '0.5'"),
         ([dict(good[0], keypoints=[str(v) for v in good[0]["keypoints"]])], "'keypoints' must be a flat list"),
-        ([dict(good[0], image_id=[good[0]["image_id"]])], r"result row 0: 'image_id' must be an integer, got \["),
-        ([dict(good[0], category_id=True)], "'category_id' must be an integer, got True"),
-        ([dict(good[0], image_id=2**64)], "'image_id' must be an integer"),
+        ([dict(good[0], image_id=[good[0]["image_id"]])], r"result row 0: 'image_id' must be an integer in the int64 range, got \["),
+        ([dict(good[0], category_id=True)], "'category_id' must be an integer in the int64 range, got True"),
+        ([dict(good[0], image_id=2**64)], "'image_id' must be an integer in the int64 range"),
+        ([dict(good[0], score=np.array([0.5, 0.6]))], "'score' must be a finite number"),
         ([dict(good[0], bbox=[0, 0, 5, 5]), good[1]], r"result row 1 .*'bbox' is given on some rows only"),
         ([dict(good[0], bbox=[0, 0, "5", 5])], "'bbox' must be \\[x, y, width, height\\]"),
+        ([dict(good[0], bbox=[0, 0, 5])], "'bbox' must be \\[x, y, width, height\\]"),
         ([dict(good[0], keypoint_covariance=[[["1", 0], [0, 1]]] * 17)], "must hold finite numbers only"),
     ]
     for rows, message in cases:
@@ -169,3 +175,6 @@ def test_bad_result_rows_are_named() -> None:
             evaluate_keypoints(coco, rows)
     evaluate_keypoints(coco, good)
     assert "id" not in good[0] and "area" not in good[0]  # the caller's rows are not written into
+    # integral float ids (pandas) and pycocotools' empty box are what pycocotools itself takes
+    floats = [dict(r, image_id=float(r["image_id"]), category_id=float(r["category_id"]), bbox=[]) for r in good]
+    assert evaluate_keypoints(coco, floats).overall == evaluate_keypoints(coco, good).overall

@@ -287,3 +287,19 @@ def test_deeply_nested_json_is_a_message_not_a_traceback(data, tmp_path, capsys)
     sigmas.write_text("[" * 100_000 + "]" * 100_000)
     assert main(_train(root, train_json, "--sigmas", str(sigmas), out=tmp_path / "run")) == 1
     assert "deep.json: JSON nested too deeply to read" in capsys.readouterr().err
+
+
+def test_a_val_file_listing_the_categories_under_other_ids_is_accepted(data, tmp_path) -> None:
+    root, train_json = data
+    coco = json.loads(train_json.read_text())
+    if len({c["name"] for c in coco["categories"]}) < 2 or len({len(c["keypoints"]) for c in coco["categories"]}) < 2:
+        pytest.skip("needs two categories with different keypoint counts")
+    ids = [c["id"] for c in coco["categories"]]
+    swap = dict(zip(ids, reversed(ids)))  # same names and skeletons, ids exchanged: matched by name
+    for category in coco["categories"]:
+        category["id"] = swap[category["id"]]
+    for ann in coco["annotations"]:
+        ann["category_id"] = swap[ann["category_id"]]
+    val = root / "val_swapped.json"
+    val.write_text(json.dumps(coco))
+    assert main(_train(root, train_json, "--val", str(val), out=tmp_path / "run")) == 0

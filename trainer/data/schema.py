@@ -12,6 +12,7 @@ from typing import Any
 
 from trainer.data.errors import CocoFormatError
 from trainer.data.flip_pairs import FlipPairSpec, flip_permutation, infer_flip_pairs, resolve_flip_pairs
+from trainer.data.ids import ID_EXPECTED, is_coco_id
 
 #: Key of ``flip_pairs`` that applies to every category without its own entry.
 ALL_CATEGORIES = "*"
@@ -66,6 +67,14 @@ class DatasetSchema:
     @property
     def max_keypoints(self) -> int:
         return max(self.num_keypoints_per_class)
+
+    def shared_names(self) -> dict[str, list[int]]:
+        """Category names held by several categories, with their ids (classes are matched to categories by
+        name, so a model cannot tell these apart)."""
+        ids: dict[str, list[int]] = {}
+        for c in self.categories:
+            ids.setdefault(c.name, []).append(c.category_id)
+        return {name: found for name, found in ids.items() if len(found) > 1}
 
     def class_index(self, category_id: int) -> int:
         """The class index of a COCO category id. Raises ``KeyError`` for an unknown id."""
@@ -177,7 +186,6 @@ def infer_schema(
         raise CocoFormatError(f"{source}: 'categories' must be a non-empty list")
     annotations = coco.get("annotations") if isinstance(coco.get("annotations"), list) else []
     seen_ids: set[int] = set()
-    seen_names: dict[str, int] = {}
     out: list[CategorySchema] = []
     for position, category in enumerate(categories):
         where = f"{source}: category #{position}"
@@ -186,17 +194,14 @@ def infer_schema(
         for key in ("id", "name"):
             if key not in category:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
-        if not _is_int(category["id"]):
-            raise CocoFormatError(f"{where}: 'id' must be an integer, got {category['id']!r}")
+        if not is_coco_id(category["id"]):
+            raise CocoFormatError(f"{where}: 'id' must be {ID_EXPECTED}, got {category['id']!r:.80}")
         if not isinstance(category["name"], str) or not category["name"].strip():
             raise CocoFormatError(f"{where}: 'name' must be a non-empty string, got {category['name']!r}")
         where = f"{source}: category id {category['id']} ({category['name']!r})"
         if category["id"] in seen_ids:
             raise CocoFormatError(f"{where}: duplicate category id")
-        if category["name"] in seen_names:  # models and results match classes to categories by name
-            raise CocoFormatError(f"{where}: duplicate category name (category id {seen_names[category['name']]})")
         seen_ids.add(category["id"])
-        seen_names[category["name"]] = category["id"]
         names = _keypoint_names(category, annotations, where)
         skeleton = _skeleton(category, len(names), where)
         spec = _flip_spec_for(flip_pairs, category["id"], str(category["name"]))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.errors import CocoFormatError
+from trainer.data.ids import ID_EXPECTED, is_coco_id
 from trainer.data.schema import DatasetSchema
 from trainer.jsonfile import load_json
 
@@ -40,14 +41,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_INT64_MAX = 2**63 - 1
-
-
-def _is_id(value: Any) -> bool:
-    """An id as COCO tools hold them: an integer in the int64 range (numpy arrays and pycocotools use int64)."""
-    return _is_int(value) and -_INT64_MAX - 1 <= value <= _INT64_MAX
-
-
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
@@ -68,8 +61,8 @@ def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
         for key in _IMAGE_KEYS:
             if key not in image:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
-        if not _is_id(image["id"]):
-            raise CocoFormatError(f"{where}: 'id' must be an integer in the int64 range, got {image['id']!r}")
+        if not is_coco_id(image["id"]):
+            raise CocoFormatError(f"{where}: 'id' must be {ID_EXPECTED}, got {_short(image['id'])}")
         if image["id"] in by_id:
             raise CocoFormatError(f"{where}: duplicate image id")
         if not isinstance(image["file_name"], str) or not image["file_name"]:
@@ -150,9 +143,9 @@ def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = 
         for key in _ANNOTATION_KEYS:
             if key not in ann:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
-        for key in ("id", "image_id", "category_id"):
-            if not _is_id(ann[key]):
-                raise CocoFormatError(f"{where}: '{key}' must be an integer, got {_short(ann[key])}")
+        for key in ("id", "image_id", "category_id"):  # references may be integral floats, as pycocotools takes
+            if not is_coco_id(ann[key], integral_floats=key != "id"):
+                raise CocoFormatError(f"{where}: '{key}' must be {ID_EXPECTED}, got {_short(ann[key])}")
         if ann["id"] in seen:
             raise CocoFormatError(f"{where}: duplicate annotation id")
         seen.add(ann["id"])

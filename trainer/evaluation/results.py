@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainer.data.ids import ID_EXPECTED, is_coco_id
 from trainer.data.schema import CategorySchema, DatasetSchema
 from trainer.data.targets import COCO_PIXEL_OFFSET
 from trainer.evaluation.calibration import COVARIANCE_KEY
@@ -34,17 +35,19 @@ def _is_number(value: Any) -> bool:
 
 
 def _finite(values: Any) -> bool:
-    """Finite numbers only (flat or nested lists of them, or a numeric numpy array)."""
-    if isinstance(values, np.ndarray):
-        return values.dtype.kind in "iuf" and bool(np.isfinite(values).all())
-    if isinstance(values, (list, tuple)):
-        return all(_finite(v) for v in values)
-    return _is_number(values) and bool(np.isfinite(values))
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)) \
-        and -(2**63) <= int(value) < 2**63  # fmt: skip
+    """Finite numbers only (flat or nested lists of them, or numeric numpy arrays); iterative, so no nesting
+    depth makes it fail."""
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+                return False
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif not (_is_number(value) and np.isfinite(value)):
+            return False
+    return True
 
 
 def _check_covariance(value: Any, num_keypoints: int, where: str) -> None:
@@ -87,8 +90,8 @@ def check_results(
             if key not in row:
                 raise ValueError(f"{where}: missing key '{key}'")
         for key in ("image_id", "category_id"):
-            if not _is_id(row[key]):
-                raise ValueError(f"{where}: '{key}' must be an integer, got {row[key]!r:.80}")
+            if not is_coco_id(row[key], integral_floats=True):
+                raise ValueError(f"{where}: '{key}' must be {ID_EXPECTED}, got {row[key]!r:.80}")
         where += f" (image id {row['image_id']})"
         if row["image_id"] not in image_ids:
             raise ValueError(f"{where}: image id not in the ground truth")
@@ -106,13 +109,14 @@ def check_results(
             raise ValueError(f"{where}: 'keypoints' has {got} values, expected {3 * k} (3 x {k} keypoints)")
         if not all(_is_number(v) for v in row["keypoints"]) or not _finite(row["keypoints"]):
             raise ValueError(f"{where}: 'keypoints' must be a flat list of finite numbers")
-        if not _finite(row["score"]) or isinstance(row["score"], (list, tuple)):
+        if not _finite(row["score"]) or np.ndim(row["score"]) != 0:
             raise ValueError(f"{where}: 'score' must be a finite number, got {row['score']!r:.80}")
         if i and ("bbox" in row) != ("bbox" in results[0]):  # pycocotools reads the first row's keys for all
             raise ValueError(f"{where}: 'bbox' is given on some rows only; give it on all or none")
-        if "bbox" in row and not (isinstance(row["bbox"], (list, tuple)) and len(row["bbox"]) == 4
-                                  and _finite(row["bbox"])):  # fmt: skip
-            raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers")
+        if "bbox" in row and row["bbox"] != [] and not (  # [] is pycocotools' "no box"
+            isinstance(row["bbox"], (list, tuple)) and len(row["bbox"]) == 4 and _finite(row["bbox"])
+        ):
+            raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, or []")
         if COVARIANCE_KEY in row:
             _check_covariance(row[COVARIANCE_KEY], k, where)
             with_cov += 1
@@ -120,22 +124,33 @@ def check_results(
         raise ValueError(
             f"{with_cov} of {len(results)} result rows carry '{COVARIANCE_KEY}'; give it on all or none"
         )
-    return [copy.deepcopy(dict(row)) for row in results]
+    rows = [copy.deepcopy(dict(row)) for row in results]
+    for row in rows:  # integral float ids (785.0) as the ints they stand for
+        row["image_id"], row["category_id"] = int(row["image_id"]), int(row["category_id"])
+    return rows
 
 
 def class_categories(
     class_names: Sequence[str], schema: DatasetSchema, num_keypoints_per_class: Sequence[int] | None = None
 ) -> list[CategorySchema | None]:
-    """For each model class, the dataset category of the same name (None when the dataset has none). Classes
-    and categories left unmatched are logged as warnings: the dataset's are then counted as missed.
+    """For each model class, the dataset category of the same name (None when the dataset has none). Dataset
+    categories no class matches are logged as a warning: their objects are then counted as missed.
 
     Args:
         num_keypoints_per_class: the model's K per keypointed class; when given, a matched category with
             another K is refused here, before any image is run.
 
     Raises:
-        ValueError: no class name matches a category, or a matched category has another keypoint count.
+        ValueError: no class name matches a category, a class name is shared by several categories, or a
+            matched category has another keypoint count.
     """
+    shared = {name: ids for name, ids in schema.shared_names().items() if name in class_names}
+    if shared:
+        name, ids = next(iter(shared.items()))
+        raise ValueError(
+            f"dataset categories {ids} share the name {name!r}: the model's class of that name matches no single "
+            "category (classes are matched to categories by name); give the categories distinct names"
+        )
     by_name = {c.name: c for c in schema.categories}
     mapping = [by_name.get(name) for name in class_names]
     if not any(mapping):

@@ -41,10 +41,12 @@ def is_coco_person(category: CategorySchema) -> bool:
 
 
 def _override_for(
-    overrides: Mapping[int | str, SigmaOverride], category: CategorySchema
+    overrides: Mapping[int | str, SigmaOverride], category: CategorySchema, other_ids: set[str] | frozenset[str] = frozenset()
 ) -> SigmaOverride | None:
     keys = [key for key in dict.fromkeys((category.category_id, str(category.category_id), category.name))
             if key in overrides]  # fmt: skip
+    if len(keys) > 1 and category.name in keys and category.name in other_ids:
+        keys.remove(category.name)  # a name that is another category's id (JSON keys are strings): that one's
     if len(keys) > 1:
         raise ValueError(
             f"category {category.category_id} ({category.name!r}) has several sigma entries {keys}; give one"
@@ -71,7 +73,8 @@ def category_sigmas(
         )
     out: dict[int, np.ndarray] = {}
     for category in schema.categories:
-        override = _override_for(overrides, category)
+        other_ids = {str(c.category_id) for c in schema.categories if c is not category}
+        override = _override_for(overrides, category, other_ids)
         where = f"category {category.category_id} ({category.name!r})"
         if override is None:
             sigmas = (

@@ -1,0 +1,27 @@
+"""COCO ids: integers in the int64 range, as numpy and pycocotools hold them."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ID_EXPECTED", "is_coco_id"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+ID_EXPECTED = "an integer in the int64 range"
+
+
+def is_coco_id(value: Any, *, integral_floats: bool = False) -> bool:
+    """An id as COCO tools hold them: an integer in the int64 range (numpy and pycocotools use int64). With
+    ``integral_floats``, also a float with an integer value (``785.0``: what pandas writes; it hashes and
+    compares equal to ``785``, so pycocotools treats it as that id)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (numbers.Integral, np.integer)):
+        return _INT64_MIN <= int(value) <= _INT64_MAX
+    if integral_floats and isinstance(value, (float, np.floating)) and math.isfinite(value) and value.is_integer():
+        return _INT64_MIN <= value <= _INT64_MAX
+    return False
