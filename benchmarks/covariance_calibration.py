@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from result_file import write_result
+from result_file import result_path, write_result
 
 from rfkp.cli.main import main as rfkp_main
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="result JSON to write")
+    p.add_argument("--out", type=result_path, required=True, help="result JSON to write")
     args = p.parse_args(argv[:split])
     plot = args.out.with_suffix(".png")
     with tempfile.TemporaryDirectory() as tmp:

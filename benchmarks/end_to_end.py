@@ -20,10 +20,11 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from result_file import write_result
+from result_file import result_path, write_result
 from timing import median_ms
 
 import rfkp.ops
+from rfkp.cli.arguments import non_negative_int, positive_int
 from rfkp.nn.detector import KeypointDETR
 from rfkp.nn.init import init_weights
 from rfkp.ops import backend
@@ -148,15 +149,15 @@ def run(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="preview", choices=sorted(VARIANTS))
-    p.add_argument("--resolution", type=int, default=576)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--resolution", type=positive_int, default=576)
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--train-batch", type=positive_int, default=8)
     p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32", help="precision of the training step")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--train-iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=positive_int, default=20)
+    p.add_argument("--train-iters", type=positive_int, default=10)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--out", type=Path, help="result file (default benchmarks/results/end_to_end_<gpu>.json)")
+    p.add_argument("--out", type=result_path, help="result file (default benchmarks/results/end_to_end_<gpu>.json)")
     return p.parse_args(argv)
 
 

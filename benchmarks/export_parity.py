@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from result_file import write_result
+from result_file import result_path, write_result
 
 from rfkp import RFDETRKeypoint
 from rfkp.export import INPUT_NAME, OUTPUT_NAMES, ExportedDetector, export_onnx
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=FIXTURE / "checkpoint.pth")
     parser.add_argument("--image", type=Path, nargs="*")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "export_parity_onnxruntime_cpu.json")
+    parser.add_argument("--out", type=result_path, default=Path(__file__).resolve().parent / "results" / "export_parity_onnxruntime_cpu.json")
     args = parser.parse_args()
     model = RFDETRKeypoint.from_checkpoint(args.weights, device="cpu")
     resolution = model.config.resolution

@@ -20,10 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from result_file import command_line, dumps_strict
+from result_file import command_line, dumps_strict, result_path
 from timing import median_ms
 
 import rfkp.ops as ops
+from rfkp.cli.arguments import non_negative_int, positive_int
 from rfkp.ops import backend
 from rfkp.ops.sample_inputs import msda_inputs
 
@@ -200,10 +201,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
                         default=["detection", "keypoint", "train_detection", "train_keypoint", "deformable_detr"])
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "fp16"])
-    parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=positive_int, default=100)
+    parser.add_argument("--warmup", type=non_negative_int, default=10)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", default=None, help="result file (default benchmarks/results/kernels_<gpu>.json)")
+    parser.add_argument("--out", type=result_path, default=None, help="result file (default benchmarks/results/kernels_<gpu>.json)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args

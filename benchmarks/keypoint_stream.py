@@ -13,10 +13,9 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from result_file import write_result
+from result_file import result_path, write_result
 from timing import median_ms
 
 from rfkp import RFDETRKeypoint
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=non_negative_int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu"],
                    help="cpu only: the decoder is timed by wall clock between hooks, with no GPU synchronisation")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

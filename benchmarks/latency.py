@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from result_file import write_result
+from peer_env import peer_python_problem
+from result_file import result_path, write_result
+
+from rfkp.cli.arguments import non_negative_int, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "rfdetr-keypoint-preview-random"
@@ -82,6 +85,7 @@ def time_rfkp(weights: Path, image: Path, runs: int, warmup: int) -> dict:
             stages["postprocess"].append(t4 - t3)
             totals.append(total)
     return {
+        "resolution": model.config.resolution,
         "median_ms": 1000 * statistics.median(totals),
         "times_ms": [1000 * t for t in totals],
         "breakdown_median_ms": {k: 1000 * statistics.median(v) for k, v in stages.items()},
@@ -115,6 +119,7 @@ def time_onnxruntime(weights: Path, image: Path, threads: int, runs: int, warmup
             totals.append(t2 - t0)
             graph.append(t2 - t1)
     return {
+        "resolution": model.config.resolution,
         "median_ms": 1000 * statistics.median(totals),
         "times_ms": [1000 * t for t in totals],
         "graph_median_ms": 1000 * statistics.median(graph),
@@ -132,13 +137,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=FIXTURE / "checkpoint.pth")
     ap.add_argument("--image", type=Path, default=FIXTURE / "image.jpg")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--runs", type=positive_int, default=20)
+    ap.add_argument("--warmup", type=non_negative_int, default=3)
     ap.add_argument("--peer-python", help="python of a venv with rfdetr (see ../shared/tools/peer_env.sh)")
     ap.add_argument("--no-onnxruntime", action="store_true", help="skip the ONNX Runtime column")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=result_path)
     args = ap.parse_args()
+    problem = peer_python_problem(args.peer_python) if args.peer_python else None
+    if problem:  # before any timing: a missing peer would otherwise fail only at the end
+        print(f"latency.py: --peer-python: {problem}", file=sys.stderr)
+        return 1
     torch.set_num_threads(args.threads)
     results: dict = {"rfkp": time_rfkp(args.weights, args.image, args.runs, args.warmup)}
     if not args.no_onnxruntime:
@@ -164,7 +173,8 @@ def main() -> int:
     if "speedup_peer_over_rfkp" in results:
         print(f"ratio peer/rfkp = {results['speedup_peer_over_rfkp']:.3f} (>1: rfkp faster)")
     if args.out:
-        write_result(args.out, "predict() latency, 576x576, batch 1, fp32, CPU", results, threads=args.threads)
+        side = results["rfkp"]["resolution"]
+        write_result(args.out, f"predict() latency, {side}x{side}, batch 1, fp32, CPU", results, threads=args.threads)
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from result_file import write_result
+from result_file import result_path, write_result
 
 from rfkp.cli.main import main as rfkp
 from trainer.data.synthetic import LEARNING_OPTIONS, learning_check_data
@@ -21,7 +21,7 @@ from trainer.data.synthetic import LEARNING_OPTIONS, learning_check_data
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "learning_synthetic_cpu.json")
+    parser.add_argument("--out", type=result_path, default=Path(__file__).resolve().parent / "results" / "learning_synthetic_cpu.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

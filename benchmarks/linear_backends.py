@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from result_file import write_result
+from result_file import result_path, write_result
 from timing import median_ms
 
+from rfkp.cli.arguments import positive_int
 from rfkp.nn.linear import onednn_linear_available
 
 CPU = torch.device("cpu")
@@ -43,9 +44,9 @@ def _blas() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "linear_backends_cpu.json")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--runs", type=positive_int, default=20)
+    ap.add_argument("--out", type=result_path, default=Path(__file__).parent / "results" / "linear_backends_cpu.json")
     args = ap.parse_args()
     if not onednn_linear_available():
         raise SystemExit("this PyTorch build has no oneDNN linear (torch.ops.mkldnn._linear_pointwise)")

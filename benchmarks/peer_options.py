@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from result_file import write_result
+from peer_env import peer_python_problem
+from result_file import result_path, write_result
 
 from rfkp import RFDETRKeypoint
 
@@ -88,8 +89,12 @@ def one(peer_python: str, options: dict, folder: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer-python", required=True, help="python of a venv with rfdetr (../shared/tools/peer_env.sh)")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=result_path)
     args = ap.parse_args()
+    problem = peer_python_problem(args.peer_python)
+    if problem:  # every option set would otherwise be recorded as refused by the peer
+        print(f"peer_options.py: --peer-python: {problem}", file=sys.stderr)
+        return 1
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, options in enumerate(OPTION_SETS):

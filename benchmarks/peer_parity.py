@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
-from result_file import write_result
+from result_file import result_path, write_result
 
 from rfkp import RFDETRKeypoint
 from rfkp.postprocess import decode_detections
@@ -44,11 +44,15 @@ def compare(fixture: Path, image: Path | None) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("fixture", type=Path)
-    ap.add_argument("--image", type=Path, help="the image the fixture's predict outputs were made from")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--image", type=Path, help="the image the fixture's predict outputs were made from "
+                    "(default: the fixture's image.jpg when it has one)")
+    ap.add_argument("--out", type=result_path)
     ap.add_argument("--note", help="how the fixture was made (recorded in the result file)")
     args = ap.parse_args()
-    res = compare(args.fixture, args.image)
+    image = args.image
+    if image is None and (args.fixture / "image.jpg").is_file():  # the fixture layout's image (see its README)
+        image = args.fixture / "image.jpg"
+    res = compare(args.fixture, image)
     for key, value in res.items():
         print(f"{key:24s} {value}")
     if args.out:

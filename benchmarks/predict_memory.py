@@ -16,9 +16,10 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
-from result_file import write_result
+from result_file import result_path, write_result
+
+from rfkp.cli.arguments import positive_int
 
 
 def child(variant: str, n: int, height: int, width: int, way: str) -> dict[str, float]:
@@ -51,27 +52,38 @@ def child(variant: str, n: int, height: int, width: int, way: str) -> dict[str, 
             "one_float_image_mb": height * width * 3 * 4 / 2**20}  # fmt: skip
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}") from None
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="tiny")
-    p.add_argument("--height", type=int, default=3000)
-    p.add_argument("--width", type=int, default=4000)
-    p.add_argument("--batches", default="1,4,8")
+    p.add_argument("--height", type=positive_int, default=3000)
+    p.add_argument("--width", type=positive_int, default=4000)
+    p.add_argument("--batches", type=_batch_sizes, default=(1, 4, 8), help="comma-separated image counts (default 1,4,8)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--way", default="predict", help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_path)
     args = p.parse_args(argv)
-    if args.child:
+    if args.child is not None:
         print(json.dumps(child(args.variant, args.child, args.height, args.width, args.way)))
         return 0
     rows = []
-    for n in (int(b) for b in args.batches.split(",")):
+    for n in args.batches:
         for way in ("predict", "all_at_once"):
             cmd = [sys.executable, __file__, "--child", str(n), "--way", way, "--variant", args.variant,
                    "--height", str(args.height), "--width", str(args.width)]  # fmt: skip
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(out.splitlines()[-1]))
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:  # the child's own error, not a bare CalledProcessError
+                print(f"predict_memory: the {way} run of {n} images failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            rows.append(json.loads(done.stdout.splitlines()[-1]))
     print(f"{'images':>6} {'predict() MB':>13} {'all at once MB':>15}   (peak growth; one {args.height}x{args.width} "
           f"float image: {rows[0]['one_float_image_mb']:.0f} MB)")
     for one, old in zip(rows[::2], rows[1::2]):

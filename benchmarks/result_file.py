@@ -14,6 +14,19 @@ import torch
 from trainer.jsonfile import dumps_strict  # re-exported: result files are strict JSON (NaN and inf as null)
 
 
+def result_path(text: str) -> Path:
+    """argparse ``type=`` of ``--out``: a file that can be written (not a folder, its parent a folder or creatable),
+    checked while the command line is parsed, before the benchmark runs."""
+    import argparse
+
+    from rfkp.cli.paths import check_output_file
+
+    try:
+        return check_output_file(text, "--out")
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else the platform's processor string."""
     try:

@@ -26,8 +26,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from result_file import command_line, cpu_model, dumps_strict, portable_argv
+from result_file import command_line, cpu_model, dumps_strict, portable_argv, result_path
 from timing import times_ms
+
+from rfkp.cli.arguments import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    queue_delay_us,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = __import__("torch").device("cpu")
@@ -214,21 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="checkpoint to serve (default: a random-initialised --variant)")
     p.add_argument("--variant", default="default", help="default (the project's default model), nano, tiny, ...")
     p.add_argument("--image", default=str(SAMPLE), help="frame to send (encoded bytes as read)")
-    p.add_argument("--cameras", type=int, default=8)
-    p.add_argument("--fps", type=float, default=0.0, help="per camera; 0 = flat out")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds per run")
-    p.add_argument("--requests", type=int, help="requests per camera instead of --duration")
-    p.add_argument("--single-requests", type=int, default=30, help="sequential single-camera requests")
+    p.add_argument("--cameras", type=positive_int, default=8)
+    p.add_argument("--fps", type=non_negative_float, default=0.0, help="per camera; 0 = flat out")
+    p.add_argument("--duration", type=positive_float, default=20.0, help="seconds per run")
+    p.add_argument("--requests", type=positive_int, help="requests per camera instead of --duration")
+    p.add_argument("--single-requests", type=positive_int, default=30, help="sequential single-camera requests")
     p.add_argument("--batching", choices=("both", "on", "off"), default="both")
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--max-queue-delay-us", type=int, default=5000)
+    p.add_argument("--max-batch-size", type=positive_int, default=8)
+    p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=5000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="network runtime of the served model on CPU, as rfkp serve --runtime (default auto)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=non_negative_int, default=1,
                    help="threads of the served network (torch or ONNX Runtime) and of in-process predict (0: default)")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--out", help="write the JSON result here")
+    p.add_argument("--threshold", type=probability, default=0.5)
+    p.add_argument("--out", type=result_path, help="write the JSON result here")
     args = p.parse_args(argv)
 
     frame = Path(args.image).read_bytes()

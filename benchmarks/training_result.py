@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 import torch
-from result_file import portable_argv, write_result
+from result_file import portable_argv, result_path, write_result
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="run directory of rfkp train")
     parser.add_argument("--report", type=Path, required=True, help="rfkp eval --json output for the checkpoint")
     parser.add_argument("--checkpoint", help="which checkpoint the report is about (name or path)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=result_path, required=True)
     args = parser.parse_args()
     history = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line]
     command = json.loads((args.run / "command.json").read_text())

@@ -132,6 +132,9 @@ def _check_out(args: argparse.Namespace) -> None:
         if args.budget_ms is None:
             raise ValueError("--save-choice writes the choice --budget-ms picks: give --budget-ms too")
         check_output_file(args.save_choice, "--save-choice")
+        chosen = Path(args.save_choice).resolve()
+        if chosen == out.resolve() or chosen in out.resolve().parents:
+            raise ValueError(f"--save-choice {args.save_choice} is --out {out} or a folder above it; name a file")
         check_outputs({"--save-choice": args.save_choice}, {**inputs, **{f"--out {n}": out / n for n in OUT_FILES}})
 
 
@@ -205,8 +208,12 @@ def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Nam
 
     if picked is None:
         fastest = min(r.latency_ms_median for r in results)
-        print(f"rfkp search: error: no choice runs within {args.budget_ms:g} ms here (the fastest took "
-              f"{fastest:.2f} ms); see {args.out / 'search.csv'}", file=sys.stderr)  # fmt: skip
+        if fastest <= args.budget_ms:  # the choices that fit have no AP to rank them by
+            why = "has a defined AP (pycocotools gives -1: no ground-truth keypoints to score)"
+        else:
+            why = f"runs within it here (the fastest took {fastest:.2f} ms)"
+        print(f"rfkp search: error: no choice within {args.budget_ms:g} ms {why}; see {args.out / 'search.csv'}",
+              file=sys.stderr)  # fmt: skip
         return 1
     c = picked.choice
     print(f"within {args.budget_ms:g} ms: {c.key()} (AP {picked.ap:.4f}, {picked.latency_ms_median:.2f} ms median)"

@@ -120,3 +120,23 @@ def test_result_files_are_strict_json_with_portable_commands(tmp_path, monkeypat
     record = json.loads(out.read_text())  # strict JSON: NaN and inf are null
     assert record["results"] == {"x": None, "y": [1.0, None]} and record["device"] == "GPU X"
     assert "NaN" not in out.read_text()
+
+
+def test_benchmark_arguments_are_checked_before_the_work(tmp_path):
+    """Numbers and --out are refused while the command line is parsed (a folder as --out used to fail only
+    after the benchmark had run; --batches 0 made predict_memory re-run itself)."""
+    cases = [
+        ("keypoint_stream.py", ["--out", str(tmp_path)], "is a folder; give a file name"),
+        ("predict_memory.py", ["--batches", "0"], "expected comma-separated integers >= 1"),
+        ("latency.py", ["--runs", "0"], "expected an integer >= 1"),
+        ("end_to_end.py", ["--batches", "0"], "expected an integer >= 1"),
+        ("server.py", ["--cameras", "0"], "expected an integer >= 1"),
+        ("kernels.py", ["--iters", "0"], "expected an integer >= 1"),
+        ("peer_options.py", ["--peer-python", str(tmp_path / "nope")], f"{tmp_path / 'nope'} not found"),
+    ]
+    for script, args, message in cases:
+        done = subprocess.run([sys.executable, str(SCRIPT.parent / script), *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode in (1, 2), (script, done.stderr[-500:])
+        assert message in done.stderr, (script, done.stderr[-500:])
+    assert list(tmp_path.iterdir()) == []

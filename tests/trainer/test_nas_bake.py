@@ -59,6 +59,7 @@ def test_the_baked_model_still_trains_with_all_query_groups(model: RFDETRKeypoin
 
 def test_choices_the_model_cannot_run_are_refused(model: RFDETRKeypoint) -> None:
     for choice, message in ((ArchChoice(256, 16, 2, 3, 20), "dec_layers"), (ArchChoice(256, 16, 2, 2, 21), "num_queries"),
-                            (ArchChoice(250, 16, 2, 2, 20), "not a multiple")):  # fmt: skip
+                            (ArchChoice(250, 16, 2, 2, 20), "not a multiple"),
+                            (ArchChoice(64, 0, 1, 1, 5), "patch_size must be positive integers")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             bake(model, choice)

@@ -33,6 +33,7 @@ POINTS = [
     (0.70, 30.0, True),
     (0.30, 5.0, True),
     (math.nan, 1.0, False),  # undefined AP: never on the front
+    (-1.0, 0.5, False),  # pycocotools' undefined AP (no ground truth): never on the front, dominates nothing
 ]
 
 
@@ -72,12 +73,12 @@ def test_csv_has_the_columns_and_marks_the_front(tmp_path: Path) -> None:
     assert rows[2] == {"resolution": "256", "patch_size": "16", "num_windows": "2", "dec_layers": "2",
                        "num_queries": "3", "ap": "0.6", "ap50": "0.7", "ar": "0.65", "coverage_2sigma": "0.8",
                        "latency_ms_median": "20", "latency_ms_p90": "24", "pareto": "True"}  # fmt: skip
-    assert rows[-1]["ap"] == ""  # NaN is written as an empty cell
+    assert rows[-2]["ap"] == ""  # NaN is written as an empty cell
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    results = [_result(a, t, q) for q, (a, t, _) in enumerate(POINTS[:-1], start=1)]
+    results = [_result(a, t, q) for q, (a, t, _) in enumerate(POINTS[:-2], start=1)]
     path = pareto_plot(results, tmp_path / "pareto.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

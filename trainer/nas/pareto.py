@@ -21,7 +21,7 @@ def pareto_mask(ap: Sequence[float], latency_ms: Sequence[float]) -> np.ndarray:
     """(N,) bool: True where no other point has AP >= and latency <= with at least one strictly better.
 
     Points with the same AP and latency do not dominate each other: all of them stay on the front. A point
-    with a NaN AP or latency is never on the front.
+    with a NaN AP or latency, or pycocotools' -1 (AP undefined: no ground truth to score), is never on the front.
     """
     a = np.asarray(ap, dtype=np.float64)
     t = np.asarray(latency_ms, dtype=np.float64)
@@ -29,7 +29,9 @@ def pareto_mask(ap: Sequence[float], latency_ms: Sequence[float]) -> np.ndarray:
         raise ValueError(f"ap and latency must be 1-D of the same length, got {a.shape} and {t.shape}")
     no_worse = (a[None, :] >= a[:, None]) & (t[None, :] <= t[:, None])  # [i, j]: j at least as good as i
     better = (a[None, :] > a[:, None]) | (t[None, :] < t[:, None])
-    return ~(no_worse & better).any(axis=1) & ~np.isnan(a) & ~np.isnan(t)
+    defined = (a >= 0) & ~np.isnan(t)  # NaN compares False
+    no_worse &= defined[None, :]
+    return ~(no_worse & better).any(axis=1) & defined
 
 
 def pareto_front(results: Sequence[SearchResult]) -> list[SearchResult]:

@@ -66,6 +66,10 @@ class ArchChoice:
 
     def check_model(self, cfg: ModelConfig) -> None:
         """Raises ValueError when the model cannot run this choice (too many layers or queries, bad side)."""
+        bad = [name for name, value in self.as_dict().items()
+               if isinstance(value, bool) or not isinstance(value, int) or value < 1]  # fmt: skip
+        if bad:
+            raise ValueError(f"{self.key()}: {', '.join(bad)} must be positive integers")
         if self.resolution % self.block_size:
             raise ValueError(
                 f"{self.key()}: resolution {self.resolution} is not a multiple of patch_size x num_windows "
