@@ -5,7 +5,12 @@
 server's configuration declares. They need the ``serving`` extra (``tritonclient[grpc]``).
 
 Accepted images: encoded bytes (JPEG, PNG, ...; decoded by the server), a path to an image file (its
-bytes are sent as they are), or an (H, W, 3) uint8 RGB array (sent raw).
+bytes are sent as they are), or a PIL image or uint8 array of any layout in-process ``predict()`` reads
+(grey, RGB, RGBA; converted to RGB as ``rfkp.io.load_image`` does and sent as a raw (H, W, 3) frame). Float
+tensors are not sent: their values would have to be rounded to bytes first.
+
+The channel's reconnect backoff is capped at ``RECONNECT_BACKOFF_MS``: a client survives a server restart and
+answers again within a second of the server being ready.
 """
 
 from __future__ import annotations
@@ -14,19 +19,20 @@ import math
 import numbers
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from rfkp.detections import KeypointDetections
+from rfkp.io import image_file, load_image
 from rfkp.serving import protocol as P
 from rfkp.serving.packing import ServedMetadata, unpack_detections
 
 __all__ = ["AsyncKeypointClient", "KeypointClient", "RemoteError", "build_inputs", "check_url"]
 
-RemoteImage = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
+RemoteImage = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray | Image.Image
 
 
 class RemoteError(RuntimeError):
@@ -46,16 +52,34 @@ def _grpc():
     return grpcclient
 
 
+# A restarted server must be reachable again at once: gRPC's reconnect backoff otherwise grows to two minutes,
+# and channels to one address share it (a local subchannel pool keeps each client's own).
+RECONNECT_BACKOFF_MS = 1000
+
+
+def _channel_args(grpcclient: Any) -> list[tuple[str, int]]:
+    """tritonclient's defaults (message sizes, keep-alive) plus a short reconnect backoff."""
+    keepalive = grpcclient.KeepAliveOptions()
+    size = grpcclient.MAX_GRPC_MESSAGE_SIZE
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 4),
+        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 4),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
 def _encoded(image: RemoteImage) -> bytes | None:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if path.is_dir():
-            raise IsADirectoryError(f"expected an image file, got a folder: {path}")
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        return path.read_bytes()
+        return image_file(image).read_bytes()  # the checks of in-process predict() (URLs, pipes, folders, "")
     return None
 
 
@@ -63,8 +87,9 @@ def build_inputs(image: RemoteImage, threshold: float | None = None, grpcclient:
     """The request inputs for one image (see ``rfkp.serving.protocol``).
 
     Raises:
-        FileNotFoundError: a path that is not a file. ValueError: an array that is not (H, W, 3)
-            uint8, or a threshold outside [0, 1]. TypeError: another kind of image.
+        FileNotFoundError: a path that does not exist. ValueError: a URL, an empty path, a pipe or device, an
+            array in a layout ``load_image`` does not read, or a threshold outside [0, 1]. TypeError: another
+            kind of image.
     """
     grpcclient = grpcclient or _grpc()
     inputs = []
@@ -73,18 +98,17 @@ def build_inputs(image: RemoteImage, threshold: float | None = None, grpcclient:
         tensor = grpcclient.InferInput(P.INPUT_BYTES, [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
         inputs.append(tensor)
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"raw images must be (H, W, 3) uint8 RGB arrays, got dtype {image.dtype} shape {image.shape}"
-            )
-        tensor = grpcclient.InferInput(P.INPUT_RAW, [1, *image.shape], "UINT8")
-        tensor.set_data_from_numpy(np.ascontiguousarray(image)[None])
+    elif isinstance(image, (np.ndarray, Image.Image)):
+        # as in-process predict() reads them (grey, RGBA, PIL modes, EXIF), then sent as a raw RGB frame
+        rgb = load_image(image, max_pixels=2**62)  # the server applies its own max_pixels
+        tensor = grpcclient.InferInput(P.INPUT_RAW, [1, *rgb.shape], "UINT8")
+        tensor.set_data_from_numpy(rgb[None])
         inputs.append(tensor)
     else:
+        hint = "; send float tensors as images (encoded bytes) or uint8 arrays" if type(image).__name__ == "Tensor" else ""
         raise TypeError(
-            f"unsupported image of type {type(image).__name__}; expected encoded bytes, a path or an "
-            "(H, W, 3) uint8 array"
+            f"unsupported image of type {type(image).__name__}; expected encoded bytes, a path, a PIL image or a "
+            f"uint8 numpy array{hint}"
         )
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
@@ -103,7 +127,8 @@ def check_url(url: str) -> str:
         ValueError: another form, naming what was given.
     """
     host, sep, port = str(url).rpartition(":")
-    if "://" in str(url) or not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if "://" in str(url) or not sep or not host or not port_ok:
         raise ValueError(f"server url must be HOST:PORT with a port in 1..65535 (no scheme), got {url!r}")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
         raise ValueError(f"an IPv6 server address goes in brackets, e.g. [::1]:8001; got {url!r}")
@@ -150,13 +175,14 @@ class KeypointClient:
         self.url = check_url(url)
         self.timeout = _check_timeout(timeout)
         self.model_name = model_name
-        self._client = self._grpc.InferenceServerClient(url)
+        self._client = self._grpc.InferenceServerClient(url, channel_args=_channel_args(self._grpc))
         self._metadata: ServedMetadata | None = None
 
     def is_ready(self) -> bool:
         """True when the server and the ensemble are ready."""
         try:
-            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model_name))
+            return bool(self._client.is_server_ready(client_timeout=self.timeout)
+                        and self._client.is_model_ready(self.model_name, client_timeout=self.timeout))
         except self._grpc.InferenceServerException:
             return False
 
@@ -190,8 +216,15 @@ class KeypointClient:
         return unpack_detections({n: result.as_numpy(n) for n in P.ENSEMBLE_OUTPUTS}, metadata)[0]
 
     def statistics(self, model_name: str = P.NETWORK) -> dict[str, Any]:
-        """Triton's inference statistics of one model (JSON form)."""
-        return self._client.get_inference_statistics(model_name, as_json=True)
+        """Triton's inference statistics of one model (JSON form).
+
+        Raises:
+            RemoteError: the server refused (an unknown model, say) or did not answer within the timeout.
+        """
+        try:
+            return self._client.get_inference_statistics(model_name, as_json=True, client_timeout=self.timeout)
+        except self._grpc.InferenceServerException as exc:
+            raise _remote_error(exc) from None
 
     def close(self) -> None:
         self._client.close()
@@ -215,12 +248,13 @@ class AsyncKeypointClient:
         self.url = check_url(url)
         self.timeout = _check_timeout(timeout)
         self.model_name = model_name
-        self._client = aio.InferenceServerClient(url)
+        self._client = aio.InferenceServerClient(url, channel_args=_channel_args(self._grpc))
         self._metadata: ServedMetadata | None = None
 
     async def is_ready(self) -> bool:
         try:
-            return bool(await self._client.is_server_ready() and await self._client.is_model_ready(self.model_name))
+            return bool(await self._client.is_server_ready(client_timeout=self.timeout)
+                        and await self._client.is_model_ready(self.model_name, client_timeout=self.timeout))
         except self._grpc.InferenceServerException:
             return False
 
@@ -246,7 +280,10 @@ class AsyncKeypointClient:
         return unpack_detections({n: result.as_numpy(n) for n in P.ENSEMBLE_OUTPUTS}, metadata)[0]
 
     async def statistics(self, model_name: str = P.NETWORK) -> dict[str, Any]:
-        return await self._client.get_inference_statistics(model_name, as_json=True)
+        try:
+            return await self._client.get_inference_statistics(model_name, as_json=True, client_timeout=self.timeout)
+        except self._grpc.InferenceServerException as exc:
+            raise _remote_error(exc) from None
 
     async def close(self) -> None:
         await self._client.close()

@@ -33,7 +33,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["MAX_PIXELS", "RASTER_FORMATS", "ImageDecodeError", "ImageSource", "load_image", "to_tensor"]
+__all__ = [
+    "MAX_PIXELS",
+    "RASTER_FORMATS",
+    "ImageDecodeError",
+    "ImageSource",
+    "image_file",
+    "load_image",
+    "to_tensor",
+]
 
 MAX_PIXELS = 100_000_000
 """Largest accepted image (width * height), checked from the header before pixel data is decoded."""
@@ -154,15 +162,28 @@ def _open(stream: io.BytesIO | Path, what: str, max_pixels: int, formats: Sequen
         return _decode(image, what, max_pixels)
 
 
-def _load_path(path: Path, max_pixels: int) -> np.ndarray:
-    text = str(path)
+def image_file(source: str | os.PathLike) -> Path:
+    """The image file a path names, checked before it is read (by ``load_image``, or sent by a client).
+
+    Raises:
+        ValueError: a URL (never fetched), an empty path, or not a regular file (a pipe or a device would block
+            the reader). FileNotFoundError: it does not exist. IsADirectoryError: a directory.
+    """
+    text = os.fspath(source)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.startswith(("http://", "https://")):  # before Path(), which folds "//"
+        raise ValueError(f"URLs are not fetched: download {text!r} first and pass the file or its bytes")
+    if not text:
+        raise ValueError("got an empty path; expected an image file")
+    path = Path(text)
     if not path.exists():
         raise FileNotFoundError(2, "image file not found", text)
     if path.is_dir():
         raise IsADirectoryError(21, "expected an image file, got a directory", text)
-    if not path.is_file():  # a pipe or a device would block the reader
+    if not path.is_file():
         raise ValueError(f"{text!r} is not a regular file (a pipe or a device?); expected an image file")
-    return _open(path, f"image file {text!r}", max_pixels)
+    return path
 
 
 def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -206,14 +227,8 @@ def load_image(
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        text = os.fspath(source)
-        if isinstance(text, bytes):
-            text = os.fsdecode(text)
-        if text.startswith(("http://", "https://")):  # before Path(), which folds "//"
-            raise ValueError(f"URLs are not fetched: download {text!r} first and pass the file or its bytes")
-        if not text:
-            raise ValueError("got an empty path; expected an image file")
-        return _load_path(Path(text), max_pixels)
+        path = image_file(source)
+        return _open(path, f"image file {str(path)!r}", max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -37,8 +38,16 @@ def main(args: argparse.Namespace) -> int:
         read_checkpoint(args.weights)
     if not args.local:
         from rfkp.serving.demo import serve_and_predict
+        from rfkp.serving.launcher import ServerStartError
 
-        dets = serve_and_predict(sample_image_path(), out, weights=args.weights, threshold=args.threshold)
+        try:
+            dets = serve_and_predict(sample_image_path(), out, weights=args.weights, threshold=args.threshold)
+        except ServerStartError as exc:  # a RuntimeError: the log tail says why, no traceback
+            print(f"rfkp demo: error: the server did not start: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # the server is stopped by serve_and_predict's clean-up
+            print("rfkp demo: interrupted", file=sys.stderr)
+            return 130
         draw_detections(sample_image_path(), dets).save(out / "sample_keypoints.png")
         print(f"wrote {out}/sample_keypoints.png")
         return 0

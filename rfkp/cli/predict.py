@@ -109,18 +109,31 @@ def main(args: argparse.Namespace) -> int:
         return _predict_all(paths, predict, out)
 
 
+# gRPC statuses that mean the server (or its model) is gone rather than that an image was refused
+SERVER_GONE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND")
+
+
 def _predict_all(paths: list[str], predict: Callable, out: Path) -> int:
     from tqdm.auto import tqdm
 
+    from rfkp.client import RemoteError  # no tritonclient import: that happens when a client is made
     from rfkp.viz import draw_detections
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "errors.json").unlink(missing_ok=True)  # an earlier run's: this run writes its own if any fails
     results: dict[str, object] = {}
     errors: dict[str, str] = {}
+    gone = None
     for path, name in zip(tqdm(paths, desc="predict", unit="image", disable=len(paths) < 2), picture_names(paths)):
         try:
             dets = predict(path)
+        except RemoteError as exc:
+            if exc.status in SERVER_GONE:  # not this image's fault: the rest would fail the same way
+                gone = exc
+                break
+            errors[str(path)] = str(exc)
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            continue
         except (OSError, ValueError, RuntimeError) as exc:  # unreadable or rejected image: report, go on
             errors[str(path)] = str(exc)
             print(f"{path}: error: {exc}", file=sys.stderr)
@@ -133,4 +146,9 @@ def _predict_all(paths: list[str], predict: Callable, out: Path) -> int:
         (out / "errors.json").write_text(json.dumps(errors, indent=1))
     print(f"wrote {out / 'detections.json'} and annotated images to {out}/"
           + (f"; {len(errors)} of {len(paths)} images failed (errors.json)" if errors else ""))  # fmt: skip
+    if gone is not None:
+        done = len(results) + len(errors)
+        print(f"rfkp predict: error: the server stopped answering after {done} of {len(paths)} images, the rest "
+              f"were not sent: {gone}", file=sys.stderr)  # fmt: skip
+        return 1
     return 1 if errors else 0

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from rfkp.detections import KeypointDetections
-from rfkp.serving.deploy import RANDOM_INIT_WARNING, launch
+from rfkp.serving.deploy import RANDOM_INIT_WARNING, RUN_STAMP, launch
 from rfkp.serving.repository import ServingOptions
 
 __all__ = ["serve_and_predict"]
@@ -36,8 +36,9 @@ def serve_and_predict(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "server_run"
-    if run_dir.exists():
+    if run_dir.exists() and not (run_dir / RUN_STAMP).exists():  # unstamped: not a live server's, clear it
         shutil.rmtree(run_dir)
+    # a stamped one is launch()'s to judge: reused after a finished demo, refused while another is running
     server, prepared = launch(
         weights,
         options=ServingOptions(threshold=threshold),

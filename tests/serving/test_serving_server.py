@@ -38,6 +38,24 @@ def test_ready_and_metadata(client: KeypointClient, tiny_model: RFDETRKeypoint) 
     assert meta.random_init is False
 
 
+@pytest.mark.parametrize("layout", ["pil_rgba", "grey", "rgba"])
+def test_images_in_every_layout_predict_reads_match_it(layout: str, client: KeypointClient,
+                                                       tiny_model: RFDETRKeypoint) -> None:  # fmt: skip
+    from PIL import Image
+
+    rgb = noise_image(120, 90, seed=8)
+    image = {"pil_rgba": Image.fromarray(rgb).convert("RGBA"), "grey": rgb[:, :, 0],
+             "rgba": np.concatenate([rgb, np.full((120, 90, 1), 7, np.uint8)], axis=2)}[layout]  # fmt: skip
+    assert_same(client.predict(image, threshold=0.0), tiny_model.predict(image, threshold=0.0))
+
+
+def test_statistics_errors_and_timeouts(client: KeypointClient) -> None:
+    assert "model_stats" in client.statistics()
+    with pytest.raises(RemoteError, match="nope"):
+        client.statistics("nope")
+    assert client.is_ready()  # with the client's timeout
+
+
 @pytest.mark.parametrize("kind", ["png", "jpeg", "raw", "path"])
 def test_matches_in_process_predict(
     kind: str, client: KeypointClient, tiny_model: RFDETRKeypoint, tmp_path: Path

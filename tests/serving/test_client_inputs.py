@@ -1,0 +1,89 @@
+"""Client-side checks of `rfkp.client` (no server): what is sent for each kind of image, what is refused and
+how, the URL forms, and the channel settings that let a client survive a server restart."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
+
+import os
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from PIL import Image
+
+from rfkp.client import RECONNECT_BACKOFF_MS, _channel_args, build_inputs, check_url
+from rfkp.serving import protocol as P
+
+
+def _raw(inputs: list) -> tuple[str, list[int]]:
+    return inputs[0].name(), inputs[0].shape()
+
+
+def test_every_layout_in_process_predict_reads_is_sent_as_an_rgb_frame() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for image in (rgb, rgb[:, :, 0], rgb[:, :, :1], np.dstack([rgb, rgb[:, :, :1]]), rgb[::-1],
+                  Image.fromarray(rgb), Image.fromarray(rgb).convert("LA")):  # fmt: skip
+        assert _raw(build_inputs(image)) == (P.INPUT_RAW, [1, 20, 30, 3])
+
+
+def test_paths_are_checked_as_in_process_predict_checks_them(tmp_path) -> None:
+    fifo = tmp_path / "frame.png"
+    os.mkfifo(fifo)
+    for path, error, message in [
+        ("", ValueError, "got an empty path"),
+        ("http://example.com/x.png", ValueError, "URLs are not fetched: download 'http://example.com/x.png'"),
+        (str(fifo), ValueError, "is not a regular file"),
+        (str(tmp_path / "missing.png"), FileNotFoundError, "image file not found"),
+        (str(tmp_path), IsADirectoryError, "expected an image file"),
+    ]:
+        with pytest.raises(error, match=message):
+            build_inputs(path)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="send float tensors as images"):
+        build_inputs(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="got a numpy array of dtype float32"):
+        build_inputs(np.zeros((4, 4, 3), np.float32))
+
+
+def test_urls() -> None:
+    for bad in ("127.0.0.1:\u00b2", "127.0.0.1:\u0661\u0662"):  # digits str.isdigit() accepts and int() may not
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            check_url(bad)
+
+
+def test_reconnect_backoff_is_short_and_the_defaults_are_kept() -> None:
+    args = dict(_channel_args(grpcclient))
+    assert args["grpc.max_reconnect_backoff_ms"] == RECONNECT_BACKOFF_MS <= 1000
+    assert args["grpc.use_local_subchannel_pool"] == 1
+    assert args["grpc.max_send_message_length"] == args["grpc.max_receive_message_length"] == 2**31 - 1
+
+
+def test_predict_url_stops_when_the_server_goes_away(tmp_path, capsys) -> None:
+    """`rfkp predict --url`: a server that stops answering ends the run with one error; the images not sent
+    are not reported as failed images."""
+    from rfkp.cli.predict import _predict_all
+    from rfkp.client import RemoteError
+    from rfkp.detections import KeypointDetections
+
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+        paths.append(str(path))
+    calls = []
+
+    def answer(path: str) -> KeypointDetections:
+        calls.append(path)
+        if len(calls) == 1:
+            return KeypointDetections.empty(class_names=["a"], keypoint_names=[["p"]], image_size=(8, 8))
+        if len(calls) == 2:
+            raise RemoteError("IMAGE_BYTES[0]: corrupt", "StatusCode.INVALID_ARGUMENT")  # this image's fault
+        raise RemoteError("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+
+    assert _predict_all(paths, answer, tmp_path / "out") == 1
+    assert len(calls) == 3  # the fourth image was not sent
+    err = capsys.readouterr().err
+    assert "the server stopped answering after 2 of 4 images, the rest were not sent" in err
+    assert list(__import__("json").loads((tmp_path / "out" / "errors.json").read_text())) == [paths[1]]
