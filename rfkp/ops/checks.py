@@ -70,6 +70,9 @@ def check_ms_deform_attn(
         raise ValueError(f"value must be (B, S, H, D), got {_shape(value)}")
     B, S, H, D = value.shape
     levels = _check_levels(spatial_shapes, level_start_index)
+    for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
+        if t.device.type == "meta" and value.device.type != "meta":  # would dispatch to the shape-only kernel
+            raise ValueError(f"{name} is on the meta device but value is on {value.device}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
         raise ValueError(f"{loc_name} must be (B, Q, H, L, P, 2), got {_shape(sampling_locations)}")
     Q, P = sampling_locations.shape[1], sampling_locations.shape[4]

@@ -144,6 +144,14 @@ def test_public_functions_follow_the_ops_autocast_rule():
         assert ops.multi_scale_deformable_attention(*(wide[n] for n in PLAIN)).dtype == torch.float64
 
 
+@pytest.mark.parametrize("entry", [library.ms_deform_attn_op, ops.multi_scale_deformable_attention])
+def test_level_tensors_on_the_meta_device_are_refused(entry):
+    x = msda_inputs(1, 2, 2, 4, LEVELS, 2)
+    x["spatial_shapes"] = x["spatial_shapes"].to("meta")  # used to return uninitialised memory
+    with pytest.raises(ValueError, match="spatial_shapes is on the meta device but value is on cpu"):
+        entry(*(x[n] for n in PLAIN))
+
+
 def test_cuda_requested_for_cpu_tensors_raises(monkeypatch):
     x = msda_inputs(1, 2, 2, 4, LEVELS, 2)
     monkeypatch.setenv(backend.ENV_VAR, "cuda")
