@@ -56,7 +56,6 @@ def test_urls() -> None:
 def test_reconnect_backoff_is_short_and_the_defaults_are_kept() -> None:
     args = dict(_channel_args(grpcclient))
     assert args["grpc.max_reconnect_backoff_ms"] == RECONNECT_BACKOFF_MS <= 1000
-    assert args["grpc.use_local_subchannel_pool"] == 1
     assert args["grpc.max_send_message_length"] == args["grpc.max_receive_message_length"] == 2**31 - 1
 
 
