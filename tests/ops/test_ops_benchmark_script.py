@@ -133,6 +133,7 @@ def test_benchmark_arguments_are_checked_before_the_work(tmp_path):
         ("server.py", ["--cameras", "0"], "expected an integer >= 1"),
         ("kernels.py", ["--iters", "0"], "expected an integer >= 1"),
         ("peer_options.py", ["--peer-python", str(tmp_path / "nope")], f"{tmp_path / 'nope'} not found"),
+        ("client_reconnect.py", ["--outage", "0"], "expected a finite number > 0"),
     ]
     for script, args, message in cases:
         done = subprocess.run([sys.executable, str(SCRIPT.parent / script), *args], capture_output=True, text=True,
