@@ -123,6 +123,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.data.schema import infer_schema
     from trainer.data.validate import (
         check_image_files,
+        check_image_sizes,
         load_coco_json,
         require_labelled_keypoints,
         validate_coco,
@@ -139,6 +140,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     require_labelled_keypoints(coco, args.data.name, "there is nothing to calibrate on")
     _check_options(args, coco)
     check_image_files(coco, args.images, args.data.name)
+    check_image_sizes(coco, args.images, args.data.name)
     sigmas = load_sigmas(args.sigmas, schema)
     dtype = _stored_float_dtype(args.weights)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)

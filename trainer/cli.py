@@ -16,13 +16,19 @@ from typing import Any
 from rfkp.cli.arguments import positive_int, probability
 from rfkp.devices import device_arg
 from trainer.data.schema import DatasetSchema, infer_schema
-from trainer.data.validate import check_image_files, load_coco_json, require_labelled_keypoints, validate_coco
+from trainer.data.validate import (
+    check_image_files,
+    check_image_sizes,
+    load_coco_json,
+    require_labelled_keypoints,
+    validate_coco,
+)
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.plots import reliability_plot
 from trainer.evaluation.predict import predict_rows
 from trainer.evaluation.report import format_report, report_to_dict
 from trainer.evaluation.sigmas import DEFAULT_SIGMA
-from trainer.jsonfile import load_json, load_sigmas
+from trainer.jsonfile import dumps_strict, load_json, load_sigmas
 from trainer.outputs import check_outputs, check_plot_file, write_text
 
 #: Options that only apply to running a model (--weights), with their defaults there.
@@ -69,6 +75,7 @@ def _predict_rows(
     if args.images is None:
         raise ValueError("--images is required with --weights")
     check_image_files(coco, args.images, args.data.name)
+    check_image_sizes(coco, args.images, args.data.name)  # predictions and ground truth in one pixel frame
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
     return predict_rows(
         model, coco, args.images, schema, threshold=args.threshold, resolution=args.resolution,
@@ -119,7 +126,7 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.save_detections:
         write_text(args.save_detections, json.dumps(rows))
     if args.json_out:
-        write_text(args.json_out, json.dumps(report_to_dict(report), indent=2))
+        write_text(args.json_out, dumps_strict(report_to_dict(report), indent=2))
     if args.plot:
         if report.calibration is None:
             print("rfkp eval: no plot: the detections carry no keypoint_covariance", file=sys.stderr)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.data.values import is_finite_number, short_repr
+
 if TYPE_CHECKING:
     from trainer.data.schema import DatasetSchema
 
@@ -35,7 +37,7 @@ def load_json(path: Path, what: str) -> Any:
 
 
 def _is_sigma(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return is_finite_number(value) and value > 0
 
 
 def load_sigmas(path: Path | None, schema: DatasetSchema | None = None) -> dict[str, Any] | None:
@@ -56,11 +58,9 @@ def load_sigmas(path: Path | None, schema: DatasetSchema | None = None) -> dict[
     for key, value in sigmas.items():
         values = value if isinstance(value, list) else [value]
         if not values or not all(_is_sigma(v) for v in values):
-            shown = json.dumps(value)
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a wrong file can hold huge entries
             raise ValueError(
                 f"{path.name}: entry {key!r}: expected a sigma (a finite number > 0) or a list of them, one per "
-                f"keypoint, got {shown}"
+                f"keypoint, got {short_repr(value)}"
             )
     if schema is not None:
         from trainer.evaluation.sigmas import category_sigmas

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from rfkp.cli.arguments import non_negative_int, positive_float, probability
-from rfkp.cli.paths import check_output_file
 from rfkp.devices import device_arg
 from trainer.jsonfile import dumps_strict, load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
@@ -131,11 +130,10 @@ def _check_out(args: argparse.Namespace) -> None:
     if args.save_choice is not None:
         if args.budget_ms is None:
             raise ValueError("--save-choice writes the choice --budget-ms picks: give --budget-ms too")
-        check_output_file(args.save_choice, "--save-choice")
-        chosen = Path(args.save_choice).resolve()
-        if chosen == out.resolve() or chosen in out.resolve().parents:
-            raise ValueError(f"--save-choice {args.save_choice} is --out {out} or a folder above it; name a file")
         check_outputs({"--save-choice": args.save_choice}, {**inputs, **{f"--out {n}": out / n for n in OUT_FILES}})
+        chosen = Path(args.save_choice).resolve()
+        if chosen == out.resolve() or chosen in out.resolve().parents:  # not there yet, so not a folder yet
+            raise ValueError(f"--save-choice {args.save_choice} is --out {out} or a folder above it; name a file")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -226,5 +224,6 @@ def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Nam
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the search. Returns 0, or 1 with a message on stderr for bad input."""
+    """Run the search. Returns 0, or 1 when no choice fits --budget-ms; bad input raises (ValueError, OSError),
+    which ``rfkp.cli.main`` prints as one line with exit status 1."""
     return _run(args)  # bad input raises ValueError / OSError: rfkp.cli.main prints it (-v: with the traceback)

@@ -342,12 +342,14 @@ def _weights_message(args: argparse.Namespace, history: list[dict[str, Any]]) ->
     """Which inference weights the run left: best.pt by validation AP, or last.pt alone (no validation yet), or
     last.pt and its copy best.pt (no --val)."""
     best, last = args.out / "best.pt", args.out / "last.pt"
-    if args.val is None:
-        return f"weights: {last} (EMA), also as {best} (no --val to select by)"
-    if not best.is_file():
-        return f"weights: {last} (EMA; no best.pt: the run stopped before its first validation)"
     validated = max((r for r in history if "ap" in r), key=lambda r: r["ap"], default=None)
     ap = "" if validated is None else f", val AP {validated['ap']:.4f}"
+    if args.val is None and validated is None:
+        return f"weights: {last} (EMA), also as {best} (no --val to select by)"
+    if args.val is None:  # a validated run resumed without --val keeps its best.pt
+        return f"weights: {last} (EMA); {best} stays the validated best{ap}"
+    if not best.is_file():
+        return f"weights: {last} (EMA; no best.pt: the run stopped before its first validation)"
     return f"weights: {best} (EMA{ap}), {last}"
 
 
@@ -380,8 +382,8 @@ def _missing_folders(path: Path) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Train. Returns 0, or 1 with a message on stderr for bad input or a diverged run; a run that failed before
-    writing anything leaves no empty --out behind."""
+    """Train. Returns 0; bad input or a diverged run raises (ValueError, OSError), which ``rfkp.cli.main`` prints as
+    one line with exit status 1. A run that failed before writing anything leaves no empty --out behind."""
     new_folders = _missing_folders(args.out)
     try:
         return _run(args)  # bad input raises ValueError / OSError (NonFiniteTrainingError too): rfkp.cli.main prints it

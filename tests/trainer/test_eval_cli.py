@@ -198,3 +198,19 @@ def test_an_unreadable_image_is_named_by_its_dataset_id(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"^image id {broken['id']} \('{broken['file_name']}'\): ") as exc:
         predict_rows(model, coco, folder, infer_schema(coco), batch_size=3)
     assert "of 3" not in str(exc.value)  # not the position in the batch
+
+
+def test_an_image_of_another_size_than_its_annotation_is_refused_before_the_model_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    coco = _sample()
+    image = coco["images"][0]
+    image["width"] += 1  # predictions would be scored in another pixel frame than the ground truth
+    data = tmp_path / "gt.json"
+    data.write_text(json.dumps(coco))
+    weights = tmp_path / "tiny.pth"
+    RFDETRKeypoint.from_config(tiny(resolution=64), device="cpu").save_checkpoint(weights)
+    argv = ["eval", "--data", str(data), "--images", str(SAMPLE / "images"), "--weights", str(weights)]
+    assert _run(argv) == 1
+    err = capsys.readouterr().err
+    assert f"image id {image['id']}" in err and f"but the annotation says {image['width']}x" in err

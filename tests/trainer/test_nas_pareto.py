@@ -33,7 +33,7 @@ POINTS = [
     (0.70, 30.0, True),
     (0.30, 5.0, True),
     (math.nan, 1.0, False),  # undefined AP: never on the front
-    (-1.0, 0.5, False),  # pycocotools' undefined AP (no ground truth): never on the front, dominates nothing
+    (-1.0, 0.5, False),  # pycocotools' undefined AP (no ground truth): never on the front, though fastest
 ]
 
 

@@ -127,8 +127,11 @@ def test_sigma_overrides_apply_per_category() -> None:
         category_sigmas(schema, {"1": 0.1, "mirror_mouse_side": 0.2})
     digits = infer_schema({"categories": [{"id": 0, "name": "1", "keypoints": ["a"]},
                                           {"id": 1, "name": "2", "keypoints": ["b"]}]})  # fmt: skip
-    by_id = category_sigmas(digits, {"0": 0.03, "1": 0.04})  # "1" is category 0's name but category 1's id
-    assert by_id[0].tolist() == [0.03] and by_id[1].tolist() == [0.04]
+    with pytest.raises(ValueError, match="sigma key '1' is category 0's name and category 1's id"):
+        category_sigmas(digits, {"0": 0.03, "1": 0.04})  # "1" could mean either category
+    assert category_sigmas(digits, {"2": 0.05})[1].tolist() == [0.05]  # "2" is only a name
+    with pytest.raises(ValueError, match="sigmas must be finite and > 0"):
+        category_sigmas(digits, {0: 10**400})
 
 
 def test_no_detections_score_zero() -> None:
@@ -169,6 +172,10 @@ def test_bad_result_rows_are_named() -> None:
         ([dict(good[0], bbox=[0, 0, "5", 5])], "'bbox' must be \\[x, y, width, height\\]"),
         ([dict(good[0], bbox=[0, 0, 5])], "'bbox' must be \\[x, y, width, height\\]"),
         ([dict(good[0], keypoint_covariance=[[["1", 0], [0, 1]]] * 17)], "must hold finite numbers only"),
+        # integers too large for a float (JSON has no limit) used to raise TypeError / OverflowError
+        ([dict(good[0], keypoints=[10**400] + good[0]["keypoints"][1:])], "'keypoints' must be a flat list"),
+        ([dict(good[0], score=10**400)], "'score' must be a finite number, got 1000"),
+        ([dict(good[0], bbox=np.zeros(4))], "'bbox' must be \\[x, y, width, height\\]"),
     ]
     for rows, message in cases:
         with pytest.raises(ValueError, match=message):

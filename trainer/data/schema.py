@@ -12,7 +12,7 @@ from typing import Any
 
 from trainer.data.errors import CocoFormatError
 from trainer.data.flip_pairs import FlipPairSpec, flip_permutation, infer_flip_pairs, resolve_flip_pairs
-from trainer.data.ids import ID_EXPECTED, is_coco_id
+from trainer.data.values import ID_EXPECTED, is_coco_id, short_repr
 
 #: Key of ``flip_pairs`` that applies to every category without its own entry.
 ALL_CATEGORIES = "*"
@@ -195,10 +195,10 @@ def infer_schema(
             if key not in category:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
         if not is_coco_id(category["id"]):
-            raise CocoFormatError(f"{where}: 'id' must be {ID_EXPECTED}, got {category['id']!r:.80}")
+            raise CocoFormatError(f"{where}: 'id' must be {ID_EXPECTED}, got {short_repr(category['id'])}")
         if not isinstance(category["name"], str) or not category["name"].strip():
-            raise CocoFormatError(f"{where}: 'name' must be a non-empty string, got {category['name']!r}")
-        where = f"{source}: category id {category['id']} ({category['name']!r})"
+            raise CocoFormatError(f"{where}: 'name' must be a non-empty string, got {short_repr(category['name'])}")
+        where = f"{source}: category id {category['id']} ({short_repr(category['name'])})"
         if category["id"] in seen_ids:
             raise CocoFormatError(f"{where}: duplicate category id")
         seen_ids.add(category["id"])

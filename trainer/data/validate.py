@@ -5,14 +5,14 @@ Every error names the file and the image id, annotation id or category at fault 
 
 from __future__ import annotations
 
-import math
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from trainer.data.errors import CocoFormatError
-from trainer.data.ids import ID_EXPECTED, is_coco_id
 from trainer.data.schema import DatasetSchema
+from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, short_repr
 from trainer.jsonfile import load_json
 
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -41,15 +41,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
     if not isinstance(images, list):
         raise CocoFormatError(f"{source}: 'images' must be a list")
@@ -57,12 +48,12 @@ def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
     for position, image in enumerate(images):
         if not isinstance(image, Mapping):
             raise CocoFormatError(f"{source}: images[{position}] must be an object")
-        where = f"{source}: image id {image.get('id', f'? (images[{position}])')}"
+        where = f"{source}: image id {short_repr(image.get('id', f'? (images[{position}])'))}"
         for key in _IMAGE_KEYS:
             if key not in image:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
         if not is_coco_id(image["id"]):
-            raise CocoFormatError(f"{where}: 'id' must be {ID_EXPECTED}, got {_short(image['id'])}")
+            raise CocoFormatError(f"{where}: 'id' must be {ID_EXPECTED}, got {short_repr(image['id'])}")
         if image["id"] in by_id:
             raise CocoFormatError(f"{where}: duplicate image id")
         if not isinstance(image["file_name"], str) or not image["file_name"]:
@@ -88,7 +79,7 @@ def _check_keypoints(
     labelled = 0
     for k in range(num_keypoints):
         x, y, v = values[3 * k : 3 * k + 3]
-        if not (_is_number(x) and _is_number(y)):
+        if not (is_finite_number(x) and is_finite_number(y)):
             raise CocoFormatError(
                 f"{where}: keypoint {k} has non-numeric or non-finite coordinates ({x!r}, {y!r})"
             )
@@ -109,7 +100,7 @@ def _check_keypoints(
 
 
 def _check_bbox(bbox: Any, where: str) -> None:
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(b) for b in bbox)):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(b) for b in bbox)):
         raise CocoFormatError(
             f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, got {bbox!r}"
         )
@@ -137,15 +128,15 @@ def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = 
     for position, ann in enumerate(annotations):
         if not isinstance(ann, Mapping):
             raise CocoFormatError(f"{source}: annotations[{position}] must be an object")
-        where = f"{source}: annotation id {_short(ann.get('id', f'? (annotations[{position}])'))}"
+        where = f"{source}: annotation id {short_repr(ann.get('id', f'? (annotations[{position}])'))}"
         if "image_id" in ann:
-            where += f" (image id {_short(ann['image_id'])})"
+            where += f" (image id {short_repr(ann['image_id'])})"
         for key in _ANNOTATION_KEYS:
             if key not in ann:
                 raise CocoFormatError(f"{where}: missing key '{key}'")
         for key in ("id", "image_id", "category_id"):  # references may be integral floats, as pycocotools takes
             if not is_coco_id(ann[key], integral_floats=key != "id"):
-                raise CocoFormatError(f"{where}: '{key}' must be {ID_EXPECTED}, got {_short(ann[key])}")
+                raise CocoFormatError(f"{where}: '{key}' must be {ID_EXPECTED}, got {short_repr(ann[key])}")
         if ann["id"] in seen:
             raise CocoFormatError(f"{where}: duplicate annotation id")
         seen.add(ann["id"])
@@ -163,7 +154,7 @@ def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = 
         )
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
             raise CocoFormatError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
-        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+        if "area" in ann and not (is_finite_number(ann["area"]) and ann["area"] >= 0):
             raise CocoFormatError(f"{where}: 'area' must be a finite number >= 0, got {ann['area']!r}")
 
 
@@ -193,16 +184,18 @@ def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: s
         raise FileNotFoundError(f"image folder not found: {root}")
     for image in coco["images"]:
         path = root / image["file_name"]
-        try:
-            found = path.is_file()
+        try:  # stat, not is_file(): Python 3.14's is_file() returns False where stat raises (a name too long)
+            found = stat.S_ISREG(path.stat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            found = False
         except OSError as err:  # a name too long for the file system, say
             raise CocoFormatError(
-                f"{source}: image id {image['id']}: file {_short(image['file_name'])} cannot be looked up: "
+                f"{source}: image id {image['id']}: file {short_repr(image['file_name'])} cannot be looked up: "
                 f"{err.strerror or err}"
             ) from None
         if not found:
             raise CocoFormatError(
-                f"{source}: image id {image['id']}: file {_short(image['file_name'])} not found in {root}"
+                f"{source}: image id {image['id']}: file {short_repr(image['file_name'])} not found in {root}"
             )
 
 
@@ -241,7 +234,7 @@ def check_image_sizes(coco: Mapping[str, Any], images_dir: str | Path, source: s
 
     root = Path(images_dir)
     for image in coco["images"]:
-        where = f"{source}: image id {image['id']}: file {image['file_name']!r}"
+        where = f"{source}: image id {image['id']}: file {short_repr(image['file_name'])}"
         try:
             with Image.open(root / image["file_name"]) as opened:
                 width, height = opened.size

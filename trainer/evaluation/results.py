@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.data.ids import ID_EXPECTED, is_coco_id
 from trainer.data.schema import CategorySchema, DatasetSchema
 from trainer.data.targets import COCO_PIXEL_OFFSET
+from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, short_repr
 from trainer.evaluation.calibration import COVARIANCE_KEY
 
 if TYPE_CHECKING:
@@ -27,11 +26,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _REQUIRED = ("image_id", "category_id", "keypoints", "score")
-
-
-def _is_number(value: Any) -> bool:
-    """A real number (a numpy one too): not a bool, not a string that numpy would convert."""
-    return isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
 
 
 def _finite(values: Any) -> bool:
@@ -45,7 +39,7 @@ def _finite(values: Any) -> bool:
                 return False
         elif isinstance(value, (list, tuple)):
             stack.extend(value)
-        elif not (_is_number(value) and np.isfinite(value)):
+        elif not is_finite_number(value):
             return False
     return True
 
@@ -91,7 +85,7 @@ def check_results(
                 raise ValueError(f"{where}: missing key '{key}'")
         for key in ("image_id", "category_id"):
             if not is_coco_id(row[key], integral_floats=True):
-                raise ValueError(f"{where}: '{key}' must be {ID_EXPECTED}, got {row[key]!r:.80}")
+                raise ValueError(f"{where}: '{key}' must be {ID_EXPECTED}, got {short_repr(row[key])}")
         where += f" (image id {row['image_id']})"
         if row["image_id"] not in image_ids:
             raise ValueError(f"{where}: image id not in the ground truth")
@@ -107,15 +101,16 @@ def check_results(
                 else type(row["keypoints"]).__name__
             )
             raise ValueError(f"{where}: 'keypoints' has {got} values, expected {3 * k} (3 x {k} keypoints)")
-        if not all(_is_number(v) for v in row["keypoints"]) or not _finite(row["keypoints"]):
+        if not all(is_finite_number(v) for v in row["keypoints"]):
             raise ValueError(f"{where}: 'keypoints' must be a flat list of finite numbers")
         if not _finite(row["score"]) or np.ndim(row["score"]) != 0:
-            raise ValueError(f"{where}: 'score' must be a finite number, got {row['score']!r:.80}")
+            raise ValueError(f"{where}: 'score' must be a finite number, got {short_repr(row['score'])}")
         if i and ("bbox" in row) != ("bbox" in results[0]):  # pycocotools reads the first row's keys for all
             raise ValueError(f"{where}: 'bbox' is given on some rows only; give it on all or none")
-        if "bbox" in row and row["bbox"] != [] and not (  # [] is pycocotools' "no box"
-            isinstance(row["bbox"], (list, tuple)) and len(row["bbox"]) == 4 and _finite(row["bbox"])
-        ):
+        box = row.get("bbox")
+        if "bbox" in row and not (isinstance(box, (list, tuple)) and (  # [] is pycocotools' "no box"
+            len(box) == 0 or (len(box) == 4 and _finite(box))
+        )):
             raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, or []")
         if COVARIANCE_KEY in row:
             _check_covariance(row[COVARIANCE_KEY], k, where)

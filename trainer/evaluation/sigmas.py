@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from trainer.data.schema import CategorySchema, DatasetSchema
+from trainer.data.values import is_finite_number, short_repr
 
 COCO_PERSON_KEYPOINTS: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -40,13 +41,9 @@ def is_coco_person(category: CategorySchema) -> bool:
     return category.name.lower() == "person" and category.num_keypoints == len(COCO_PERSON_KEYPOINTS)
 
 
-def _override_for(
-    overrides: Mapping[int | str, SigmaOverride], category: CategorySchema, other_ids: set[str] | frozenset[str] = frozenset()
-) -> SigmaOverride | None:
+def _override_for(overrides: Mapping[int | str, SigmaOverride], category: CategorySchema) -> SigmaOverride | None:
     keys = [key for key in dict.fromkeys((category.category_id, str(category.category_id), category.name))
             if key in overrides]  # fmt: skip
-    if len(keys) > 1 and category.name in keys and category.name in other_ids:
-        keys.remove(category.name)  # a name that is another category's id (JSON keys are strings): that one's
     if len(keys) > 1:
         raise ValueError(
             f"category {category.category_id} ({category.name!r}) has several sigma entries {keys}; give one"
@@ -71,10 +68,16 @@ def category_sigmas(
         raise ValueError(
             f"sigma overrides for unknown categories {unknown}; categories are {schema.class_names}"
         )
+    ids = {str(c.category_id): c for c in schema.categories}
+    for c in schema.categories:  # JSON keys are strings: "1" could be one category's id and another's name
+        if c.name in overrides and c.name in ids and ids[c.name] is not c:
+            raise ValueError(
+                f"sigma key {c.name!r} is category {c.category_id}'s name and category {c.name}'s id; "
+                "key these categories by the other (id or name)"
+            )
     out: dict[int, np.ndarray] = {}
     for category in schema.categories:
-        other_ids = {str(c.category_id) for c in schema.categories if c is not category}
-        override = _override_for(overrides, category, other_ids)
+        override = _override_for(overrides, category)
         where = f"category {category.category_id} ({category.name!r})"
         if override is None:
             sigmas = (
@@ -83,11 +86,13 @@ def category_sigmas(
                 else np.full(category.num_keypoints, DEFAULT_SIGMA)
             )
         elif isinstance(override, (int, float)) and not isinstance(override, bool):
+            if not is_finite_number(override):  # an integer too large for a float, say
+                raise ValueError(f"{where}: sigmas must be finite and > 0, got {short_repr(override)}")
             sigmas = np.full(category.num_keypoints, float(override))
         else:
             try:
                 sigmas = np.asarray(list(override), dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ValueError(f"{where}: sigmas must be a number or a list of numbers, got {override!r}") from None
             if sigmas.shape != (category.num_keypoints,):
                 raise ValueError(

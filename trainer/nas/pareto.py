@@ -30,7 +30,6 @@ def pareto_mask(ap: Sequence[float], latency_ms: Sequence[float]) -> np.ndarray:
     no_worse = (a[None, :] >= a[:, None]) & (t[None, :] <= t[:, None])  # [i, j]: j at least as good as i
     better = (a[None, :] > a[:, None]) | (t[None, :] < t[:, None])
     defined = (a >= 0) & ~np.isnan(t)  # NaN compares False
-    no_worse &= defined[None, :]
     return ~(no_worse & better).any(axis=1) & defined
 
 

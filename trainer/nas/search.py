@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from trainer.data.schema import DatasetSchema, infer_schema
-from trainer.data.validate import check_image_files, load_coco_json, require_labelled_keypoints, validate_coco
+from trainer.data.validate import (
+    check_image_files,
+    check_image_sizes,
+    load_coco_json,
+    require_labelled_keypoints,
+    validate_coco,
+)
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.predict import naming_dataset_images
 from trainer.evaluation.results import class_categories, detections_to_results
@@ -124,6 +130,7 @@ def _load_val_set(coco_json: str | Path | Mapping[str, Any], images_dir: str | P
     validate_coco(coco, schema, source)
     require_labelled_keypoints(coco, source, "the configurations cannot be scored on it")
     check_image_files(coco, images_dir, source)
+    check_image_sizes(coco, images_dir, source)
     images = sorted(coco["images"], key=lambda im: im["id"])
     if not images:
         raise ValueError(f"{source}: no images to evaluate on")
