@@ -19,7 +19,8 @@ import sys
 
 from result_file import result_path, write_result
 
-from rfkp.cli.arguments import positive_int
+from rfkp.cli.arguments import positive_int, positive_int_list
+from rfkp.variants import VARIANTS
 
 
 def child(variant: str, n: int, height: int, width: int, way: str) -> dict[str, float]:
@@ -52,21 +53,13 @@ def child(variant: str, n: int, height: int, width: int, way: str) -> dict[str, 
             "one_float_image_mb": height * width * 3 * 4 / 2**20}  # fmt: skip
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(positive_int(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}") from None
-    return sizes
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="tiny")
+    p.add_argument("--variant", default="tiny", choices=sorted(VARIANTS))
     p.add_argument("--height", type=positive_int, default=3000)
     p.add_argument("--width", type=positive_int, default=4000)
-    p.add_argument("--batches", type=_batch_sizes, default=(1, 4, 8), help="comma-separated image counts (default 1,4,8)")
+    p.add_argument("--batches", type=positive_int_list, default=(1, 4, 8), help="comma-separated image counts (default 1,4,8)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--way", default="predict", help=argparse.SUPPRESS)
     p.add_argument("--out", type=result_path)

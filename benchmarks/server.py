@@ -217,9 +217,18 @@ def served_run(args: argparse.Namespace, weights: Path, frame: bytes, batching: 
             "server_alive_after": alive}
 
 
+def _url(text: str) -> str:
+    from rfkp.client import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", help="benchmark a running server (HOST:PORT) instead of starting one")
+    p.add_argument("--url", type=_url, help="benchmark a running server (HOST:PORT) instead of starting one")
     p.add_argument("--weights", help="checkpoint to serve (default: a random-initialised --variant)")
     p.add_argument("--variant", default="default", help="default (the project's default model), nano, tiny, ...")
     p.add_argument("--image", default=str(SAMPLE), help="frame to send (encoded bytes as read)")

@@ -54,7 +54,7 @@ def _grpc():
 
 # A restarted server must be reachable again at once: gRPC's reconnect backoff otherwise grows to two minutes.
 # Channels with the same arguments share one connection (subchannel) per address, and its backoff: every rfkp
-# client caps it, so clients in one process keep sharing a connection (measured faster than one each).
+# client caps it, so clients in one process keep sharing one connection, as tritonclient's defaults do.
 RECONNECT_BACKOFF_MS = 1000
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "port",
     "positive_float",
     "positive_int",
+    "positive_int_list",
     "probability",
     "queue_delay_us",
 ]
@@ -60,6 +61,15 @@ positive_float = _checked("positive_float", _float, lambda v: v > 0.0, "a finite
 non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0.0, "a finite number >= 0")
 port = _checked("port", _int, lambda v: 0 <= v <= 65535, "a port in 0..65535 (0: a free one)")
 probability = _checked("probability", _float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers >= 1, e.g. ``4,8``."""
+    try:
+        values = tuple(positive_int(part.strip()) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}") from None
+    return values
+
+
 queue_delay_us = _checked("queue_delay_us", _int, lambda v: 0 <= v <= MAX_QUEUE_DELAY_US,
                           f"microseconds in 0..{MAX_QUEUE_DELAY_US} (at most a minute)")
 

@@ -37,13 +37,16 @@ def main(args: argparse.Namespace) -> int:
 
         read_checkpoint(args.weights)
     if not args.local:
-        from rfkp.serving.demo import serve_and_predict
-        from rfkp.serving.launcher import ServerStartError
-
         try:
+            from rfkp.client import RemoteError
+            from rfkp.serving.demo import serve_and_predict
+            from rfkp.serving.embedded import TritonNotFoundError
+            from rfkp.serving.launcher import ServerStartError
+
             dets = serve_and_predict(sample_image_path(), out, weights=args.weights, threshold=args.threshold)
-        except ServerStartError as exc:  # a RuntimeError: the log tail says why, no traceback
-            print(f"rfkp demo: error: the server did not start: {exc}", file=sys.stderr)
+        except (ServerStartError, TritonNotFoundError, RemoteError, ImportError) as exc:  # no traceback
+            print(f"rfkp demo: error: the served demo failed: {exc}\n(rfkp demo --local runs the model "
+                  "in-process, without a server)", file=sys.stderr)  # fmt: skip
             return 1
         except KeyboardInterrupt:  # the server is stopped by serve_and_predict's clean-up
             print("rfkp demo: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ from rfkp.cli.arguments import (
     port,
     positive_float,
     positive_int,
+    positive_int_list,
     probability,
     queue_delay_us,
 )
@@ -56,14 +57,6 @@ def _serve_device(text: str) -> str:
     return name
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    return sizes
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the model over gRPC/HTTP with Triton Inference Server", description=__doc__)
     p.add_argument("--weights", type=non_empty_path, help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
@@ -75,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", choices=("auto", "embedded", "system"), default="auto",
                    help="embedded: the nvidia-pytriton binary; system: tritonserver on PATH (default auto)")
     p.add_argument("--max-batch-size", type=positive_int, default=8, help="largest dynamic batch (default 8)")
-    p.add_argument("--preferred-batch-sizes", type=_batch_sizes, default=None,
+    p.add_argument("--preferred-batch-sizes", type=positive_int_list, default=None,
                    help="comma-separated preferred batch sizes (default: half the max and the max)")
     p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000,
                    help="longest wait to fill a batch, microseconds (default 2000)")

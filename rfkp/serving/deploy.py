@@ -26,7 +26,7 @@ from rfkp.checkpoint import load_config_and_state
 from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
 from rfkp.serving.embedded import find_installation
-from rfkp.serving.launcher import ServerStartError, TritonServer, normalise_host, port_in_use
+from rfkp.serving.launcher import ServerStartError, TritonServer, check_ports, normalise_host, port_in_use
 from rfkp.serving.repository import ServingOptions, render_repository
 
 __all__ = [
@@ -348,6 +348,7 @@ def launch(
         ServerStartError: the server exited or was not ready within ``ready_timeout`` seconds.
     """
     host = normalise_host(host)
+    check_ports(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)  # before any bind test
     run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
     _claim_run_dir(run)  # before the graph export (render_repository would refuse a used folder only after it)
     taken = [p for p in (grpc_port, http_port, metrics_port) if p and port_in_use(host, p)]

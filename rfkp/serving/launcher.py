@@ -80,6 +80,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def check_ports(**ports: int) -> None:
+    """Each named port lies in 0..65535 (0: a free one). Raises ValueError naming the first that does not."""
+    for name, port in ports.items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"{name} must lie in 0..65535 (0: a free one), got {port!r}")
+
+
 def port_in_use(host: str, port: int) -> bool:
     """True when something listens on (or holds) ``host:port`` (a bind test; TIME_WAIT does not count)."""
     with _socket(host) as sock:
@@ -161,9 +168,7 @@ class TritonServer:
         workdir: Path | str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
-        for name, port in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
-            if not 0 <= int(port) <= 65535:
-                raise ValueError(f"{name} must lie in 0..65535 (0: a free one), got {port}")
+        check_ports(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
         self.repository = Path(repository).resolve()
         if not any(self.repository.glob("*/config.pbtxt")):
             raise FileNotFoundError(f"{self.repository} is not a Triton model repository (no */config.pbtxt)")

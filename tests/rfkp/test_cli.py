@@ -169,3 +169,18 @@ def test_an_empty_weights_path_is_refused_not_taken_for_the_default(command: str
         main([command, "--weights", "", *extra])
     assert exc.value.code == 2
     assert "argument --weights: expected a path, got an empty string" in capsys.readouterr().err
+
+
+def test_demo_without_a_server_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("tritonclient.grpc")
+    from rfkp.cli.main import main
+    from rfkp.serving import deploy
+    from rfkp.serving.embedded import TritonNotFoundError
+
+    def no_server(choice: str) -> None:
+        raise TritonNotFoundError("no tritonserver found (stand-in for a machine without one)")
+
+    monkeypatch.setattr(deploy, "find_installation", no_server)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 1
+    err = capsys.readouterr().err
+    assert "rfkp demo: error: the served demo failed: no tritonserver found" in err and "--local" in err

@@ -77,8 +77,9 @@ def test_parser_defaults_listen_on_loopback() -> None:
     args = parser.parse_args(["serve", "--preferred-batch-sizes", "2,4", "--no-dynamic-batching"])
     options = options_from_args(args)
     assert options.batching.preferred_batch_sizes == (2, 4) and not options.batching.enabled
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--preferred-batch-sizes", "two"])
+    for bad in ("two", "0,4", "-4"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--preferred-batch-sizes", bad])
 
 
 def test_runtime_option() -> None:
@@ -168,11 +169,12 @@ def test_cli_refuses_a_used_run_dir(tmp_path: Path) -> None:
     assert (run_dir / "model_repository" / "keep.txt").read_text() == "earlier run"
 
 
-def _serve(weights: Path, *extra: str) -> subprocess.Popen[str]:
+def _serve(weights: Path, *extra: str, tmpdir: Path | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "rfkp.cli.main", "serve", "--weights", str(weights), "--grpc-port", "0",
            "--http-port", "0", "--metrics-port", "0", "--runtime", "torch", *extra]  # fmt: skip
+    env = None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)}  # where the temporary run folder goes
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, env=env)  # fmt: skip
 
 
 def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tmp_path: Path) -> None:
@@ -186,7 +188,9 @@ def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tm
 
     weights = tmp_path / "tiny.pt"
     RFDETRKeypoint.from_config(tiny(num_keypoints_per_class=[3]), device="cpu").save_checkpoint(weights)
-    proc = _serve(weights, "--run-dir", str(tmp_path / "run"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = _serve(weights, tmpdir=tmp)  # a temporary run folder: kept after a failure, and named
     try:
         output = OutputReader(proc)
         output.until(READY_LINE, timeout=120)
@@ -198,12 +202,13 @@ def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tm
         text = "".join(output.seen) + "".join(output.lines.get_nowait() for _ in range(output.lines.qsize()))
         assert "a model process died" in text and "rfkp_preprocess" in text
         assert not Path(f"/proc/{server_pid}").exists()
-        assert (tmp_path / "run" / "server" / "tritonserver.log").is_file()  # kept, for the post-mortem
+        kept = Path(text.split("are kept in ")[1].split()[0])
+        assert kept.parent == tmp and (kept / "server" / "tritonserver.log").is_file()  # for the post-mortem
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    proc = _serve(weights, "--run-dir", str(tmp_path / "run"))  # a supervisor's restart, same run folder
+    proc = _serve(weights, "--run-dir", str(kept))  # a supervisor's restart in the same run folder
     try:
         OutputReader(proc).until(READY_LINE, timeout=120)
         proc.send_signal(signal.SIGTERM)
@@ -212,7 +217,7 @@ def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    proc = _serve(weights)
+    proc = _serve(weights, tmpdir=tmp)
     try:
         deadline = time.monotonic() + 60
         def servers() -> list[int]:
@@ -228,6 +233,7 @@ def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tm
         # rfkp serve stopped and reaped tritonserver itself before exiting (the parent-death signal would only
         # end it later, with init reaping it)
         assert started and not any(Path(f"/proc/{pid}").exists() for pid in started)
+        assert [p for p in tmp.iterdir() if p != kept] == []  # the interrupted start's temporary folder is gone
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

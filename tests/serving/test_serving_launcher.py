@@ -243,3 +243,12 @@ def test_shared_memory_of_a_killed_server_is_removed(tmp_path: Path) -> None:
         server._process.wait(timeout=30)
         assert any(region.exists() for region in regions)
     assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+
+
+def test_launch_refuses_ports_out_of_range_before_binding(tmp_path: Path) -> None:
+    from rfkp.serving.deploy import launch
+
+    for bad in (70000, -1, True):
+        with pytest.raises(ValueError, match="grpc_port must lie in 0..65535"):
+            launch(None, run_dir=tmp_path / "run", grpc_port=bad)  # was an OverflowError from the bind test
+    assert not (tmp_path / "run").exists()
