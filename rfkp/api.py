@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from rfkp.checkpoint import CheckpointError, load_config_and_state, write_checkpoint
-from rfkp.config import ModelConfig, check_resolution
+from rfkp.config import ModelConfig, check_positive_int, check_resolution
 from rfkp.detections import KeypointDetections
 from rfkp.devices import resolve_device
 from rfkp.io import MAX_PIXELS
@@ -39,18 +39,12 @@ def default_weights_path() -> Path | None:
 _ARCH_KNOBS = ("patch_size", "num_windows", "dec_layers", "num_queries")
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _checked_arch(arch: dict[str, Any]) -> dict[str, int | None]:
     """The call-time knobs: known names, each None (the model's) or a positive int."""
     unknown = sorted(set(arch) - set(_ARCH_KNOBS))
     if unknown:
         raise TypeError(f"unknown keyword argument(s) {unknown}; the architecture knobs are {list(_ARCH_KNOBS)}")
-    return {k: None if v is None else _positive_int(k, v) for k, v in arch.items()}
+    return {k: None if v is None else check_positive_int(k, v) for k, v in arch.items()}
 
 
 class RFDETRKeypoint:
@@ -124,7 +118,7 @@ class RFDETRKeypoint:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images -> (x (B, 3, R, R) normalised on the model's device, source sizes (B, 2) (H, W)).
         Images above `max_pixels` (width * height) are refused."""
-        res = self.config.resolution if resolution is None else _positive_int("resolution", resolution)
+        res = self.config.resolution if resolution is None else check_positive_int("resolution", resolution)
         check_resolution(res, 1)  # any side up to the largest; predict() also checks it against the block
         cfg = self.config
         return prepare_batch(images, res, cfg.image_mean, cfg.image_std, self.device, max_pixels=max_pixels)
@@ -181,10 +175,10 @@ class RFDETRKeypoint:
         """
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-        _positive_int("num_select", num_select)
-        _positive_int("max_pixels", max_pixels)
+        check_positive_int("num_select", num_select)
+        check_positive_int("max_pixels", max_pixels)
         if resolution is not None:
-            _positive_int("resolution", resolution)
+            check_positive_int("resolution", resolution)
         arch = _checked_arch(arch)
         cfg = self.config
         block = (arch.get("patch_size") or cfg.patch_size) * (arch.get("num_windows") or cfg.num_windows)

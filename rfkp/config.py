@@ -14,9 +14,17 @@ from typing import Any
 PROJECTOR_NORMS = ("layer", "batch")  # LayerNorm or BatchNorm in the projectors' conv blocks
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# largest network input side: the backbone's global attention layers hold ((R / patch) ** 2) ** 2 scores per head,
-# already about 20 GB in fp32 at 4096 with patch 16 and one window
+# largest network input side accepted, a sanity cap against typos, not a memory guarantee: the backbone's global
+# attention holds ((R / patch) ** 2) ** 2 scores per head, already about 20 GB in fp32 at 4096 with patch 16 and
+# one window, so memory can run out well below it (more so with small patch sizes)
 MAX_RESOLUTION = 4096
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int if it is an integer >= 1 (numpy integers too, not bools); else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_resolution(resolution: int, block: int) -> int:

@@ -82,7 +82,12 @@ class KeypointDetections:
             raise ValueError(f"image_size must be (H, W) with positive sizes, got {self.image_size}")
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         if self.category_ids is not None:
-            self.category_ids = [int(i) for i in self.category_ids]
+            ids = list(self.category_ids) if isinstance(self.category_ids, (list, tuple, np.ndarray)) else None
+            if ids is None or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+                raise ValueError(f"category_ids must be a list of integers, got {self.category_ids!r:.100}")
+            if len(set(ids)) != len(ids):  # two classes would be written as one COCO category
+                raise ValueError(f"category_ids must be distinct, got {ids}")
+            self.category_ids = [int(i) for i in ids]
         self._validate_metadata()
         self._validate_shapes()
         self._validate_values()

@@ -19,6 +19,11 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _resolved(path: Path) -> str:
+    """The path with links resolved; a link loop (RuntimeError on Python < 3.13) keeps what can be resolved."""
+    return os.path.realpath(path)
+
+
 def refuse_overwriting_inputs(
     outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None]
 ) -> None:
@@ -31,7 +36,7 @@ def refuse_overwriting_inputs(
     named_in = [(k, Path(v)) for k, v in inputs.items() if v is not None]
     for i, (out_name, out) in enumerate(named_out):
         for in_name, source in named_in + named_out[:i]:
-            if out.resolve() == source.resolve() or _same(out, source):
+            if _resolved(out) == _resolved(source) or _same(out, source):
                 raise ValueError(f"{out_name} {out} is also {in_name}: it would be overwritten; choose another path")
 
 

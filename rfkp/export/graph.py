@@ -4,13 +4,12 @@ the network's raw outputs (what the ``rfkp_model`` step of the served ensemble p
 from __future__ import annotations
 
 import copy
-import numbers
 
 import torch
 from torch import nn
 
 from rfkp.api import RFDETRKeypoint
-from rfkp.config import ModelConfig, check_resolution
+from rfkp.config import ModelConfig, check_positive_int, check_resolution
 from rfkp.export.plugin_nodes import plugin_rescorer, use_plugin_attention
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from rfkp.postprocess import decode_detections
@@ -81,21 +80,20 @@ class ExportedDetector(nn.Module):
             raise TypeError(f"expected an RFDETRKeypoint or a KeypointDETR, got {type(model).__name__}")
         cfg: ModelConfig = network.cfg
         knobs = dict(resolution=resolution, dec_layers=dec_layers, num_queries=num_queries, patch_size=patch_size,
-                     num_windows=num_windows, num_select=num_select)  # fmt: skip
-        for name, value in knobs.items():  # None: the model's (not for num_select); 0 or 2.5 must not pass for it
-            if (value is None and name == "num_select") or (value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
-            )):  # fmt: skip
-                raise ValueError(f"{name} must be a positive integer (or None for the model's), got {value!r}")
+                     num_windows=num_windows)  # fmt: skip
+        for name, value in knobs.items():  # None: the model's; 0 or 2.5 must not pass for it
+            if value is not None:
+                check_positive_int(name, value)
+        check_positive_int("num_select", num_select)
         self.resolution = resolution or cfg.resolution
         self.arch = SubArchitecture(
             patch_size=patch_size, num_windows=num_windows, dec_layers=dec_layers, num_queries=num_queries
         )
         block = (patch_size or cfg.patch_size) * (num_windows or cfg.num_windows)
         check_resolution(self.resolution, block)
-        if not 1 <= (dec_layers or cfg.dec_layers) <= cfg.dec_layers:
+        if (dec_layers or cfg.dec_layers) > cfg.dec_layers:
             raise ValueError(f"dec_layers must be in [1, {cfg.dec_layers}], got {dec_layers}")
-        if not 1 <= (num_queries or cfg.num_queries) <= cfg.num_queries:
+        if (num_queries or cfg.num_queries) > cfg.num_queries:
             raise ValueError(f"num_queries must be in [1, {cfg.num_queries}], got {num_queries}")
         self.plugins = plugins
         if plugins:

@@ -27,8 +27,6 @@ class ChannelLayerNorm(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-
-
 class ConvNormAct(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, norm: str = "layer") -> None:
         super().__init__()

@@ -91,6 +91,9 @@ def _fields(det: KeypointDetections) -> dict[str, object]:
         ({"keypoint_names": KEYPOINT_NAMES[:2]}, "keypoint_names must have one entry per class"),
         ({"skeletons": [[(0, 3)], [], []]}, r"skeleton edge \(0, 3\) of class 0"),
         ({"skeletons": [[(1, 1)], [], []]}, "distinct"),
+        ({"category_ids": [1, 1, 2]}, r"category_ids must be distinct, got \[1, 1, 2\]"),  # one COCO category twice
+        ({"category_ids": "123"}, "category_ids must be a list of integers"),
+        ({"category_ids": [1.9, True, 3]}, "category_ids must be a list of integers"),
     ],
 )
 def test_validation_errors(change: dict[str, object], match: str) -> None:

@@ -22,6 +22,9 @@ def test_an_output_that_names_an_input_or_another_output_is_refused(tmp_path: Pa
     with pytest.raises(ValueError, match="--plot .* is also --json"):
         refuse_overwriting_inputs({"--json": tmp_path / "a", "--plot": tmp_path / "a"}, {})
     refuse_overwriting_inputs({"--json": tmp_path / "b.json", "--plot": None}, {"--data": data, "--val": None})
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    refuse_overwriting_inputs({"--out": tmp_path / "x.onnx"}, {"--weights": tmp_path / "loop_a"})  # no RuntimeError
 
 
 def test_files_and_folders_about_to_be_written(tmp_path: Path) -> None:
