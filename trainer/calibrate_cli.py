@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.cli.arguments import float_in, positive_int, probability
+from rfkp.cli.arguments import float_in, non_negative_int, positive_int, probability
 from rfkp.devices import device_arg
 from trainer.evaluation.calibration import SIGMA_LEVELS, CalibrationResult, nominal_coverage
 from trainer.evaluation.covariance_scale import (
@@ -34,6 +34,14 @@ KINDS = ("visible", "occluded", "all")
 LEVEL_RANGE = (0.5, 3.0)
 
 
+def _folds(text: str) -> int:
+    """``--folds``: 0 (one fold per image) or at least 2."""
+    value = non_negative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("expected 0 (one fold per image) or an integer >= 2, got 1")
+    return value
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "calibrate",
@@ -48,9 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--level", type=float_in(*LEVEL_RANGE, why=" sigmas (the ellipse holding 12 % to 99 % of a Gaussian)"),
                    default=2.0, help="n-sigma ellipse whose coverage is made nominal, in [0.5, 3] (default 2)")
     p.add_argument("--fit-on", choices=KINDS, default="visible", help="which labelled keypoints to fit on")
-    p.add_argument("--min-count", type=int, default=20,
+    p.add_argument("--min-count", type=positive_int, default=20,
                    help="groups with fewer keypoints take their parent's factor (keypoint -> class -> global)")
-    p.add_argument("--folds", type=int, default=0,
+    p.add_argument("--folds", type=_folds, default=0,
                    help="cross-validation folds over images, >= 2 (default 0: one per image, also when there are "
                         "fewer images than folds)")
     p.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS matching")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.cli.arguments import non_negative_int, positive_float, probability
+from rfkp.cli.arguments import non_negative_int, positive_float, positive_int, probability
 from rfkp.devices import device_arg
 from trainer.jsonfile import dumps_strict, load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
@@ -54,9 +54,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     for flag, dest, _, text in _AXIS_OPTIONS:
         parser.add_argument(flag, dest=dest, metavar="N,N,...", help=f"{text} (default: around the model's)")
     parser.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
-    parser.add_argument("--runs", type=int, default=30, help="timed batch-1 runs per choice (default 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
-    parser.add_argument("--max-configs", type=int, help="search a seeded random subset of this many choices")
+    parser.add_argument("--runs", type=positive_int, default=30, help="timed batch-1 runs per choice (default 30)")
+    parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs before timing (default 5)")
+    parser.add_argument("--max-configs", type=positive_int, help="search a seeded random subset of this many choices")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the --max-configs subset (default 0)")
     parser.add_argument(
         "--threshold", type=probability, default=0.001, help="detection score threshold in [0, 1] (default 0.001)"

@@ -128,9 +128,6 @@ def test_calibrate_per_keypoint_and_bad_input(dataset: dict[str, Path], capsys: 
     assert _run(dataset, dataset["weights"]) == 1
     assert f"--out {dataset['weights']} is also --weights: it would be overwritten" in capsys.readouterr().err
     for extra, message in [
-        (["--folds", "1"], "--folds must be 0 (one per image) or >= 2, got 1"),
-        (["--folds", "-2"], "--folds must be 0 (one per image) or >= 2, got -2"),
-        (["--min-count", "0"], "--min-count must be >= 1, got 0"),
         (["--fit-on", "occluded"], "val.json labels no occluded keypoints to fit on (--fit-on)"),
     ]:
         assert _run(dataset, dataset["root"] / "bad.pt", *extra) == 1, extra
@@ -198,3 +195,18 @@ def test_calibrate_level_is_a_sigma_level_in_a_useful_range(dataset: dict[str, P
     assert "argument --level:" in err and message in err
     if "finite" not in message:
         assert "expected a number in [0.5, 3] sigmas (the ellipse holding 12 % to 99 % of a Gaussian)" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--folds", "1", "expected 0 (one fold per image) or an integer >= 2, got 1"),
+     ("--folds", "-2", "expected an integer >= 0, got -2"),
+     ("--min-count", "0", "expected an integer >= 1, got 0")],
+)
+def test_calibrate_counts_are_checked_while_parsing(dataset: dict[str, Path], capsys: pytest.CaptureFixture,
+                                                    option: str, value: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run(dataset, dataset["root"] / "counts.pt", option, value)
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+    assert not (dataset["root"] / "counts.pt").exists()

@@ -92,8 +92,6 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
         ),
         (["--dec-layers", "3"], "dec_layers 3 exceeds the model's 2 decoder layers"),
         (["--num-queries", "40"], "num_queries 40 exceeds the model's 20 queries"),
-        (["--max-configs", "0"], "--max-configs must be >= 1"),
-        (["--runs", "0"], "--runs must be >= 1"),
         (["--sigmas", str(tmp_path / "none.json")], "sigmas file not found"),
     ]
     out = argv[argv.index("--out") + 1]
@@ -112,6 +110,22 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
     broken[argv.index("--data") + 1] = str(bad)
     assert rfkp_main([*broken, "--resolutions", "128", "--dec-layers", "1", "--num-queries", "5"]) == 1
     assert "bad.json: malformed JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--runs", "0", "expected an integer >= 1, got 0"), ("--warmup", "-1", "expected an integer >= 0, got -1"),
+     ("--max-configs", "0", "expected an integer >= 1, got 0"), ("--runs", "2.5", "expected an integer, got '2.5'")],
+)
+def test_search_counts_are_checked_while_parsing(tmp_path: Path, capsys: pytest.CaptureFixture, option: str,
+                                                 value: str, message: str) -> None:
+    argv = ["search", "--weights", str(tmp_path / "w.pth"), "--data", str(tmp_path / "v.json"), "--images",
+            str(tmp_path), "--out", str(tmp_path / "out"), option, value]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        rfkp_main(argv)
+    assert exit_info.value.code == 2
+    assert f"rfkp search: error: argument {option}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
