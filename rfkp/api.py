@@ -112,6 +112,10 @@ class RFDETRKeypoint:
     def config(self) -> ModelConfig:
         return self.network.cfg
 
+    def _block(self, arch: dict[str, int | None]) -> int:
+        """Input sides must be multiples of this: the patch size times the windows per side, knobs or config."""
+        return (arch.get("patch_size") or self.config.patch_size) * (arch.get("num_windows") or self.config.num_windows)
+
     # -- pipeline ------------------------------------------------------------------------------------------------
     def preprocess(
         self, images: Sequence[Any], resolution: int | None = None, *, max_pixels: int = MAX_PIXELS
@@ -132,7 +136,7 @@ class RFDETRKeypoint:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a normalised batch (B, 3, H, W), got shape {tuple(x.shape)}")
         arch = _checked_arch(arch)
-        block = (arch.get("patch_size") or self.config.patch_size) * (arch.get("num_windows") or self.config.num_windows)
+        block = self._block(arch)
         if x.shape[2] % block or x.shape[3] % block:
             raise ValueError(f"input sides {tuple(x.shape[2:])} must be multiples of {block} (patch size x windows)")
         out = self.network(x.to(self.device, torch.float32), SubArchitecture(**arch))
@@ -180,9 +184,7 @@ class RFDETRKeypoint:
         if resolution is not None:
             check_positive_int("resolution", resolution)
         arch = _checked_arch(arch)
-        cfg = self.config
-        block = (arch.get("patch_size") or cfg.patch_size) * (arch.get("num_windows") or cfg.num_windows)
-        check_resolution(resolution or cfg.resolution, block)  # before any image is resized to it
+        check_resolution(resolution or self.config.resolution, self._block(arch))  # before any image is resized to it
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:
