@@ -308,4 +308,5 @@ def config_from_peer(peer: dict[str, torch.Tensor], args: dict[str, Any]) -> Mod
         keypoint_cross_attn=any(".kp_cross_attn." in k for k in peer),
         dual_projector=dual,
         dual_projector_kp_only=bool(args.get("dual_projector_kp_only", True)),
+        coco_keypoint_offset=0.0,  # the peer trains on COCO keypoint coordinates as stored
     )

@@ -18,6 +18,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # attention holds ((R / patch) ** 2) ** 2 scores per head, already about 20 GB in fp32 at 4096 with patch 16 and
 # one window, so memory can run out well below it (more so with small patch sizes)
 MAX_RESOLUTION = 4096
+#: COCO keypoint annotations are pixel indices (the centre of the top-left pixel is (0, 0)); rfkp's coordinates put
+#: pixel centres at +0.5, so ``rfkp train`` adds this on loading and COCO result rows subtract it again.
+COCO_PIXEL_OFFSET = 0.5
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -91,6 +94,10 @@ class ModelConfig:
     # post-hoc calibration of the keypoint Gaussians (`rfkp calibrate`): output covariances of keypoint j of
     # keypointed class c are multiplied by covariance_scale[c][j]; empty means 1 everywhere
     covariance_scale: list[list[float]] = field(default_factory=list)
+    # what this network's keypoint outputs exceed COCO keypoint coordinates by, as it was trained: 0.5 for rfkp
+    # (pixel centres at +0.5), 0.0 for rfdetr checkpoints (trained on the COCO coordinates as stored); COCO
+    # result rows subtract it
+    coco_keypoint_offset: float = COCO_PIXEL_OFFSET
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # JSON and --set give lists for tuples and ints for floats
@@ -178,6 +185,9 @@ class ModelConfig:
         check_resolution(self.resolution, self.block_size)
         if not (math.isfinite(self.vit_mlp_ratio) and self.vit_mlp_ratio > 0):
             raise ValueError(f"vit_mlp_ratio must be finite and > 0, got {self.vit_mlp_ratio}")
+        if not (math.isfinite(self.coco_keypoint_offset) and abs(self.coco_keypoint_offset) <= 1):
+            raise ValueError(f"coco_keypoint_offset must be a finite number of pixels in [-1, 1], got "
+                             f"{self.coco_keypoint_offset}")
         if not (math.isfinite(self.rescore_alpha) and self.rescore_alpha >= 0):
             raise ValueError(f"rescore_alpha must be finite and >= 0, got {self.rescore_alpha}")
         if not all(math.isfinite(v) for v in self.image_mean) or not all(

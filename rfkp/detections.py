@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from rfkp.config import COCO_PIXEL_OFFSET
+
 __all__ = ["KeypointDetections"]
 
 _ARRAY_FIELDS = ("xyxy", "class_id", "score", "keypoints", "covariance", "findable", "visible")
@@ -50,6 +52,9 @@ class KeypointDetections:
         image_size: (H, W) of the source image in pixels.
         category_ids: the COCO category id of each class index, when the model knows them (trained by
             ``rfkp train`` on a COCO file); None: the class index is used.
+        coco_keypoint_offset: what ``keypoints`` exceed COCO keypoint coordinates (pixel indices) by, as the
+            model was trained: 0.5 for rfkp-trained models (the convention above), 0.0 for rfdetr checkpoints,
+            whose keypoints are in COCO's convention. ``to_coco_results`` subtracts it.
 
     Inactive slots: for a detection of class c, slots K_c..K-1 do not exist and are NaN in ``keypoints``,
     ``covariance``, ``findable`` and ``visible`` (validated on construction).
@@ -67,6 +72,7 @@ class KeypointDetections:
     skeletons: list[list[tuple[int, int]]]
     image_size: tuple[int, int]
     category_ids: list[int] | None = None
+    coco_keypoint_offset: float = COCO_PIXEL_OFFSET
 
     def __post_init__(self) -> None:
         for name in _ARRAY_FIELDS:
@@ -88,6 +94,10 @@ class KeypointDetections:
             if len(set(ids)) != len(ids):  # two classes would be written as one COCO category
                 raise ValueError(f"category_ids must be distinct, got {ids}")
             self.category_ids = [int(i) for i in ids]
+        offset = self.coco_keypoint_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, float, np.number)) or not np.isfinite(offset):
+            raise ValueError(f"coco_keypoint_offset must be a finite number, got {offset!r:.100}")
+        self.coco_keypoint_offset = float(offset)
         self._validate_metadata()
         self._validate_shapes()
         self._validate_values()
@@ -192,6 +202,7 @@ class KeypointDetections:
             "skeletons": [list(edges) for edges in self.skeletons],
             "image_size": self.image_size,
             "category_ids": None if self.category_ids is None else list(self.category_ids),
+            "coco_keypoint_offset": self.coco_keypoint_offset,
         }
 
     def num_keypoints(self, class_id: int) -> int:
@@ -233,6 +244,7 @@ class KeypointDetections:
         out["skeletons"] = [[[a, b] for a, b in edges] for edges in self.skeletons]
         out["image_size"] = list(self.image_size)
         out["category_ids"] = None if self.category_ids is None else list(self.category_ids)
+        out["coco_keypoint_offset"] = self.coco_keypoint_offset
         return out
 
     @classmethod
@@ -255,6 +267,7 @@ class KeypointDetections:
             skeletons=[[(int(a), int(b)) for a, b in edges] for edges in data["skeletons"]],
             image_size=(int(data["image_size"][0]), int(data["image_size"][1])),
             category_ids=data.get("category_ids"),
+            coco_keypoint_offset=float(data.get("coco_keypoint_offset", COCO_PIXEL_OFFSET)),
         )
 
     def to_coco_results(
@@ -271,7 +284,8 @@ class KeypointDetections:
         ``[x, y, w, h]``, ``score`` and, for classes with keypoints, ``keypoints`` ``[x1, y1, v1, ...]`` over
         the class's K_c keypoints only, where ``v = 2`` if visible >= ``visibility_threshold``, else 1 if
         findable >= ``findable_threshold``, else 0. Rows of classes without keypoints have no ``keypoints``
-        key. Coordinates are unchanged (COCO also puts the image's top-left corner at 0).
+        key. Boxes are unchanged (COCO boxes also put the image's top-left corner at 0); keypoints are moved
+        to COCO's pixel-index convention by subtracting ``coco_keypoint_offset``.
         """
         if category_ids is None:
             category_ids = self.category_ids
@@ -298,7 +312,8 @@ class KeypointDetections:
                 )
                 row["keypoints"] = [
                     value
-                    for (x, y), v in zip(self.keypoints[i, :k_c].tolist(), flags.tolist())
+                    for (x, y), v in zip((self.keypoints[i, :k_c] - self.coco_keypoint_offset).tolist(),
+                                         flags.tolist())
                     for value in (x, y, int(v))
                 ]
             rows.append(row)

@@ -169,6 +169,7 @@ def to_keypoint_detections(
                 + [[] for _ in range(config.num_classes - len(config.skeletons))],
                 image_size=(h, w),
                 category_ids=list(config.category_ids) or None,
+                coco_keypoint_offset=config.coco_keypoint_offset,
             )
         )
     return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rfkp.config import COCO_PIXEL_OFFSET
 from rfkp.detections import KeypointDetections
 from rfkp.serving import protocol as P
 
@@ -31,6 +32,7 @@ class ServedMetadata:
     random_init: bool = False
     weights: str = ""
     category_ids: list[int] | None = None
+    coco_keypoint_offset: float = COCO_PIXEL_OFFSET
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> ServedMetadata:
@@ -45,6 +47,8 @@ class ServedMetadata:
             random_init=bool(json.loads(params.get(P.PARAM_RANDOM_INIT, "false"))),
             weights=params.get(P.PARAM_WEIGHTS, ""),
             category_ids=[int(i) for i in json.loads(params.get(P.PARAM_CATEGORY_IDS, "[]"))] or None,
+            coco_keypoint_offset=float(json.loads(params.get(P.PARAM_COCO_KEYPOINT_OFFSET,
+                                                             json.dumps(COCO_PIXEL_OFFSET)))),
         )
 
 
@@ -109,6 +113,7 @@ def unpack_detections(outputs: Mapping[str, np.ndarray], metadata: ServedMetadat
                 skeletons=[list(e) for e in metadata.skeletons],
                 image_size=(int(sizes[i, 0]), int(sizes[i, 1])),
                 category_ids=metadata.category_ids,
+                coco_keypoint_offset=metadata.coco_keypoint_offset,
             )
         )
     return result

@@ -88,6 +88,7 @@ PARAM_NUM_THREADS = "num_threads"
 PARAM_RANDOM_INIT = "random_init"
 PARAM_RUNTIME = "runtime"
 PARAM_CATEGORY_IDS = "category_ids"  # JSON list, empty when the model does not know its COCO ids
+PARAM_COCO_KEYPOINT_OFFSET = "coco_keypoint_offset"  # JSON number: keypoints minus this are COCO coordinates
 
 # runtimes of rfkp_model (the ``runtime`` parameter of the rendered ensemble and network)
 RUNTIME_TORCH = "torch"

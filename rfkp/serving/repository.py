@@ -159,14 +159,15 @@ def _dynamic_batching_block(batching: BatchingOptions) -> str:
 
 def metadata_parameters(config: ModelConfig) -> dict[str, str]:
     """Class names, keypoint names and skeleton edges as JSON strings, one entry per class (classes
-    without keypoints get empty lists, as in ``KeypointDetections``), and the COCO category ids (an empty
-    list when the model does not know them)."""
+    without keypoints get empty lists, as in ``KeypointDetections``), the COCO category ids (an empty
+    list when the model does not know them) and the keypoints' offset from COCO coordinates."""
     pad = [[] for _ in range(config.num_classes - len(config.num_keypoints_per_class))]
     return {
         "class_names": json.dumps(list(config.class_names)),
         "keypoint_names": json.dumps([list(n) for n in config.keypoint_names] + pad),
         "skeletons": json.dumps([[list(e) for e in edges] for edges in config.skeletons] + pad),
         P.PARAM_CATEGORY_IDS: json.dumps(list(config.category_ids)),
+        P.PARAM_COCO_KEYPOINT_OFFSET: json.dumps(config.coco_keypoint_offset),
     }
 
 

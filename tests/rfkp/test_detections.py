@@ -173,7 +173,7 @@ def test_coco_results_rows() -> None:
     x1, y1, x2, y2 = det.xyxy[0].tolist()
     assert person["image_id"] == 7 and person["bbox"] == [x1, y1, x2 - x1, y2 - y1]
     assert person["score"] == float(det.score[0])
-    kp = det.keypoints[0].tolist()
+    kp = (det.keypoints[0] - 0.5).tolist()  # pixel centres at +0.5 -> COCO pixel indices
     assert person["keypoints"] == [kp[0][0], kp[0][1], 2, kp[1][0], kp[1][1], 1, kp[2][0], kp[2][1], 0]
     assert len(rows[1]["keypoints"]) == 6  # the plate class has K = 2: padding is not exported
     assert "keypoints" not in rows[2]
@@ -194,6 +194,20 @@ def test_coco_results_use_the_models_category_ids() -> None:
     assert back.category_ids == [4, 9, 2]
     with pytest.raises(ValueError, match="category_ids must have one entry per class"):
         KeypointDetections(**{**fields, "category_ids": [1, 2]})
+
+
+def test_coco_results_subtract_the_models_keypoint_offset() -> None:
+    fields = _fields(_make())
+    peer = KeypointDetections(**{**fields, "coco_keypoint_offset": 0.0})  # an rfdetr checkpoint's detections
+    assert peer.to_coco_results(image_id=1)[0]["keypoints"][:2] == fields["keypoints"][0, 0].tolist()
+    assert peer[:1].coco_keypoint_offset == 0.0
+    back = KeypointDetections.from_dict(json.loads(json.dumps(peer.to_dict())))
+    assert back.coco_keypoint_offset == 0.0
+    old = {k: v for k, v in _make().to_dict().items() if k != "coco_keypoint_offset"}  # written before the field
+    assert KeypointDetections.from_dict(old).coco_keypoint_offset == 0.5
+    for bad in (float("nan"), "0.5", True, None):
+        with pytest.raises(ValueError, match="coco_keypoint_offset must be a finite number"):
+            KeypointDetections(**{**fields, "coco_keypoint_offset": bad})
 
 
 def test_to_supervision() -> None:

@@ -57,6 +57,11 @@ def test_predict_matches_peer(peer_model: RFDETRKeypoint) -> None:
     order = torch.sort(dec["scores"], descending=True, stable=True).indices
     assert abs(dets.score - dec["scores"][order].numpy()).max() <= 1e-6
     assert abs(dets.xyxy - dec["boxes"][order].numpy()).max() <= 1e-4
+    # the peer trains on COCO keypoint coordinates as stored: its COCO rows are its keypoints unchanged
+    assert peer_model.config.coco_keypoint_offset == 0.0 and dets.coco_keypoint_offset == 0.0
+    i = int((dets.class_id == 0).nonzero()[0][0])  # the first detection of the keypointed class
+    row = dets.to_coco_results(image_id=1)[i]
+    assert row["keypoints"][:2] == dets.keypoints[i, 0].tolist()
 
 
 def test_peer_args_fix_what_the_tensors_cannot(caplog: pytest.LogCaptureFixture) -> None:

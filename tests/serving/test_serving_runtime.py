@@ -64,6 +64,9 @@ def test_pipeline_matches_predict(tiny_model: RFDETRKeypoint, tiny_weights: Path
     assert metadata.category_ids == (cfg.category_ids or None)
     with_ids = type(cfg).from_dict({**cfg.to_dict(), "category_ids": [3, 8]})
     assert ServedMetadata.from_parameters(metadata_parameters(with_ids)).category_ids == [3, 8]
+    assert metadata.coco_keypoint_offset == 0.5
+    peer_like = type(cfg).from_dict({**cfg.to_dict(), "coco_keypoint_offset": 0.0})
+    assert ServedMetadata.from_parameters(metadata_parameters(peer_like)).coco_keypoint_offset == 0.0
     served = unpack_detections(packed, metadata)
     for image, limit, got in zip(images, (0.0, 0.6), served):
         want = tiny_model.predict(image, threshold=limit)

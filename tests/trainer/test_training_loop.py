@@ -79,7 +79,8 @@ def test_learning_rate_warms_up_then_follows_the_cosine_to_the_floor() -> None:
 
 
 def test_init_from_a_checkpoint_of_another_skeleton_keeps_the_shared_weights(synthetic, tmp_path) -> None:
-    person = KeypointDETR(tiny(resolution=64, covariance_scale=[[2.0] * 17]))  # one class, 17 keypoints, calibrated
+    # one class, 17 keypoints, calibrated, in the peer's keypoint convention
+    person = KeypointDETR(tiny(resolution=64, covariance_scale=[[2.0] * 17], coco_keypoint_offset=0.0))
     with torch.no_grad():
         for p in person.parameters():
             p.normal_()
@@ -87,6 +88,7 @@ def test_init_from_a_checkpoint_of_another_skeleton_keeps_the_shared_weights(syn
     config = model_config_for(synthetic[0].schema, person.cfg)
     assert config.num_keypoints_per_class == [3, 5]
     assert config.covariance_scale == []  # the factors belong to the network they were fitted on
+    assert config.coco_keypoint_offset == 0.5  # trained on rfkp's targets
     assert config.category_ids == synthetic[0].schema.category_ids
     network, report = build_network(config, tmp_path / "person.pt")
     mine, theirs = network.state_dict(), person.state_dict()

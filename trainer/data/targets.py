@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-#: COCO keypoint annotations are pixel indices; rfkp coordinates put pixel centres at +0.5.
-COCO_PIXEL_OFFSET = 0.5
+from rfkp.config import COCO_PIXEL_OFFSET
+
+__all__ = ["COCO_PIXEL_OFFSET", "ImageTargets"]
 
 
 @dataclass(frozen=True)

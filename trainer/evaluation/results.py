@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.data.schema import CategorySchema, DatasetSchema
-from trainer.data.targets import COCO_PIXEL_OFFSET
 from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, short_repr
 from trainer.evaluation.calibration import COVARIANCE_KEY
 
@@ -169,7 +168,8 @@ def class_categories(
 def detections_to_results(
     detections: KeypointDetections, image_id: int, categories: Sequence[CategorySchema | None]
 ) -> list[dict[str, Any]]:
-    """Result rows of one image's detections (pixel coordinates, pixel centres at +0.5).
+    """Result rows of one image's detections, keypoints in COCO's convention (pixel indices: the detections'
+    keypoints minus their ``coco_keypoint_offset``).
 
     Args:
         categories: per class id, its dataset category (see ``class_categories``); detections of classes
@@ -192,7 +192,7 @@ def detections_to_results(
                 f"{category.category_id} ({category.name!r}) has {k}"
             )
         xy = np.asarray(detections.keypoints[n], np.float64)
-        coco_xy = xy[:k] - COCO_PIXEL_OFFSET
+        coco_xy = xy[:k] - detections.coco_keypoint_offset  # 0.5 for models rfkp trained
         flat = np.concatenate([coco_xy, np.ones((k, 1))], axis=1).reshape(-1)
         rows.append(
             {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from rfkp.config import ModelConfig
+from rfkp.config import COCO_PIXEL_OFFSET, ModelConfig
 from rfkp.nn.detector import KeypointDETR
 from rfkp.nn.init import init_weights
 from trainer.data.schema import DatasetSchema
@@ -20,7 +20,8 @@ def model_config_for(schema: DatasetSchema, base: ModelConfig, **overrides: obje
     skeletons.
 
     Calibration factors of ``base`` (``covariance_scale``) are dropped: they describe the covariances of the
-    network they were fitted on, not of the one about to be trained (``rfkp calibrate`` it afterwards)."""
+    network they were fitted on, not of the one about to be trained (``rfkp calibrate`` it afterwards). The
+    keypoint convention becomes rfkp's (``coco_keypoint_offset`` 0.5), the targets' convention."""
     params = dataclasses.asdict(base)
     params.update(
         num_classes=len(schema.categories),
@@ -30,6 +31,7 @@ def model_config_for(schema: DatasetSchema, base: ModelConfig, **overrides: obje
         keypoint_names=[list(c.keypoint_names) for c in schema.categories],
         skeletons=[[list(e) for e in c.skeleton] for c in schema.categories],
         covariance_scale=[],
+        coco_keypoint_offset=COCO_PIXEL_OFFSET,  # the targets' convention, whatever base's was
     )
     params.update(overrides)
     return ModelConfig.from_dict(params)
