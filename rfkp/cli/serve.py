@@ -92,16 +92,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def options_from_args(args: argparse.Namespace) -> ServingOptions:
     from rfkp.serving.repository import BatchingOptions, ServingOptions
 
-    m = args.max_batch_size
-    preferred = args.preferred_batch_sizes
-    if preferred is None:
-        preferred = tuple(sorted({max(1, m // 2), max(1, m)}))
     return ServingOptions(
         device=args.device,
         batching=BatchingOptions(
             enabled=not args.no_dynamic_batching,
             max_batch_size=args.max_batch_size,
-            preferred_batch_sizes=preferred,
+            preferred_batch_sizes=args.preferred_batch_sizes,
             max_queue_delay_us=args.max_queue_delay_us,
         ),
         threshold=args.threshold,

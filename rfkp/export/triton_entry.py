@@ -55,11 +55,13 @@ class TritonEntryOptions:
 
     def preferred(self) -> tuple[int, ...]:
         """Preferred sizes (default: half of max and max), checked against max_batch."""
+        from rfkp.serving.repository import default_preferred_batch_sizes
+
         if self.max_batch is None:
             return ()
         sizes = self.preferred_batch_sizes
         if sizes is None:
-            sizes = tuple(sorted({max(1, self.max_batch // 2), self.max_batch}))
+            sizes = default_preferred_batch_sizes(self.max_batch)
         bad = [b for b in sizes if not 1 <= b <= self.max_batch]
         if bad:
             raise ValueError(f"preferred batch sizes {bad} are outside [1, max_batch={self.max_batch}]")

@@ -42,22 +42,30 @@ GRAPH_FILE = "model.onnx"
 RUNTIMES = ("auto", P.RUNTIME_TORCH, P.RUNTIME_ONNXRUNTIME)
 
 
+def default_preferred_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Half the largest batch and the largest batch (one size when they coincide)."""
+    return tuple(sorted({max(1, max_batch_size // 2), max_batch_size}))
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """Dynamic batching of ``rfkp_model``.
 
     ``max_batch_size`` also bounds the images of one request (the ensemble's batch dimension).
+    ``preferred_batch_sizes`` defaults to ``default_preferred_batch_sizes(max_batch_size)``.
     With ``enabled=False`` every request runs alone (Triton's default scheduler).
     """
 
     enabled: bool = True
     max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = (4, 8)
+    preferred_batch_sizes: tuple[int, ...] | None = None
     max_queue_delay_us: int = 2000
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.preferred_batch_sizes is None:
+            object.__setattr__(self, "preferred_batch_sizes", default_preferred_batch_sizes(self.max_batch_size))
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]

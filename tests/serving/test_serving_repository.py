@@ -233,6 +233,13 @@ def test_batching_options_are_validated(kwargs: dict, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+def test_preferred_batch_sizes_default_to_half_and_all_of_the_largest() -> None:
+    assert BatchingOptions().preferred_batch_sizes == (4, 8)
+    assert BatchingOptions(max_batch_size=2).preferred_batch_sizes == (1, 2)  # (4, 8) would be out of range
+    assert BatchingOptions(max_batch_size=1).preferred_batch_sizes == (1,)
+    assert BatchingOptions(max_batch_size=6, preferred_batch_sizes=(3,)).preferred_batch_sizes == (3,)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
