@@ -12,6 +12,7 @@ from rfkp.config import COCO_PIXEL_OFFSET
 
 __all__ = ["KeypointDetections"]
 
+_JSON_INF = float(np.finfo(np.float64).max)
 _ARRAY_FIELDS = ("xyxy", "class_id", "score", "keypoints", "covariance", "findable", "visible")
 _DTYPES = {
     "xyxy": np.float32,
@@ -24,10 +25,13 @@ _DTYPES = {
 }
 
 
-def _nan_to_none(array: np.ndarray) -> list[Any]:
+def _strict_json_lists(array: np.ndarray) -> list[Any]:
+    """Nested lists that strict JSON can hold: NaN as None, +-infinity as +-the largest float64 (finite in JSON,
+    infinite again once ``from_dict`` casts it to float32)."""
     if array.dtype.kind != "f":
         return array.tolist()
-    return np.where(np.isnan(array), None, array.astype(object)).tolist()
+    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=_JSON_INF, neginf=-_JSON_INF)
+    return np.where(np.isnan(array), None, values.astype(object)).tolist()
 
 
 @dataclass(eq=False)
@@ -237,8 +241,9 @@ class KeypointDetections:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict of lists (NaN written as None / null); inverse of :meth:`from_dict`."""
-        out: dict[str, Any] = {name: _nan_to_none(getattr(self, name)) for name in _ARRAY_FIELDS}
+        """Strict-JSON-serialisable dict of lists, NaN written as None / null and infinities (a covariance that
+        overflowed) as +-1.797e308; inverse of :meth:`from_dict` (None read as NaN, 1.797e308 as infinity)."""
+        out: dict[str, Any] = {name: _strict_json_lists(getattr(self, name)) for name in _ARRAY_FIELDS}
         out["class_names"] = list(self.class_names)
         out["keypoint_names"] = [list(names) for names in self.keypoint_names]
         out["skeletons"] = [[[a, b] for a, b in edges] for edges in self.skeletons]
@@ -258,7 +263,8 @@ class KeypointDetections:
         trailing = {"xyxy": (4,), "keypoints": (k, 2), "covariance": (k, 2, 2), "findable": (k,), "visible": (k,)}
         arrays = {}
         for name in _ARRAY_FIELDS:
-            array = np.array(data[name], dtype=_DTYPES[name])
+            with np.errstate(over="ignore"):  # the written +-1.797e308 become the infinities they stand for
+                array = np.array(data[name], dtype=_DTYPES[name])
             arrays[name] = array.reshape(0, *trailing.get(name, ())) if array.size == 0 else array
         return cls(
             **arrays,

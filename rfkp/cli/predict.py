@@ -141,9 +141,9 @@ def _predict_all(paths: list[str], predict: Callable, out: Path) -> int:
         draw_detections(path, dets).save(out / name)
         results[str(path)] = dets.to_dict()
         print(f"{path}: {len(dets)} detections -> {name}")
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    (out / "detections.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     if errors:
-        (out / "errors.json").write_text(json.dumps(errors, indent=1))
+        (out / "errors.json").write_text(json.dumps(errors, indent=1, allow_nan=False))
     print(f"wrote {out / 'detections.json'} and annotated images to {out}/"
           + (f"; {len(errors)} of {len(paths)} images failed (errors.json)" if errors else ""))  # fmt: skip
     if gone is not None:

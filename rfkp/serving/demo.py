@@ -56,7 +56,7 @@ def serve_and_predict(
             dets = client.predict(image)
     finally:
         server.stop()
-    (out / "detections.json").write_text(json.dumps(dets.to_dict(), indent=1))
+    (out / "detections.json").write_text(json.dumps(dets.to_dict(), indent=1, allow_nan=False))
     print(f"{len(dets)} detections on {image.name} (over gRPC, threshold {threshold}); wrote {out / 'detections.json'}")
     for i in range(min(len(dets), 5)):
         name = dets.class_names[int(dets.class_id[i])]

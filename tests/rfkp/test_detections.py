@@ -161,6 +161,9 @@ def test_dict_roundtrip_through_strict_json() -> None:
     assert back.to_dict() == det.to_dict()
     with pytest.raises(ValueError, match="lacks keys"):
         KeypointDetections.from_dict({"xyxy": []})
+    det.covariance[0, 0] = [[np.inf, -np.inf], [-np.inf, np.inf]]  # overflowed: strict JSON has no Infinity
+    back = KeypointDetections.from_dict(json.loads(json.dumps(det.to_dict(), allow_nan=False)))
+    _assert_same(back, det)
 
 
 def test_coco_results_rows() -> None:
