@@ -105,7 +105,7 @@ def draw_detections(
     """Draw detections onto a copy of ``image``.
 
     Args:
-        image: anything :func:`rfkp.predict` accepts (a path, bytes, PIL image, uint8 array or (3, H, W)
+        image: anything ``RFDETRKeypoint.predict`` accepts (a path, bytes, PIL image, uint8 array or (3, H, W)
             tensor); its (H, W) must equal ``detections.image_size``.
         detections: in pixel coordinates of ``image``.
         findable_threshold, visible_threshold: probability thresholds (see the module docstring).

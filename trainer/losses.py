@@ -33,7 +33,7 @@ from trainer.matcher import HungarianMatcher, Indices
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the total loss (ARCHITECTURE.md section 2)."""
+    """Weights of the total loss (docs/training.md, "Matching and losses")."""
 
     ce: float = 2.0
     bbox: float = 5.0

@@ -1,6 +1,6 @@
 """Hungarian matching of queries to targets, one assignment per query group.
 
-Cost of query ``q`` for target ``n`` (ARCHITECTURE.md section 2), all in float32 without gradients:
+Cost of query ``q`` for target ``n`` (docs/training.md, "Matching and losses"), all in float32 without gradients:
 
     5 * L1(box) + 2 * focal_class + 2 * (-GIoU) + 1 * kp_l1 + 1 * kp_findable + 1 * kp_visible + 1 * kp_nll
 

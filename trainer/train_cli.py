@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rfkp import variants
 from rfkp.cli.arguments import (
     float_in,
     non_negative_float,
@@ -62,7 +63,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     model.add_argument("--out", type=Path, required=True,
                        help="run directory (checkpoints, logs, metrics); one that holds a run needs --resume")
     model.add_argument("--init", type=Path, help="start from this rfkp or rfdetr checkpoint (any skeleton)")
-    model.add_argument("--variant", default="nano", help="architecture without --init: preview, nano or tiny")
+    model.add_argument("--variant", default="nano", choices=sorted(variants.VARIANTS),
+                       help="architecture without --init (default nano)")
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field (JSON value), e.g. --set resolution=320; the classes, "
                             "keypoints and skeletons come from --data")
@@ -249,7 +251,6 @@ def _check_run_folder(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rfkp import variants
     from trainer.data.coco import CocoKeypointDataset
     from trainer.data.validate import require_labelled_keypoints
     from trainer.loop.build import build_network, model_config_for
@@ -269,8 +270,6 @@ def _run(args: argparse.Namespace) -> int:
     resolutions = list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None
     if args.calibrate and args.val is None:
         raise ValueError("--calibrate needs --val: the covariance factors are fitted on held-out images")
-    if args.init is None and args.variant not in variants.VARIANTS:
-        raise ValueError(f"unknown variant {args.variant!r}; choose from {sorted(variants.VARIANTS)}")
     _check_run_folder(args)
 
     train_set = CocoKeypointDataset(args.data, args.images, flip_pairs=flip_pairs, side_tokens=side_tokens)

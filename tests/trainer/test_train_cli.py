@@ -32,7 +32,6 @@ def _train(root, train_json, *extra: str, out=None) -> list[str]:  # noqa: ANN00
         (["--set", "resolution"], "--set expects KEY=VALUE"),
         (["--flip-pairs", "{not json"], "--flip-pairs: not valid JSON"),
         (["--side-tokens", "LH-RH"], "--side-tokens: expected LEFT:RIGHT"),
-        (["--variant", "huge"], "unknown variant 'huge'"),
         (["--resolutions", "70"], "resolution 70 is not a positive multiple"),
         (["--resolutions", "8192"], "resolution 8192 is above the largest supported input side 4096"),
         (["--resume"], "no training state to resume from"),
@@ -79,6 +78,7 @@ def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message:
         ("--epochs", "0", "argument --epochs: expected an integer >= 1, got 0"),
         ("--workers", "-1", "argument --workers: expected an integer >= 0, got -1"),
         ("--nas-full-fraction", "2", "argument --nas-full-fraction: expected a number in [0, 1], got 2"),
+        ("--variant", "huge", "argument --variant: invalid choice: 'huge'"),
     ],
 )
 def test_hyperparameters_out_of_range_are_refused_at_parse_time(data, capsys, tmp_path, option: str, value: str,

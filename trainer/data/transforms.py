@@ -1,7 +1,8 @@
 """Minimal training augmentation, as in RF-DETR: horizontal flip with flip pairs and a random crop.
 
 Both work on ``(image (H, W, C) uint8, ImageTargets)`` in pixel coordinates (pixel centres at +0.5, so a flip
-maps x to ``W - x`` exactly). The batch-level random resize lives in ``trainer.data.collate``.
+maps x to ``W - x`` exactly). The random resize per step is ``Trainer.choice_for_step`` (``trainer.loop.trainer``), applied by
+``trainer.data.collate.collate_at``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class TrainSettings:
     ema_tau: float = 100.0
     amp: str = "auto"
     resolutions: list[int] | None = None
-    nas_full_fraction: float = 0.0
+    nas_full_fraction: float = 0.25  # with a NAS space: share of steps that train the full architecture
     eval_every: int = 1
     eval_threshold: float = 0.001
     eval_batch_size: int = 4
