@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.cli.arguments import float_in, non_negative_int, positive_int, probability
+from rfkp.cli.arguments import float_in, non_negative_int, path_option, positive_int, probability
 from rfkp.devices import device_arg
 from trainer.evaluation.calibration import SIGMA_LEVELS, CalibrationResult, nominal_coverage
 from trainer.evaluation.covariance_scale import (
@@ -48,10 +48,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="fit covariance factors on held-out images so the keypoint ellipses cover what they claim",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
     )
-    p.add_argument("--weights", type=Path, required=True, help="rfkp or rfdetr checkpoint to calibrate")
-    p.add_argument("--data", type=Path, required=True, help="COCO keypoint JSON of images the model was not trained on")
-    p.add_argument("--images", type=Path, required=True, help="image folder of --data")
-    p.add_argument("--out", type=Path, required=True, help="calibrated checkpoint to write (not --weights)")
+    p.add_argument("--weights", type=path_option, required=True, help="rfkp or rfdetr checkpoint to calibrate")
+    p.add_argument("--data", type=path_option, required=True, help="COCO keypoint JSON of images the model was not trained on")
+    p.add_argument("--images", type=path_option, required=True, help="image folder of --data")
+    p.add_argument("--out", type=path_option, required=True, help="calibrated checkpoint to write (not --weights)")
     p.add_argument("--by", choices=FIT_MODES, default="class", help="one factor overall, per class or per keypoint")
     p.add_argument("--level", type=float_in(*LEVEL_RANGE, why=" sigmas (the ellipse holding 12 % to 99 % of a Gaussian)"),
                    default=2.0, help="n-sigma ellipse whose coverage is made nominal, in [0.5, 3] (default 2)")
@@ -61,13 +61,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_folds, default=0,
                    help="cross-validation folds over images, >= 2 (default 0: one per image, also when there are "
                         "fewer images than folds)")
-    p.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
+    p.add_argument("--sigmas", type=path_option, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
     p.add_argument("--threshold", type=probability, default=0.001, help="score threshold of the detections")
     p.add_argument("--resolution", type=positive_int, help="inference resolution")
     p.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass")
-    p.add_argument("--plot", type=Path, help="write the reliability plot (before / after / cross-validated) here")
-    p.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")
+    p.add_argument("--plot", type=path_option, help="write the reliability plot (before / after / cross-validated) here")
+    p.add_argument("--json", type=path_option, dest="json_out", help="write the report as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=main)
     return p

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from rfkp.cli.arguments import positive_int, probability
+from rfkp.cli.arguments import path_option, positive_int, probability
 from rfkp.devices import device_arg
 from trainer.data.schema import DatasetSchema, infer_schema
 from trainer.data.validate import (
@@ -45,14 +44,14 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
             "(pycocotools), and the fraction of ground-truth keypoints inside the predicted 1/2/3-sigma ellipses."
         ),
     )
-    parser.add_argument("--data", type=Path, required=True, help="COCO keypoint annotation JSON")
-    parser.add_argument("--images", type=Path, help="image folder of --data (needed with --weights)")
+    parser.add_argument("--data", type=path_option, required=True, help="COCO keypoint annotation JSON")
+    parser.add_argument("--images", type=path_option, help="image folder of --data (needed with --weights)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, help="model checkpoint to run on every image")
-    source.add_argument("--detections", type=Path, help="COCO keypoint results JSON (a list of rows)")
+    source.add_argument("--weights", type=path_option, help="model checkpoint to run on every image")
+    source.add_argument("--detections", type=path_option, help="COCO keypoint results JSON (a list of rows)")
     parser.add_argument(
         "--sigmas",
-        type=Path,
+        type=path_option,
         help=f"JSON object {{category id or name: sigma or [one per keypoint]}}; default COCO's for the "
         f"17-keypoint person, {DEFAULT_SIGMA} otherwise",
     )
@@ -60,9 +59,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=positive_int, help="inference resolution with --weights")
     parser.add_argument("--device", type=device_arg, help="torch device with --weights (default: cuda if available)")
     parser.add_argument("--batch-size", type=positive_int, help="images per forward pass with --weights (default 4)")
-    parser.add_argument("--plot", type=Path, help="write the calibration reliability plot (PNG) here")
-    parser.add_argument("--save-detections", type=Path, help="write the detections as COCO results JSON")
-    parser.add_argument("--json", type=Path, dest="json_out", help="write the full report as JSON")
+    parser.add_argument("--plot", type=path_option, help="write the calibration reliability plot (PNG) here")
+    parser.add_argument("--save-detections", type=path_option, help="write the detections as COCO results JSON")
+    parser.add_argument("--json", type=path_option, dest="json_out", help="write the full report as JSON")
     parser.set_defaults(func=eval_main)
     return parser
 

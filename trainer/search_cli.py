@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.cli.arguments import non_negative_int, positive_float, positive_int, probability
+from rfkp.cli.arguments import non_negative_int, path_option, positive_float, positive_int, probability
 from rfkp.devices import device_arg
 from trainer.jsonfile import dumps_strict, load_sigmas
 from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
@@ -47,10 +47,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Each axis defaults to a space around the checkpoint's own architecture."
         ),
     )
-    parser.add_argument("--weights", type=Path, required=True, help="weight-sharing model checkpoint")
-    parser.add_argument("--data", type=Path, required=True, help="COCO keypoint validation JSON")
-    parser.add_argument("--images", type=Path, required=True, help="image folder of --data")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--weights", type=path_option, required=True, help="weight-sharing model checkpoint")
+    parser.add_argument("--data", type=path_option, required=True, help="COCO keypoint validation JSON")
+    parser.add_argument("--images", type=path_option, required=True, help="image folder of --data")
+    parser.add_argument("--out", type=path_option, required=True, help="output folder")
     for flag, dest, _, text in _AXIS_OPTIONS:
         parser.add_argument(flag, dest=dest, metavar="N,N,...", help=f"{text} (default: around the model's)")
     parser.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--threshold", type=probability, default=0.001, help="detection score threshold in [0, 1] (default 0.001)"
     )
     parser.add_argument(
-        "--sigmas", type=Path, help="JSON object {category id or name: sigma or [per keypoint]}"
+        "--sigmas", type=path_option, help="JSON object {category id or name: sigma or [per keypoint]}"
     )
     parser.add_argument(
         "--budget-ms", type=positive_float,

@@ -20,6 +20,7 @@ from rfkp.cli.arguments import (
     float_in,
     non_negative_float,
     non_negative_int,
+    path_option,
     positive_float,
     positive_int,
     probability,
@@ -48,21 +49,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
     )
     data = p.add_argument_group("data")
-    data.add_argument("--data", type=Path, required=True, help="training COCO keypoint JSON")
-    data.add_argument("--images", type=Path, required=True, help="image folder of --data")
-    data.add_argument("--val", type=Path, help="validation COCO keypoint JSON (model selection by OKS AP)")
-    data.add_argument("--val-images", type=Path, help="image folder of --val (default: --images)")
+    data.add_argument("--data", type=path_option, required=True, help="training COCO keypoint JSON")
+    data.add_argument("--images", type=path_option, required=True, help="image folder of --data")
+    data.add_argument("--val", type=path_option, help="validation COCO keypoint JSON (model selection by OKS AP)")
+    data.add_argument("--val-images", type=path_option, help="image folder of --val (default: --images)")
     data.add_argument("--flip-pairs", help='JSON {category id or name or "*": [[i, j], ...]} left/right pairs')
     data.add_argument("--side-tokens", help="extra left:right name tokens for flip pairs, e.g. LH:RH,LF:RF")
-    data.add_argument("--sigmas", type=Path, help="JSON {category: sigma or [per keypoint]} for the OKS of --val")
+    data.add_argument("--sigmas", type=path_option, help="JSON {category: sigma or [per keypoint]} for the OKS of --val")
     data.add_argument("--calibrate", action="store_true",
                       help="after training, fit covariance factors on --val (rfkp calibrate, per class) and write "
                            "best_calibrated.pt, calibration.json and calibration.png")
     data.add_argument("--no-augment", action="store_true", help="no flip / crop augmentation")
     model = p.add_argument_group("model")
-    model.add_argument("--out", type=Path, required=True,
+    model.add_argument("--out", type=path_option, required=True,
                        help="run directory (checkpoints, logs, metrics); one that holds a run needs --resume")
-    model.add_argument("--init", type=Path, help="start from this rfkp or rfdetr checkpoint (any skeleton)")
+    model.add_argument("--init", type=path_option, help="start from this rfkp or rfdetr checkpoint (any skeleton)")
     model.add_argument("--variant", default="nano", choices=sorted(variants.VARIANTS),
                        help="architecture without --init (default nano)")
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = [
     "float_in",
     "non_negative_float",
     "non_empty_path",
+    "path_option",
     "non_negative_int",
     "port",
     "positive_float",
@@ -97,3 +99,8 @@ def non_empty_path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string (an unset variable?)")
     return text
+
+
+def path_option(text: str) -> Path:
+    """``non_empty_path`` as a ``Path``: what the trainer's commands take."""
+    return Path(non_empty_path(text))

@@ -116,7 +116,8 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [("--runs", "0", "expected an integer >= 1, got 0"), ("--warmup", "-1", "expected an integer >= 0, got -1"),
-     ("--max-configs", "0", "expected an integer >= 1, got 0"), ("--runs", "2.5", "expected an integer, got '2.5'")],
+     ("--max-configs", "0", "expected an integer >= 1, got 0"), ("--runs", "2.5", "expected an integer, got '2.5'"),
+     ("--sigmas", " ", "expected a path, got an empty string")],
 )
 def test_search_counts_are_checked_while_parsing(tmp_path: Path, capsys: pytest.CaptureFixture, option: str,
                                                  value: str, message: str) -> None:

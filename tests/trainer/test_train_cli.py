@@ -79,6 +79,7 @@ def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message:
         ("--workers", "-1", "argument --workers: expected an integer >= 0, got -1"),
         ("--nas-full-fraction", "2", "argument --nas-full-fraction: expected a number in [0, 1], got 2"),
         ("--variant", "huge", "argument --variant: invalid choice: 'huge'"),
+        ("--init", "", "argument --init: expected a path, got an empty string (an unset variable?)"),
     ],
 )
 def test_hyperparameters_out_of_range_are_refused_at_parse_time(data, capsys, tmp_path, option: str, value: str,
