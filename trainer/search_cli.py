@@ -16,10 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.cli.arguments import non_negative_int, path_option, positive_float, positive_int, probability
+from rfkp.cli.arguments import (
+    non_negative_int,
+    path_option,
+    positive_float,
+    positive_int,
+    positive_int_list,
+    probability,
+)
 from rfkp.devices import device_arg
 from trainer.jsonfile import dumps_strict, load_sigmas
-from trainer.nas.space import ArchChoice, SearchSpace, parse_int_list
+from trainer.nas.space import ArchChoice, SearchSpace
 from trainer.outputs import check_output_folder, check_outputs
 
 #: The files written into --out.
@@ -52,7 +59,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=path_option, required=True, help="image folder of --data")
     parser.add_argument("--out", type=path_option, required=True, help="output folder")
     for flag, dest, _, text in _AXIS_OPTIONS:
-        parser.add_argument(flag, dest=dest, metavar="N,N,...", help=f"{text} (default: around the model's)")
+        parser.add_argument(flag, dest=dest, type=positive_int_list, metavar="N,N,...",
+                            help=f"{text} (default: around the model's)")
     parser.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     parser.add_argument("--runs", type=positive_int, default=30, help="timed batch-1 runs per choice (default 30)")
     parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs before timing (default 5)")
@@ -84,7 +92,7 @@ def _command(args: argparse.Namespace) -> str:
                  "--save-choice"):  # fmt: skip
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None:
-            parts += [flag, str(value)]
+            parts += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
     return shlex.join(parts)
 
 
@@ -146,8 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.nas.plot import pareto_plot
     from trainer.nas.search import device_name, search
 
-    axes = {axis: parse_int_list(getattr(args, dest), flag) for flag, dest, axis, _ in _AXIS_OPTIONS
-            if getattr(args, dest) is not None}  # fmt: skip
+    axes = {axis: getattr(args, dest) for _, dest, axis, _ in _AXIS_OPTIONS if getattr(args, dest) is not None}
     if args.runs < 1 or args.warmup < 0:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
     _check_out(args)

@@ -23,6 +23,7 @@ from rfkp.cli.arguments import (
     path_option,
     positive_float,
     positive_int,
+    positive_int_list,
     probability,
 )
 from rfkp.devices import device_arg
@@ -93,12 +94,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt.add_argument("--match-cost", action="append", default=[], metavar="TERM=VALUE",
                      help="weight of one Hungarian matching cost (cls, bbox, giou, kp_l1, kp_findable, kp_visible, "
                           "kp_nll), e.g. --match-cost kp_l1=5")
-    opt.add_argument("--resolutions", help="multi-scale training sides, e.g. 320,352,384 (default: the model's)")
+    opt.add_argument("--resolutions", type=positive_int_list, metavar="N,N,...",
+                     help="multi-scale training sides, e.g. 320,352,384 (default: the model's)")
     nas = p.add_argument_group("weight-sharing NAS (every step samples a sub-architecture)")
     nas.add_argument("--nas", action="store_true", help="sample from the default space of the model (or below)")
     for axis, example in (("nas-resolutions", "256,320"), ("nas-patch-sizes", "12,16"), ("nas-windows", "1,2"),
                           ("nas-dec-layers", "1,2,3"), ("nas-num-queries", "50,100")):
-        nas.add_argument(f"--{axis}", help=f"values of this axis, e.g. {example}")
+        nas.add_argument(f"--{axis}", type=positive_int_list, metavar="N,N,...",
+                         help=f"values of this axis, e.g. {example}")
     nas.add_argument("--nas-full-fraction", type=probability, default=0.25,
                      help="share of steps that train the full architecture (sandwich rule)")
     run = p.add_argument_group("run")
@@ -260,7 +263,6 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.loop.trainer import Trainer, TrainSettings
     from trainer.losses import LossWeights
     from trainer.matcher import MatchCosts
-    from trainer.nas.space import parse_int_list
 
     # the options first, then the run folder, then the data: a mistake costs no data loading
     flip_pairs = _flip_pairs(args.flip_pairs)
@@ -268,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = _overrides(args.set)
     loss_weights = _term_weights(args.loss_weight, LossWeights(), "--loss-weight")
     match_costs = _term_weights(args.match_cost, MatchCosts(), "--match-cost")
-    resolutions = list(parse_int_list(args.resolutions, "--resolutions")) if args.resolutions else None
+    resolutions = list(args.resolutions) if args.resolutions else None
     if args.calibrate and args.val is None:
         raise ValueError("--calibrate needs --val: the covariance factors are fitted on held-out images")
     _check_run_folder(args)

@@ -86,10 +86,6 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
         (["--resolutions", "8192"], "resolution 8192 is above the largest supported input side 4096"),
         (["--budget-ms", "5", "--save-choice", "picked/"], "--save-choice picked/ names a folder"),
         (["--budget-ms", "5", "--save-choice", "_OUT_"], "is --out"),
-        (
-            ["--resolutions", "128,abc"],
-            "--resolutions: expected comma-separated positive integers, got '128,abc'",
-        ),
         (["--dec-layers", "3"], "dec_layers 3 exceeds the model's 2 decoder layers"),
         (["--num-queries", "40"], "num_queries 40 exceeds the model's 20 queries"),
         (["--sigmas", str(tmp_path / "none.json")], "sigmas file not found"),
@@ -117,7 +113,9 @@ def test_search_cli_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.
     ("option", "value", "message"),
     [("--runs", "0", "expected an integer >= 1, got 0"), ("--warmup", "-1", "expected an integer >= 0, got -1"),
      ("--max-configs", "0", "expected an integer >= 1, got 0"), ("--runs", "2.5", "expected an integer, got '2.5'"),
-     ("--sigmas", " ", "expected a path, got an empty string")],
+     ("--sigmas", " ", "expected a path, got an empty string"),
+     ("--resolutions", "128,abc", "expected comma-separated integers >= 1, got '128,abc'"),
+     ("--num-queries", "0", "expected comma-separated integers >= 1, got '0'")],
 )
 def test_search_counts_are_checked_while_parsing(tmp_path: Path, capsys: pytest.CaptureFixture, option: str,
                                                  value: str, message: str) -> None:

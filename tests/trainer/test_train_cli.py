@@ -80,6 +80,8 @@ def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message:
         ("--nas-full-fraction", "2", "argument --nas-full-fraction: expected a number in [0, 1], got 2"),
         ("--variant", "huge", "argument --variant: invalid choice: 'huge'"),
         ("--init", "", "argument --init: expected a path, got an empty string (an unset variable?)"),
+        ("--resolutions", "320,x", "argument --resolutions: expected comma-separated integers >= 1, got '320,x'"),
+        ("--nas-windows", "-1", "argument --nas-windows: expected comma-separated integers >= 1, got '-1'"),
     ],
 )
 def test_hyperparameters_out_of_range_are_refused_at_parse_time(data, capsys, tmp_path, option: str, value: str,
