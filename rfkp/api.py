@@ -39,12 +39,30 @@ def default_weights_path() -> Path | None:
 _ARCH_KNOBS = ("patch_size", "num_windows", "dec_layers", "num_queries")
 
 
-def _checked_arch(arch: dict[str, Any]) -> dict[str, int | None]:
-    """The call-time knobs: known names, each None (the model's) or a positive int."""
+def _checked_arch(arch: dict[str, Any], config: ModelConfig) -> dict[str, int | None]:
+    """The call-time knobs: known names, each None (the model's) or a positive int, the decoder layers and
+    queries at most the model's."""
     unknown = sorted(set(arch) - set(_ARCH_KNOBS))
     if unknown:
         raise TypeError(f"unknown keyword argument(s) {unknown}; the architecture knobs are {list(_ARCH_KNOBS)}")
-    return {k: None if v is None else check_positive_int(k, v) for k, v in arch.items()}
+    checked = {k: None if v is None else check_positive_int(k, v) for k, v in arch.items()}
+    for name in ("dec_layers", "num_queries"):
+        if checked.get(name) is not None and checked[name] > getattr(config, name):
+            raise ValueError(f"{name} must be in [1, {getattr(config, name)}] for this model, got {checked[name]}")
+    return checked
+
+
+def _checked_threshold(threshold: Any) -> float:
+    """A score threshold: a real number in [0, 1] (not a bool), as a float."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def _as_batch(images: Any) -> tuple[list[Any], bool]:
+    """(the images as a list, whether one image was given rather than a list or tuple of them)."""
+    single = not isinstance(images, (list, tuple))
+    return ([images] if single else list(images)), single
 
 
 class RFDETRKeypoint:
@@ -120,12 +138,14 @@ class RFDETRKeypoint:
     def preprocess(
         self, images: Sequence[Any], resolution: int | None = None, *, max_pixels: int = MAX_PIXELS
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> (x (B, 3, R, R) normalised on the model's device, source sizes (B, 2) (H, W)).
-        Images above `max_pixels` (width * height) are refused."""
+        """Images (one image or a list of them, as `predict` takes) -> (x (B, 3, R, R) normalised on the model's
+        device, source sizes (B, 2) (H, W)). Images above `max_pixels` (width * height) are refused."""
         res = self.config.resolution if resolution is None else check_positive_int("resolution", resolution)
         check_resolution(res, 1)  # any side up to the largest; predict() also checks it against the block
+        check_positive_int("max_pixels", max_pixels)
         cfg = self.config
-        return prepare_batch(images, res, cfg.image_mean, cfg.image_std, self.device, max_pixels=max_pixels)
+        batch, _ = _as_batch(images)
+        return prepare_batch(batch, res, cfg.image_mean, cfg.image_std, self.device, max_pixels=max_pixels)
 
     @torch.inference_mode()
     def forward_raw(self, x: torch.Tensor, **arch: int | None) -> dict[str, torch.Tensor]:
@@ -135,7 +155,7 @@ class RFDETRKeypoint:
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a normalised batch (B, 3, H, W), got shape {tuple(x.shape)}")
-        arch = _checked_arch(arch)
+        arch = _checked_arch(arch, self.config)
         block = self._block(arch)
         if x.shape[2] % block or x.shape[3] % block:
             raise ValueError(f"input sides {tuple(x.shape[2:])} must be multiples of {block} (patch size x windows)")
@@ -149,6 +169,10 @@ class RFDETRKeypoint:
         threshold: float = 0.5,
         num_select: int = 100,
     ) -> list[KeypointDetections]:
+        """Raw outputs of `forward_raw` and the source sizes of `preprocess` -> one `KeypointDetections` per
+        image: the top `num_select` query x class pairs, those scoring above `threshold` kept."""
+        threshold = _checked_threshold(threshold)
+        check_positive_int("num_select", num_select)
         decoded = decode_detections(
             raw,
             source_sizes.to(raw["pred_boxes"].device),
@@ -173,20 +197,18 @@ class RFDETRKeypoint:
 
         images: a path, encoded bytes, a PIL image, an HxWx3 uint8 RGB array, a (3, H, W) float tensor in [0, 1],
         or a list of these (then a list is returned). Output coordinates are in source-image pixels.
-        threshold: minimum rescored score in [0, 1]. num_select: detections kept before the threshold (the
-        top over query x class). max_pixels: largest accepted image (width * height). arch: the call-time
+        threshold: detections whose rescored score is above it are kept, in [0, 1]. num_select: detections
+        kept before the threshold (the top over query x class). max_pixels: largest accepted image (width * height). arch: the call-time
         knobs of `forward_raw`. Arguments are checked before any image is read.
         """
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        threshold = _checked_threshold(threshold)
         check_positive_int("num_select", num_select)
         check_positive_int("max_pixels", max_pixels)
         if resolution is not None:
             check_positive_int("resolution", resolution)
-        arch = _checked_arch(arch)
+        arch = _checked_arch(arch, self.config)
         check_resolution(resolution or self.config.resolution, self._block(arch))  # before any image is resized to it
-        single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
+        batch, single = _as_batch(images)
         if not batch:
             return []
         x, sizes = self.preprocess(batch, resolution, max_pixels=max_pixels)

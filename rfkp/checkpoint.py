@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import pathlib
 import pickle
 import re
@@ -72,6 +73,8 @@ def _unsupported_global(exc: Exception) -> str:
 
 def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
     """Atomic write of rfkp's own format."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() would drop the separator
+        raise IsADirectoryError(f"cannot write a checkpoint to {path}: it names a folder; name the file")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write a checkpoint to {path}: it is a folder")

@@ -39,7 +39,10 @@ class KeypointDetections:
     """Keypoint detections of one image, all in pixel coordinates of the source image.
 
     Coordinates: origin at the top-left corner of the image, x right, y down, pixel centres at +0.5 (the
-    centre of the top-left pixel is (0.5, 0.5)). N detections, K = max keypoint count over classes.
+    centre of the top-left pixel is (0.5, 0.5)); for an image with EXIF orientation, of the image as displayed
+    (rotated as the orientation says). Boxes lie within the image; keypoints are not clamped to it (a
+    keypoint the model places outside, e.g. of a partly visible object, keeps its position). N detections,
+    K = max keypoint count over classes.
 
     Attributes:
         xyxy: (N, 4) float32 boxes (x1, y1, x2, y2).
@@ -151,6 +154,8 @@ class KeypointDetections:
             )
         if not np.isfinite(self.xyxy).all():
             raise ValueError("xyxy must be finite")
+        if ((self.xyxy[:, 2] < self.xyxy[:, 0]) | (self.xyxy[:, 3] < self.xyxy[:, 1])).any():
+            raise ValueError("xyxy boxes must have x2 >= x1 and y2 >= y1")
         if self.score.size and not ((self.score >= 0) & (self.score <= 1)).all():
             raise ValueError("score must lie in [0, 1]")
         active = self.active_mask()
@@ -179,7 +184,10 @@ class KeypointDetections:
         return int(self.xyxy.shape[0])
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> KeypointDetections:
-        """Select detections by an int (kept as N=1), a slice, a (N,) bool mask or an index array."""
+        """Select detections by an int (kept as N=1), a slice, a (N,) bool mask or a 1-D index array (numpy or
+        torch). The result owns copies of its arrays: changing it leaves these detections as they are."""
+        if hasattr(index, "ndim") and index.ndim == 0 and not isinstance(index, (bool, np.bool_)):
+            index = index.item()  # a 0-d array or tensor is its one value
         if isinstance(index, (bool, np.bool_)):
             raise IndexError("a single bool is not a detection index; select with an int or a (N,) bool mask")
         if isinstance(index, (int, np.integer)):
@@ -188,7 +196,9 @@ class KeypointDetections:
                 raise IndexError(f"detection index {position} out of range for {len(self)} detections")
             index = slice(position % len(self), position % len(self) + 1)
         elif not isinstance(index, slice):
-            index = np.asarray(index)
+            index = np.asarray(index.cpu() if hasattr(index, "cpu") else index)
+            if index.ndim != 1:
+                raise IndexError(f"index arrays must be 1-D, got shape {index.shape}")
             if index.dtype == bool:
                 if index.shape != (len(self),):
                     raise IndexError(f"bool mask must have shape ({len(self)},), got {index.shape}")
@@ -196,7 +206,7 @@ class KeypointDetections:
                 index = index.astype(np.int64)
             else:
                 raise IndexError(f"index arrays must be integer or bool, got {index.dtype}")
-        arrays = {name: getattr(self, name)[index] for name in _ARRAY_FIELDS}
+        arrays = {name: getattr(self, name)[index].copy() for name in _ARRAY_FIELDS}
         return KeypointDetections(**arrays, **self._metadata())
 
     def _metadata(self) -> dict[str, Any]:
@@ -293,15 +303,21 @@ class KeypointDetections:
         key. Boxes are unchanged (COCO boxes also put the image's top-left corner at 0); keypoints are moved
         to COCO's pixel-index convention by subtracting ``coco_keypoint_offset``.
         """
+        if isinstance(image_id, (bool, np.bool_)) or not isinstance(image_id, (int, np.integer)):
+            raise ValueError(f"image_id must be an integer (COCO's image ids are), got {image_id!r:.100}")
+        image_id = int(image_id)  # a numpy integer would not survive json.dumps
         if category_ids is None:
             category_ids = self.category_ids
         rows = []
         for i in range(len(self)):
             c = int(self.class_id[i])
             try:
-                category = int(category_ids[c]) if category_ids is not None else c
+                category = category_ids[c] if category_ids is not None else c
             except (KeyError, IndexError) as err:
                 raise ValueError(f"category_ids has no entry for class index {c}") from err
+            if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)):
+                raise ValueError(f"category_ids[{c}] must be an integer, got {category!r:.100}")
+            category = int(category)
             x1, y1, x2, y2 = (float(v) for v in self.xyxy[i])
             row: dict[str, Any] = {
                 "image_id": image_id,

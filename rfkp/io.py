@@ -140,6 +140,11 @@ def _decode(image: Image.Image, what: str, max_pixels: int) -> np.ndarray:
         raise ValueError(f"{what} is too large for PIL's decompression-bomb limit: {err}") from err
     except _DECODE_ERRORS as err:
         raise ImageDecodeError(f"could not decode {what}: {err}") from err
+    except AssertionError:  # PIL asserts its file is open when pixels were never read
+        if getattr(image, "fp", True) is not None:
+            raise
+        raise ValueError(f"{what} was closed before its pixels were read (used after its `with Image.open()` "
+                         "block?); call image.load() inside the block, or pass the path") from None
     return _pil_to_rgb_array(image)
 
 
@@ -261,6 +266,10 @@ def _tensor_to_chw(tensor: torch.Tensor, max_pixels: int) -> torch.Tensor:
             )
         raise ValueError(f"got a tensor with {shape[0]} channels {shape}; {_ACCEPTED_TENSORS}")
     _check_size(shape[2], shape[1], f"tensor of shape {shape}", max_pixels)
+    if tensor.layout != torch.strided:
+        raise ValueError(f"tensor {shape} is {tensor.layout}; pass a dense tensor (e.g. tensor.to_dense())")
+    if tensor.device.type == "meta":
+        raise ValueError(f"tensor {shape} is on the meta device and holds no pixels")
     if tensor.dtype == torch.uint8:
         out = tensor.to(torch.float32) / 255.0
     elif tensor.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

@@ -109,7 +109,7 @@ def covariance_pixels(raw: torch.Tensor, box_wh: torch.Tensor, image_wh: torch.T
         raise ValueError(f"image_wh must have last dim 2 (W, H), got shape {tuple(image_wh.shape)}")
     cov = covariance_normalized(raw, box_wh)
     scale = image_wh.to(cov.dtype)
-    return cov * scale[..., :, None] * scale[..., None, :]
+    return cov * (scale[..., :, None] * scale[..., None, :])  # s_i s_j first: both off-diagonals round alike
 
 
 def log_trace_inverse_precision(raw: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,11 @@ def test_covariances_match_explicit_and_broadcast() -> None:
     cov_p = g.covariance_pixels(raw, box_wh, image_wh)
     torch.testing.assert_close(cov_p, area * (scale @ inv @ scale), rtol=1e-12, atol=0)
     assert cov_p.shape == (2, 5, 2, 2)
+    # exactly symmetric in fp32 too (the two off-diagonals were once scaled in different orders)
+    raw32 = torch.randn(4000, 3, generator=torch.Generator().manual_seed(0))
+    cov32 = g.covariance_pixels(raw32, torch.rand(4000, 2, generator=torch.Generator().manual_seed(1)),
+                                torch.tensor([640.0, 429.0]))
+    assert torch.equal(cov32, cov32.mT)
 
 
 def test_log_det_mahalanobis_nll_match_explicit() -> None:

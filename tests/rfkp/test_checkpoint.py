@@ -139,3 +139,6 @@ def test_saving_to_a_folder_is_refused_and_leaves_nothing(two_skeleton_model: RF
     with pytest.raises(IsADirectoryError, match="it is a folder"):
         two_skeleton_model.save_checkpoint(folder)
     assert list(tmp_path.iterdir()) == [folder] and not list(folder.iterdir())
+    with pytest.raises(IsADirectoryError, match="names a folder; name the file"):
+        two_skeleton_model.save_checkpoint(f"{tmp_path}/new/")  # no file called 'new' is written
+    assert list(tmp_path.iterdir()) == [folder]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from rfkp.detections import KeypointDetections
 
@@ -142,6 +143,22 @@ def test_indexing_int_slice_mask_and_array() -> None:
         det[5]
     with pytest.raises(IndexError, match="bool mask"):
         det[np.array([True, False])]
+    _assert_same(det[np.array(1)], one)  # 0-d arrays and tensors are their value
+    _assert_same(det[torch.tensor(1)], one)
+    _assert_same(det[torch.tensor([4, 0])], picked)
+    with pytest.raises(IndexError, match=r"index arrays must be 1-D, got shape \(1, 2\)"):
+        det[np.array([[0, 1]])]
+    part = det[0:2]
+    part.score[0] = 5.0  # the selection owns its arrays: the parent stays valid
+    assert det.score[0] != 5.0
+
+
+def test_boxes_must_be_ordered() -> None:
+    fields = _fields(_make())
+    boxes = fields["xyxy"].copy()
+    boxes[0, [0, 2]] = boxes[0, [2, 0]] + [1.0, -1.0]
+    with pytest.raises(ValueError, match="x2 >= x1 and y2 >= y1"):
+        KeypointDetections(**{**fields, "xyxy": boxes})
 
 
 def test_empty() -> None:
@@ -185,6 +202,14 @@ def test_coco_results_rows() -> None:
     assert [r["category_id"] for r in det.to_coco_results(image_id=7)] == [0, 1, 2]
     with pytest.raises(ValueError, match="no entry for class index 2"):
         det.to_coco_results(image_id=7, category_ids=[1, 2])
+    rows = det.to_coco_results(image_id=np.int64(7), category_ids=np.array([1, 5, 3]))
+    assert type(rows[0]["image_id"]) is int and type(rows[0]["category_id"]) is int
+    json.dumps(rows)  # numpy ids would not serialise
+    for image_id in ("7", None, 7.5, True):
+        with pytest.raises(ValueError, match="image_id must be an integer"):
+            det.to_coco_results(image_id=image_id)
+    with pytest.raises(ValueError, match=r"category_ids\[0\] must be an integer, got 1.7"):
+        det.to_coco_results(image_id=7, category_ids=[1.7, 5, 3])
 
 
 def test_coco_results_use_the_models_category_ids() -> None:

@@ -146,6 +146,18 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert np.array_equal(out, np.rot90(rgb, k=-1))
 
 
+def test_pil_image_used_after_its_with_block(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(path)
+    with Image.open(path) as image:
+        pass
+    with pytest.raises(ValueError, match=r"closed before its pixels were read \(used after its `with Image.open"):
+        load_image(image)
+    with Image.open(path) as image:
+        image.load()
+    assert load_image(image).shape == (4, 5, 3)  # read inside the block: fine
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     missing = tmp_path / "nope.png"
     with pytest.raises(FileNotFoundError, match="nope.png"):
@@ -295,6 +307,8 @@ def test_to_tensor_from_images_and_tensors() -> None:
         (torch.zeros(3, 6, 5, dtype=torch.int64), "unsupported tensor dtype torch.int64"),
         (torch.rand(6, 5), "2-D tensor"),
         (torch.rand(3, 0, 5), "zero size"),
+        (torch.rand(3, 6, 5, device="meta"), "on the meta device and holds no pixels"),
+        (torch.rand(3, 6, 5).to_sparse(), "is torch.sparse_coo; pass a dense tensor"),
     ],
 )
 def test_to_tensor_rejections(tensor: torch.Tensor, match: str) -> None:

@@ -69,7 +69,7 @@ def test_decoder_depth_equals_auxiliary_outputs(model: RFDETRKeypoint) -> None:
             cut = model.network(x, SubArchitecture(dec_layers=k))
             for key in ("pred_logits", "pred_boxes", "pred_keypoints"):
                 assert torch.allclose(cut[key], layers[k - 1][key], atol=1e-5), (k, key)
-    with pytest.raises(ValueError, match="num_layers"):
+    with pytest.raises(ValueError, match=r"dec_layers must be in \[1, 2\] for this model, got 3"):
         model.forward_raw(x, dec_layers=3)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,8 @@ def test_arguments_are_checked_before_images_are_read(model: RFDETRKeypoint, rgb
         (dict(resolution=10001), "resolution 10001 is not a multiple of"),  # not resized to first
         (dict(resolution=256, patch_size=12), "resolution 256 is not a multiple of patch_size x num_windows = 24"),
         (dict(resolution=96 * 43), "above the largest supported input side"),
+        (dict(dec_layers=3), r"dec_layers must be in \[1, 2\] for this model, got 3"),  # tiny: 2 layers
+        (dict(num_queries=21), r"num_queries must be in \[1, 20\] for this model, got 21"),
     ]:
         with pytest.raises(ValueError, match=match):
             model.predict(missing, **kwargs)
@@ -102,6 +105,25 @@ def test_arguments_are_checked_before_images_are_read(model: RFDETRKeypoint, rgb
     dets = model.predict(rgb, threshold=np.float32(0.0), num_select=np.int64(5))
     assert len(dets) == 5
     assert len(model.predict(rgb, threshold=1.0)) == 0
+    assert len(model.predict(rgb, threshold=Fraction(0), num_select=3)) == 3  # any real number
+
+
+def test_preprocess_and_postprocess_take_what_predict_takes(model: RFDETRKeypoint, rgb: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    for single in (rgb, str(path), Image.fromarray(rgb)):  # one image is one image, not a batch of its rows
+        x, sizes = model.preprocess(single)
+        assert x.shape[0] == 1 and sizes.tolist() == [[90, 120]]
+    raw = model.forward_raw(x)
+    for kwargs, match in [
+        (dict(threshold=float("nan")), "threshold must be a number in"),
+        (dict(threshold=-5), "threshold must be a number in"),
+        (dict(num_select=-1), "num_select must be a positive integer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.postprocess(raw, sizes, **kwargs)
+    assert len(model.postprocess(raw, sizes, threshold=0.0, num_select=4)[0]) == 4
 
 
 def test_a_bad_image_in_a_list_is_named_and_max_pixels_is_a_predict_argument(
