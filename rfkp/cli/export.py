@@ -12,6 +12,7 @@ rfkp_model; `rfkp serve --engine 1/model.plan` renders the same config).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -159,6 +160,24 @@ def _check_paths(args: argparse.Namespace) -> None:
         check_output_file(onnx_path, "--out")
 
 
+def _engine_command(args: argparse.Namespace, plan: Path) -> str:
+    """The ``rfkp export --format engine`` command that builds the engine a ``--format triton`` entry expects:
+    the same weights, outputs, batch and knobs, written to ``plan``."""
+    parts = ["rfkp", "export"]
+    if args.weights:
+        parts += ["--weights", str(args.weights)]
+    parts += ["--format", "engine", "--outputs", args.outputs]
+    parts += ["--dynamic-batch", str(args.dynamic_batch)] if args.dynamic_batch else ["--batch", str(args.batch)]
+    for flag in ("--resolution", "--dec-layers", "--num-queries", "--patch-size", "--num-windows", "--num-select"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.fp32:
+        parts.append("--fp32")
+    parts += ["--plugin-lib", args.plugin_lib or "librfkp_trt_plugins.so", "--out", str(plan)]
+    return shlex.join(parts)
+
+
 def main(args: argparse.Namespace) -> int:
     from rfkp.export import engine as trt_engine
 
@@ -250,6 +269,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {config}")
     if built is None and not args.engine:
         plan = out / "1" / "model.plan"
-        print(f"no engine yet ('tensorrt' is not installed here): build one on the serving GPU from "
-              f"{onnx_path} (rfkp export --format engine --outputs {args.outputs}) and place it at {plan}")  # fmt: skip
+        print(f"no engine yet ('tensorrt' is not installed here): on the serving GPU, build it into the entry "
+              f"with\n  {_engine_command(args, plan)}")  # fmt: skip
+        if args.plugin_lib:
+            print(f"(--plugin-lib {args.plugin_lib} was not used: it is needed where the engine is built)")
     return 0

@@ -236,3 +236,24 @@ def test_paths_and_the_plugin_library_are_checked_before_exporting(
         err = capsys.readouterr().err
         assert "plugin library not found" in err and ("--plugin-lib" if flags else "$RFKP_TRT_PLUGIN_LIB") in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "file"]
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="with TensorRT the entry's engine is built here")
+def test_triton_entry_without_tensorrt_prints_the_engine_command_it_needs(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+
+    from rfkp.cli.main import build_parser
+
+    folder = tmp_path / "entry"
+    argv = ["export", "--weights", str(weights), "--format", "triton", "--out", str(folder), "--dynamic-batch", "4",
+            "--resolution", "192", "--dec-layers", "1", "--plugin-lib", "/plugins/librfkp_trt_plugins.so"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("rfkp export"))
+    parsed = build_parser().parse_args(shlex.split(command)[1:])  # a command rfkp accepts, for the same entry
+    assert (parsed.format, parsed.dynamic_batch, parsed.resolution, parsed.dec_layers) == ("engine", 4, 192, 1)
+    assert parsed.weights == str(weights) and parsed.plugin_lib == "/plugins/librfkp_trt_plugins.so"
+    assert parsed.out == str(folder / "1" / "model.plan")
+    assert "--plugin-lib /plugins/librfkp_trt_plugins.so was not used" in out
