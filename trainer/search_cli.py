@@ -199,12 +199,29 @@ def _run(args: argparse.Namespace) -> int:
     if args.budget_ms is not None:
         picked = pick_within_budget(results, args.budget_ms)
         meta["budget"] = {"ms": args.budget_ms, "picked": picked.choice.key() if picked else None}
+    noisy = noisy_latencies(results)
+    meta["noisy_latencies"] = [r.choice.key() for r in noisy]
     (out / "search.json").write_text(dumps_strict(meta, indent=2), encoding="utf-8")
     print(format_front(front))
+    if noisy:
+        worst = max(noisy, key=lambda r: r.latency_ms_p90 / r.latency_ms_median)
+        print(f"warning: latency was noisy for {len(noisy)} of {len(results)} choices (p90 over "
+              f"{NOISY_P90_RATIO:g}x the median; worst {worst.choice.key()}: median {worst.latency_ms_median:.2f} ms, "
+              f"p90 {worst.latency_ms_p90:.2f} ms): the machine is busy, so the front and any budget pick may be "
+              "off; measure on an idle machine, or with more --runs", file=sys.stderr)  # fmt: skip
     print(f"wrote search.csv, pareto.csv, pareto.png and search.json to {out}")
     if args.budget_ms is not None:
         return _report_pick(model, results, picked, args)
     return 0
+
+
+#: A choice whose p90 latency exceeds its median by this factor was timed on a busy machine.
+NOISY_P90_RATIO = 2.0
+
+
+def noisy_latencies(results: list[Any]) -> list[Any]:
+    """The results whose latency spread (p90 / median) says the timing was disturbed."""
+    return [r for r in results if r.latency_ms_p90 > NOISY_P90_RATIO * r.latency_ms_median]
 
 
 def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Namespace) -> int:
@@ -214,11 +231,11 @@ def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Nam
     if picked is None:
         fastest = min(r.latency_ms_median for r in results)
         if fastest <= args.budget_ms:  # the choices that fit have no AP to rank them by
-            why = "has a defined AP (pycocotools gives -1: no ground-truth keypoints to score)"
+            why = (f"no choice within {args.budget_ms:g} ms has a defined AP (pycocotools gives -1: no "
+                   "ground-truth keypoints to score)")
         else:
-            why = f"runs within it here (the fastest took {fastest:.2f} ms)"
-        print(f"rfkp search: error: no choice within {args.budget_ms:g} ms {why}; see {args.out / 'search.csv'}",
-              file=sys.stderr)  # fmt: skip
+            why = f"no choice runs within {args.budget_ms:g} ms here (the fastest took {fastest:.2f} ms median)"
+        print(f"rfkp search: error: {why}; see {args.out / 'search.csv'}", file=sys.stderr)
         return 1
     c = picked.choice
     print(f"within {args.budget_ms:g} ms: {c.key()} (AP {picked.ap:.4f}, {picked.latency_ms_median:.2f} ms median)"

@@ -180,7 +180,19 @@ def test_search_picks_within_a_latency_budget_and_saves_the_choice(
     cfg = RFDETRKeypoint.from_checkpoint(saved, device="cpu").config
     assert (cfg.resolution, cfg.dec_layers) == (picked["resolution"], picked["dec_layers"])
     assert rfkp_main([*argv, *axes, "--budget-ms", "0.000001"]) == 1
-    assert "no choice within 1e-06 ms runs within it here (the fastest took" in capsys.readouterr().err
+    assert "no choice runs within 1e-06 ms here (the fastest took" in capsys.readouterr().err
+
+
+def test_noisy_latencies_are_the_ones_with_a_wide_spread() -> None:
+    from trainer.nas.search import SearchResult
+    from trainer.nas.space import ArchChoice
+    from trainer.search_cli import noisy_latencies
+
+    def result(median: float, p90: float) -> SearchResult:
+        return SearchResult(ArchChoice(96, 16, 2, 1, 5), 0.5, 0.5, 0.5, float("nan"), median, p90)
+
+    steady, busy = result(10.0, 19.0), result(10.0, 25.0)
+    assert noisy_latencies([steady, busy]) == [busy]
 
 
 def test_pick_within_budget() -> None:
