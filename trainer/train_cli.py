@@ -163,6 +163,21 @@ def _flip_pairs(text: str | None) -> dict[str, Any] | None:
     return spec
 
 
+def _warn_sided_but_unpaired(schema: Any) -> None:
+    """Warn per category about keypoints that look sided but have no flip partner (see --flip-pairs)."""
+    from trainer.data.flip_pairs import sided_but_unpaired
+
+    for category in schema.categories:
+        names = sided_but_unpaired(category.keypoint_names, category.flip_pairs)
+        if names:
+            logger.warning(
+                "category %r: keypoints %s look like one side of the body but have no flip partner; random "
+                "horizontal flips will mirror them without swapping sides. Pass --flip-pairs (e.g. "
+                "'{\"%s\": [[0, 3], [1, 2]]}' with your indices) or --side-tokens, or --no-augment",
+                category.name, names, category.name,
+            )  # fmt: skip
+
+
 def _check_flip_pair_categories(spec: dict[str, Any] | None, schema: Any, source: str) -> None:
     """Raise ValueError for a ``--flip-pairs`` key that names no category of the data (it would be ignored)."""
     known = {"*"} | {str(c.category_id) for c in schema.categories} | {c.name for c in schema.categories}
@@ -282,6 +297,8 @@ def _run(args: argparse.Namespace) -> int:
         name, ids = next(iter(shared.items()))
         raise ValueError(f"{args.data.name}: categories {ids} share the name {name!r}; give them distinct names")
     _check_flip_pair_categories(flip_pairs, train_set.schema, args.data.name)
+    if not args.no_augment:
+        _warn_sided_but_unpaired(train_set.schema)
     val_set = None
     if args.val is not None:
         val_set = CocoKeypointDataset(args.val, args.val_images or args.images, flip_pairs=flip_pairs,

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from trainer.data.errors import CocoFormatError
-from trainer.data.flip_pairs import flip_permutation, infer_flip_pairs, name_tokens, resolve_flip_pairs
+from trainer.data.flip_pairs import (
+    flip_permutation,
+    infer_flip_pairs,
+    name_tokens,
+    resolve_flip_pairs,
+    sided_but_unpaired,
+)
 from trainer.data.schema import infer_schema
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -61,6 +67,16 @@ def test_resolve_explicit_pairs_by_name_and_index() -> None:
         resolve_flip_pairs(names, [(2, 2)])
     with pytest.raises(ValueError, match="already in another pair"):
         resolve_flip_pairs(names, [(0, 3), (3, 1)])
+
+
+def test_sided_names_without_a_partner_are_found() -> None:
+    mouse = ["paw1LH_top", "paw2LF_top", "paw3RF_top", "paw4RH_top", "tailBase_top", "nose_top"]
+    assert infer_flip_pairs(mouse) == []  # the digits differ: nothing is inferred
+    assert sided_but_unpaired(mouse, []) == mouse[:4]
+    assert sided_but_unpaired(mouse, [(0, 3), (1, 2)]) == []
+    person = ["nose", "left_eye", "right_eye", "left_ear"]  # the ear's partner is missing
+    assert sided_but_unpaired(person, infer_flip_pairs(person)) == ["left_ear"]
+    assert sided_but_unpaired(["LED_marker", "REF", "Rostrum", "tail", "hindLR"], []) == ["hindLR"]
 
 
 def test_flip_permutation_swaps_pairs_only() -> None:

@@ -70,6 +70,23 @@ def infer_flip_pairs(
     return sorted(pairs)
 
 
+# a two-capital code led by L or R (``LH``, ``RF``): how many animal skeletons spell a side (longer capitals,
+# ``LED``, are words)
+_SIDE_CODE_RE = re.compile(r"(?<![A-Z])[LR][A-Z](?![A-Za-z])")
+
+
+def sided_but_unpaired(names: Sequence[str], pairs: Sequence[tuple[int, int]]) -> list[str]:
+    """Names that look like one side of the body yet have no flip partner in ``pairs``: a side token
+    (``left``, ``r``, ...) or a side code (``paw1LH``). A horizontal flip would mirror them without swapping
+    them with their other side, teaching the model wrong labels."""
+    paired = {i for pair in pairs for i in pair}
+    swappable = {token for pair in DEFAULT_SIDE_TOKENS for token in pair}
+    return [
+        name for i, name in enumerate(names)
+        if i not in paired and (swappable & set(name_tokens(name)) or _SIDE_CODE_RE.search(name))
+    ]  # fmt: skip
+
+
 def resolve_flip_pairs(names: Sequence[str], pairs: FlipPairSpec) -> list[tuple[int, int]]:
     """Turn explicit pairs (of indices or of names) into sorted index pairs, checking them.
 
