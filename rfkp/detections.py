@@ -183,6 +183,14 @@ class KeypointDetections:
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
 
+    def __repr__(self) -> str:
+        """One line: the count, image size, detections per class and the score range (the arrays are long)."""
+        counts = np.bincount(self.class_id, minlength=len(self.class_names)) if len(self) else []
+        per_class = ", ".join(f"{self.class_names[c]}: {n}" for c, n in enumerate(counts) if n)
+        scores = f", scores {self.score.min():.3f}..{self.score.max():.3f}" if len(self) else ""
+        h, w = self.image_size
+        return f"KeypointDetections({len(self)} in {w}x{h}{' (' + per_class + ')' if per_class else ''}{scores})"
+
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> KeypointDetections:
         """Select detections by an int (kept as N=1), a slice, a (N,) bool mask or a 1-D index array (numpy or
         torch). The result owns copies of its arrays: changing it leaves these detections as they are."""

@@ -144,8 +144,11 @@ def _predict_all(paths: list[str], predict: Callable, out: Path) -> int:
     (out / "detections.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     if errors:
         (out / "errors.json").write_text(json.dumps(errors, indent=1, allow_nan=False))
-    print(f"wrote {out / 'detections.json'} and annotated images to {out}/"
-          + (f"; {len(errors)} of {len(paths)} images failed (errors.json)" if errors else ""))  # fmt: skip
+    if results:
+        print(f"wrote {out / 'detections.json'} and annotated images to {out}/"
+              + (f"; {len(errors)} of {len(paths)} images failed (errors.json)" if errors else ""))  # fmt: skip
+    elif errors:
+        print(f"no image could be read: wrote {out / 'errors.json'} (and an empty {out / 'detections.json'})")
     if gone is not None:
         done = len(results) + len(errors)
         print(f"rfkp predict: error: the server stopped answering after {done} of {len(paths)} images, the rest "

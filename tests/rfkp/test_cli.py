@@ -116,6 +116,9 @@ def test_pictures_never_overwrite_each_other_and_reruns_start_clean(tmp_path: Pa
     assert (out / "errors.json").is_file()
     assert main(["predict", str(images[0]), "--weights", str(weights), "--out", str(out)]) == 0
     assert not (out / "errors.json").exists()  # the earlier run's failures are not this run's
+    capsys.readouterr()
+    assert main(["predict", missing, "--weights", str(weights), "--out", str(tmp_path / "none")]) == 1
+    assert "no image could be read: wrote" in capsys.readouterr().out  # not "wrote ... annotated images"
     # writing into the folder of the inputs: a second run does not take the first run's pictures as inputs
     for _ in range(2):
         assert main(["predict", str(tmp_path / "a"), "--weights", str(weights), "--out", str(tmp_path / "a")]) == 0

@@ -250,3 +250,10 @@ def test_to_supervision() -> None:
     np.testing.assert_array_equal(kp.detection_confidence, det.score)
     assert kp.data["class_name"].tolist() == CLASS_NAMES
     assert kp.data["covariance"].shape == (3, 3, 2, 2)
+
+
+def test_repr_is_one_short_line() -> None:
+    det = _make(n_extra=2)
+    text = repr(det)
+    assert "\n" not in text and len(text) < 200 and text.startswith(f"KeypointDetections({len(det)} in ")
+    assert repr(det[2:2]).startswith("KeypointDetections(0 in ")
