@@ -124,6 +124,20 @@ def test_resumed_run_reproduces_the_uninterrupted_one(synthetic, tmp_path) -> No
     assert no_time[0] == no_time[1]  # the per-epoch mean losses too, across the mid-epoch restart
 
 
+def test_resume_refuses_a_changed_recipe_and_allows_a_longer_run(synthetic, tmp_path) -> None:
+    train = synthetic[0]
+    Trainer(_network(train), train, tmp_path, _settings(epochs=1, max_steps=1), device="cpu").fit()
+    changed = Trainer(_network(train), train, tmp_path, _settings(epochs=2, batch_size=2), device="cpu")
+    with pytest.raises(ValueError, match=r"other settings.*batch_size: was 4, now 2 \(only epochs, "):
+        changed.resume()
+    space = SearchSpace(resolutions=[64], patch_sizes=[16], num_windows=[1, 2], dec_layers=[1, 2], num_queries=[5])
+    with pytest.raises(ValueError, match=r"nas: was None, now \{'resolutions': \[64\]"):
+        Trainer(_network(train), train, tmp_path, _settings(epochs=2), nas=space, device="cpu").resume()
+    longer = Trainer(_network(train), train, tmp_path, _settings(epochs=2, eval_every=2, progress=True), device="cpu")
+    longer.resume()  # how long and how it reports may change
+    assert longer.opt_step == 1
+
+
 def test_training_state_errors_are_precise(synthetic, tmp_path) -> None:
     trainer = Trainer(_network(synthetic[0]), synthetic[0], tmp_path, _settings(), device="cpu")
     with pytest.raises(FileNotFoundError, match="no training state"):

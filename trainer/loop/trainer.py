@@ -47,6 +47,25 @@ class ArchSampler(Protocol):
     def sample(self, rng: Any) -> Any: ...
 
 
+#: Settings a resumed run may change: how long it runs and how it reports, not what a step does.
+RESUME_MAY_CHANGE = frozenset(
+    {"epochs", "max_steps", "eval_every", "eval_batch_size", "num_workers", "save_every_steps", "progress",
+     "tensorboard"}
+)  # fmt: skip
+
+
+def _recipe_changes(state: Mapping[str, Any], settings: Mapping[str, Any], recipe: Mapping[str, Any]) -> list[str]:
+    """``name: was X, now Y`` for each setting (and NAS space, flip pairs) that differs from the saved state's,
+    those of ``RESUME_MAY_CHANGE`` aside. States written before a key was saved are not checked on it."""
+    saved = {**state.get("settings", {}), **state.get("recipe", {})}
+    now = {**settings, **recipe}
+    return [
+        f"{name}: was {saved[name]!r}, now {now[name]!r}"
+        for name in sorted(now)
+        if name in saved and name not in RESUME_MAY_CHANGE and saved[name] != now[name]
+    ]
+
+
 @dataclass
 class TrainSettings:
     """Everything about a run that is not the model architecture or the data."""
@@ -218,10 +237,19 @@ class Trainer:
         self._writer: Any = None
 
     # -- state ---------------------------------------------------------------------------------------------------
+    def _recipe(self) -> dict[str, Any]:
+        """What else decides the run's steps: the NAS space and each category's flip pairs."""
+        nas = getattr(self.nas, "to_dict", None)
+        return json.loads(json.dumps({
+            "nas": nas() if nas is not None else (None if self.nas is None else repr(self.nas)),
+            "flip_pairs": {c.name: [list(p) for p in c.flip_pairs] for c in self.train_set.schema.categories},
+        }))  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.network.cfg.to_dict(),
             "settings": json.loads(json.dumps(self.settings.to_dict())),
+            "recipe": self._recipe(),
             "model": self.network.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -239,6 +267,12 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if ModelConfig.from_dict(state["config"]) != self.network.cfg:
             raise ValueError("the training state was written for another model configuration")
+        changed = _recipe_changes(state, json.loads(json.dumps(self.settings.to_dict())), self._recipe())
+        if changed:
+            raise ValueError(
+                "the run was trained with other settings, and resuming exactly needs the same ones: "
+                + "; ".join(changed) + f" (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)"
+            )
         self.network.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
