@@ -282,3 +282,17 @@ def test_loss_weights_and_match_costs_reach_the_criterion(synthetic, tmp_path) -
     trainer = Trainer(_network(train), train, tmp_path / "run", settings, device="cpu")
     assert trainer.criterion.weights.kp_l1 == 4.0
     assert trainer.criterion.matcher.costs == MatchCosts(giou=3.0, kp_nll=0.0)
+
+
+def test_augmentation_is_the_same_with_any_number_of_workers(synthetic) -> None:
+    from trainer.loop.pipeline import epoch_loader
+
+    train = synthetic[0]
+
+    def draws(workers: int) -> list[tuple]:
+        return [(image.shape, targets.boxes.round(3).tolist(), targets.keypoints.round(3).tolist())
+                for batch in epoch_loader(train, 4, seed=3, epoch=1, num_workers=workers) for image, targets in batch]
+
+    single = draws(0)
+    assert len({shape for shape, _, _ in single}) > 2  # the crops differ from image to image
+    assert draws(2) == single  # each item draws from (seed, epoch, index), not from its worker
