@@ -168,7 +168,8 @@ def test_calibrate_that_finds_nothing_to_fit_leaves_the_run_standing(data, capsy
 
 def test_calibrate_without_a_validated_best_says_so(data, capsys, tmp_path) -> None:
     root, train_json = data
-    argv = _train(root, train_json, "--max-steps", "1", "--val", str(train_json), "--calibrate", "--device", "cpu", out=tmp_path / "run")
+    argv = _train(root, train_json, "--max-steps", "1", "--batch-size", "2", "--val", str(train_json), "--calibrate",
+                  "--device", "cpu", out=tmp_path / "run")  # stopped inside the first epoch (4 images, 2 batches)
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "no calibration: the run wrote no best.pt (it stopped before its first validation)" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -296,3 +297,13 @@ def test_augmentation_is_the_same_with_any_number_of_workers(synthetic) -> None:
     single = draws(0)
     assert len({shape for shape, _, _ in single}) > 2  # the crops differ from image to image
     assert draws(2) == single  # each item draws from (seed, epoch, index), not from its worker
+
+
+def test_max_steps_on_an_epoch_boundary_still_ends_the_epoch(synthetic, tmp_path) -> None:
+    train, val = synthetic  # 12 images in batches of 4: 3 steps per epoch
+    trainer = Trainer(_network(train), train, tmp_path, _settings(epochs=2, max_steps=3), val_set=val, device="cpu")
+    history = trainer.fit()
+    assert (trainer.epoch, trainer.batch_in_epoch, trainer.opt_step) == (1, 0, 3)
+    assert [row["epoch"] for row in history] == [1] and "ap" in history[0]  # recorded and validated
+    assert (tmp_path / "best.pt").is_file()
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]

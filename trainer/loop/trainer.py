@@ -393,29 +393,30 @@ class Trainer:
                 self._check_finite_weights()
                 self.save()
             if s.max_steps is not None and self.opt_step >= s.max_steps:
-                self._check_finite_weights()
-                if last:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                self._write_last()
-                self.save()
                 if bar is not None:
                     bar.close()
+                if last:  # the epoch is complete: it ends as the run's last (record, validation, best.pt)
+                    self._end_epoch(final=True)
+                else:
+                    self._check_finite_weights()
+                    self._write_last()
+                    self.save()
                 return True
         if bar is not None:
             bar.close()
         return False
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self, final: bool = False) -> None:
+        """Record the epoch, validate it when due (always when ``final``: the run stops after it), save."""
         s = self.settings
         self._check_finite_weights()
         total, count = self.epoch_loss
-        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "opt_step": self.opt_step,
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "opt_step": self.opt_step,
                                   "train_loss": total / max(count, 1), "time": time.time()}
         self.epoch_loss = (0.0, 0)
         self.epoch += 1
         self.batch_in_epoch = 0
-        evaluate = self.val_set is not None and (self.epoch % s.eval_every == 0 or self.epoch == s.epochs)
+        evaluate = self.val_set is not None and (self.epoch % s.eval_every == 0 or self.epoch == s.epochs or final)
         if evaluate:
             report = self.evaluate()
             record.update(evaluation_record(report))
