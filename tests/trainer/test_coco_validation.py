@@ -226,6 +226,11 @@ def test_files_without_labelled_keypoints_are_refused_for_training_and_evaluatio
 
     coco = copy.deepcopy(VALID)
     require_labelled_keypoints(coco, "ann.json", "nothing to do")
+    for unusable in ({"iscrowd": 1}, {"bbox": [10, 10, 0, 20]}):  # ignored by pycocotools / left out of training
+        changed = copy.deepcopy(coco)
+        _ann(changed).update(unusable)
+        with pytest.raises(CocoFormatError, match=r"none of its 1 annotations .* not a crowd and has a box with area"):
+            require_labelled_keypoints(changed, "ann.json", "nothing to do")
     _ann(coco)["keypoints"] = [0, 0, 0] * 3
     for kept in (coco["annotations"], []):
         coco["annotations"] = kept
