@@ -103,6 +103,19 @@ def test_init_from_a_checkpoint_of_another_skeleton_keeps_the_shared_weights(syn
     assert mine["class_embed.weight"].shape == theirs["class_embed.weight"].shape
     assert not torch.equal(mine["class_embed.weight"], theirs["class_embed.weight"])
     assert len(report.copied) > 0.8 * len(mine)
+    assert "class_embed" in report.summary() and "keypoint_queries.queries" in report.summary()
+
+
+def test_init_keeps_keypoint_queries_whose_names_the_checkpoint_does_not_know(synthetic, tmp_path) -> None:
+    schema = synthetic[0].schema  # two classes, 3 and 5 keypoints, named
+    unnamed = KeypointDETR(tiny(resolution=64, num_classes=2, num_keypoints_per_class=[3, 5]))  # kp_0, kp_1, ...
+    with torch.no_grad():
+        for p in unnamed.parameters():
+            p.normal_()
+    write_checkpoint(tmp_path / "unnamed.pt", unnamed.cfg, unnamed.state_dict())
+    network, report = build_network(model_config_for(schema, unnamed.cfg), tmp_path / "unnamed.pt")
+    for name in ("keypoint_queries.queries", "keypoint_queries_enc.queries"):  # same counts: kept in order
+        assert name not in report.reinitialised and torch.equal(network.state_dict()[name], unnamed.state_dict()[name])
 
 
 def test_resumed_run_reproduces_the_uninterrupted_one(synthetic, tmp_path) -> None:

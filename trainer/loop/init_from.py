@@ -3,8 +3,9 @@
 The model for the new data keeps the checkpoint's architecture (backbone, projectors, decoder sizes) and takes
 its classes and keypoints from the dataset. Tensors whose shape is the same are copied; the rest (class logits,
 keypoint query embeddings, anything sized by the skeleton) keep their fresh initialisation, and so do the
-class and keypoint tensors whose names changed even when their shapes agree. Query tables whose
-row count differs (other ``num_queries`` or group count) get the overlapping rows.
+class and keypoint tensors whose names changed even when their shapes agree (keypoints the checkpoint does not
+name, as in an rfdetr checkpoint, count as unchanged when their number is). Query tables whose row count
+differs (other ``num_queries`` or group count) get the overlapping rows.
 """
 
 from __future__ import annotations
@@ -30,9 +31,26 @@ def schema_tied_prefixes(source: ModelConfig, target: ModelConfig) -> tuple[str,
     reset: tuple[str, ...] = ()
     if list(source.class_names[: source.num_classes]) != list(target.class_names[: target.num_classes]):
         reset += CLASS_TENSORS
-    if source.keypoint_names != target.keypoint_names:
+    if not _same_keypoints(source, target):
         reset += KEYPOINT_TENSORS
     return reset
+
+
+def _placeholder_names(k: int) -> list[str]:
+    """The names a config gets when its checkpoint names no keypoints (an rfdetr checkpoint)."""
+    return [f"kp_{j}" for j in range(k)]
+
+
+def _same_keypoints(source: ModelConfig, target: ModelConfig) -> bool:
+    """Whether every keypointed class has the same keypoints in both: the same names, or, where the source
+    does not know its names (placeholders ``kp_0``, ... of an rfdetr checkpoint), the same count, taken in
+    order (the released model's COCO person keypoints then line up with a COCO person file's)."""
+    if len(source.keypoint_names) != len(target.keypoint_names):
+        return False
+    for theirs, ours in zip(source.keypoint_names, target.keypoint_names):
+        if list(theirs) != list(ours) and list(theirs) != _placeholder_names(len(ours)):
+            return False
+    return True
 
 
 @dataclass
@@ -43,11 +61,22 @@ class InitReport:
     unused: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        groups = sorted({_group(name) for name in self.reinitialised})
         return (
             f"copied {len(self.copied)} tensors, {len(self.partial)} partially, "
-            f"re-initialised {len(self.reinitialised)} ({', '.join(self.reinitialised[:6])}"
-            f"{', ...' if len(self.reinitialised) > 6 else ''}), {len(self.unused)} checkpoint tensors unused"
+            f"re-initialised {len(self.reinitialised)} ({', '.join(groups)}), "
+            f"{len(self.unused)} checkpoint tensors unused"
         )
+
+
+def _group(name: str) -> str:
+    """A tensor's kind for the summary: the class- or keypoint-tied prefix it has, else its name without the
+    layer index and the weight/bias suffix (``decoder.layers.*.class_embed``)."""
+    for prefix in (*CLASS_TENSORS, *KEYPOINT_TENSORS):
+        if prefix in name:
+            return prefix.rstrip(".")
+    parts = ["*" if part.isdigit() else part for part in name.split(".")]
+    return ".".join(parts[:-1] if parts[-1] in ("weight", "bias") else parts)
 
 
 def architecture_of(path: str | Path) -> ModelConfig:
