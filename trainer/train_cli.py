@@ -8,10 +8,14 @@ sub-architecture (weight-sharing NAS), so ``rfkp search`` can later pick operati
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,12 +353,38 @@ def _run(args: argparse.Namespace) -> int:
         trainer.resume()
     (args.out / "command.json").write_text(json.dumps({"argv": sys.argv, "config": config.to_dict()}, indent=2),
                                            encoding="utf-8")
-    history = trainer.fit()
+    try:
+        with _sigterm_as_interrupt():
+            history = trainer.fit()
+    except KeyboardInterrupt:
+        saved = args.out / "checkpoint.pt"
+        where = (f"{saved} holds the state of the last epoch end or --save-every step"
+                 if saved.is_file() else "no training state was saved yet")  # fmt: skip
+        print(f"rfkp train: interrupted; {where}: run the same command with --resume to continue", file=sys.stderr)
+        return 130
     print(f"run directory: {args.out}")
     print(_weights_message(args, history))
     if args.calibrate:
         _calibrate_best(args)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) ends training as Ctrl-C does, with the resume hint; the main
+    thread only, where signal handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _weights_message(args: argparse.Namespace, history: list[dict[str, Any]]) -> str:

@@ -307,3 +307,25 @@ def test_a_val_file_listing_the_categories_under_other_ids_is_accepted(data, tmp
     val = root / "val_swapped.json"
     val.write_text(json.dumps(coco))
     assert main(_train(root, train_json, "--val", str(val), out=tmp_path / "run")) == 0
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_says_how_to_resume(data, capsys, tmp_path, monkeypatch, how: str) -> None:
+    import os
+    import signal
+
+    from trainer.loop.trainer import Trainer
+
+    def stopped(self):  # noqa: ANN001, ANN202
+        self.save()  # as an epoch end would have
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", stopped)
+    root, train_json = data
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(_train(root, train_json, out=tmp_path / "run")) == 130
+    err = capsys.readouterr().err
+    assert "rfkp train: interrupted; " in err and "checkpoint.pt holds the state" in err and "--resume" in err
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back

@@ -320,3 +320,20 @@ def test_max_steps_on_an_epoch_boundary_still_ends_the_epoch(synthetic, tmp_path
     assert [row["epoch"] for row in history] == [1] and "ap" in history[0]  # recorded and validated
     assert (tmp_path / "best.pt").is_file()
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_tensorboard_logs_name_what_they_hold(synthetic, tmp_path) -> None:
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    train, val = synthetic
+    settings = _settings(epochs=1, tensorboard=True)
+    settings.optimizer = OptimizerSettings(lr=2e-4, lr_backbone=3e-4)
+    trainer = Trainer(_network(train), train, tmp_path, settings, val_set=val, device="cpu")
+    trainer.fit()
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/epoch_loss", "val/ap"} <= tags
+    assert not {"val/time", "val/train_loss"} & tags  # neither is a validation metric
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert max(lrs) == pytest.approx(2e-4, rel=1e-3)  # --lr's schedule, not a backbone block's rate
+    assert max(e.value for e in events.Scalars("train/lr_backbone")) == pytest.approx(3e-4, rel=1e-3)

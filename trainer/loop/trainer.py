@@ -196,6 +196,7 @@ class Trainer:
     ) -> None:
         cfg = network.cfg
         self.settings = settings
+        self._lr_factor = 1.0  # the schedule's factor at the last optimiser step
         self.resolutions = list(settings.resolutions or [cfg.resolution])
         settings.validate([cfg.block_size])
         if train_set.schema.num_keypoints_per_class != cfg.num_keypoints_per_class[: len(train_set.schema.categories)]:
@@ -324,6 +325,7 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
+        self._lr_factor = factor
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.network.parameters() if p.grad is not None]
         max_norm = self.settings.clip_grad if self.settings.clip_grad > 0 else math.inf
@@ -420,11 +422,13 @@ class Trainer:
         if evaluate:
             report = self.evaluate()
             record.update(evaluation_record(report))
-            self._log_scalars({f"val/{k}": v for k, v in record.items() if isinstance(v, float)}, self.epoch)
+            self._log_scalars({f"val/{k}": v for k, v in record.items()
+                               if isinstance(v, float) and k not in ("time", "train_loss")}, self.epoch)  # fmt: skip
             if record["ap"] > self.best_ap:
                 self.best_ap = record["ap"]
                 record["best"] = True
                 self.write_weights(self.run_dir / "best.pt")
+        self._log_scalars({"train/epoch_loss": record["train_loss"]}, self.epoch)
         self.history.append(record)
         self._write_last()
         self.save()
@@ -509,7 +513,8 @@ class Trainer:
     def _log_step(self, losses: Mapping[str, float], grad_norm: float, choice: StepChoice) -> None:
         scalars = {f"train/{name}": value for name, value in losses.items()}
         scalars["train/grad_norm"] = grad_norm
-        scalars["train/lr"] = self.optimizer.param_groups[-1]["lr"]
+        scalars["train/lr"] = self.settings.optimizer.lr * self._lr_factor  # --lr (the heads'), scheduled
+        scalars["train/lr_backbone"] = self.settings.optimizer.lr_backbone * self._lr_factor  # before layer decay
         scalars["train/resolution"] = float(choice.resolution)
         scalars["train/ema_decay"] = self.ema.current_decay()
         self._log_scalars(scalars, self.opt_step)
