@@ -337,3 +337,43 @@ def test_tensorboard_logs_name_what_they_hold(synthetic, tmp_path) -> None:
     lrs = [e.value for e in events.Scalars("train/lr")]
     assert max(lrs) == pytest.approx(2e-4, rel=1e-3)  # --lr's schedule, not a backbone block's rate
     assert max(e.value for e in events.Scalars("train/lr_backbone")) == pytest.approx(3e-4, rel=1e-3)
+
+
+def test_partial_state_files_of_dead_writers_are_removed(tmp_path) -> None:
+    import subprocess
+
+    from trainer.loop.checkpoints import save_atomic
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has any more
+    stale = tmp_path / f".checkpoint.pt.{gone.pid}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / ".checkpoint.pt.1.tmp"  # pid 1 runs: another writer's, left alone
+    alive.write_bytes(b"being written")
+    save_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoint.pt")
+    assert not stale.exists() and alive.exists() and (tmp_path / "checkpoint.pt").is_file()
+    with pytest.raises(CheckpointError, match=r"truncated or not a torch file\?\): \w+"):
+        (tmp_path / "empty.pt").write_bytes(b"")
+        load_train_state(tmp_path / "empty.pt")
+
+
+def test_leftover_micro_batches_step_with_their_mean_gradient(synthetic, tmp_path, monkeypatch) -> None:
+    train = synthetic[0]  # 3 batches of 4 per epoch
+    norms: dict[int, float] = {}
+
+    def run(grad_accum: int) -> None:
+        trainer = Trainer(_network(train), train, tmp_path / str(grad_accum), _settings(epochs=1, grad_accum=grad_accum),
+                          device="cpu")  # fmt: skip
+        step = trainer._optimizer_step
+
+        def recorded() -> float:
+            norms[grad_accum] = float(torch.stack([p.grad.norm() for p in trainer.network.parameters()
+                                                    if p.grad is not None]).norm())  # fmt: skip
+            return step()
+
+        monkeypatch.setattr(trainer, "_optimizer_step", recorded)
+        trainer.fit()
+
+    run(3)  # one full step over the 3 micro-batches
+    run(4)  # the same 3 as an epoch's leftover: the same mean, not 3/4 of it
+    assert norms[4] == pytest.approx(norms[3], rel=1e-5)

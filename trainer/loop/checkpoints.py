@@ -23,14 +23,32 @@ TRAIN_STATE_FORMAT = "rfkp-train-state"
 TRAIN_STATE_VERSION = 1
 
 
+def _remove_stale_partials(path: Path) -> None:
+    """Delete the ``.NAME.PID.tmp`` files of writers that died mid-write (a killed run leaves one each)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # raises when no such process runs
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive but someone else's
+            continue
+
+
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure (a full disk) no partial file stays
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
@@ -44,7 +62,8 @@ def load_train_state(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear error
-        raise CheckpointError(f"cannot read training state {path}: {exc}") from None
+        detail = f"{type(exc).__name__}: {exc}" if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read training state {path} (truncated or not a torch file?): {detail}") from None
     if not isinstance(data, dict) or data.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path} is not an rfkp training state (use --init for model weights)")
     if data.get("version") != TRAIN_STATE_VERSION:

@@ -385,6 +385,10 @@ class Trainer:
             last = self.batch_in_epoch == self.batches_per_epoch
             if pending < s.grad_accum and not last:
                 continue
+            if pending < s.grad_accum:  # an epoch's leftover micro-batches: their mean, as a full step's
+                for param in self.network.parameters():
+                    if param.grad is not None:
+                        param.grad.mul_(s.grad_accum / pending)
             grad_norm = self._optimizer_step()
             self._log_step({k: v / pending for k, v in sums.items()}, grad_norm, choice)
             if bar is not None:
