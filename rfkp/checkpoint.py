@@ -71,6 +71,36 @@ def _unsupported_global(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
+def _remove_stale_partials(path: Path) -> None:
+    """Delete the ``.NAME.PID.tmp`` files of writers that died mid-write (a killed run leaves one each)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # raises when no such process runs
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive but someone else's
+            continue
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to ``path`` atomically and durably: readers see the old file or the whole new one (a
+    ``.NAME.PID.tmp`` beside it, synced, then renamed), also with several writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure (a full disk) no partial file stays
+
+
 def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
     """Atomic write of rfkp's own format."""
     if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() would drop the separator
@@ -78,19 +108,13 @@ def write_checkpoint(path: str | Path, config: ModelConfig, state_dict: dict[str
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write a checkpoint to {path}: it is a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "config": config.to_dict(),
         "model": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
-    try:
-        torch.save(payload, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failure nothing half-written stays behind
+    save_atomic(payload, path)
 
 
 def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -342,7 +342,7 @@ def test_tensorboard_logs_name_what_they_hold(synthetic, tmp_path) -> None:
 def test_partial_state_files_of_dead_writers_are_removed(tmp_path) -> None:
     import subprocess
 
-    from trainer.loop.checkpoints import save_atomic
+    from rfkp.checkpoint import save_atomic
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid no process has any more

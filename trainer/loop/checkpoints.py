@@ -11,44 +11,15 @@ A run directory holds:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rfkp.checkpoint import CheckpointError
+from rfkp.checkpoint import CheckpointError, save_atomic
 
 TRAIN_STATE_FORMAT = "rfkp-train-state"
 TRAIN_STATE_VERSION = 1
-
-
-def _remove_stale_partials(path: Path) -> None:
-    """Delete the ``.NAME.PID.tmp`` files of writers that died mid-write (a killed run leaves one each)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # raises when no such process runs
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # alive but someone else's
-            continue
-
-
-def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failure (a full disk) no partial file stays
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
