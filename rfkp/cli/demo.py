@@ -65,6 +65,6 @@ def main(args: argparse.Namespace) -> int:
     dets = model.predict(image, threshold=args.threshold)
     out.mkdir(parents=True, exist_ok=True)
     draw_detections(image, dets).save(out / "sample_keypoints.png")
-    (out / "sample_detections.json").write_text(json.dumps(dets.to_dict(), indent=1, allow_nan=False))
-    print(f"{len(dets)} detections on {image.name}; wrote {out}/sample_keypoints.png and sample_detections.json")
+    (out / "detections.json").write_text(json.dumps(dets.to_dict(), indent=1, allow_nan=False))
+    print(f"{len(dets)} detections on {image.name}; wrote {out}/sample_keypoints.png and detections.json (as the served demo)")
     return 0

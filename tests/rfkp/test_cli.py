@@ -152,7 +152,7 @@ def test_server_urls_are_host_and_port() -> None:
 def test_demo_runs_on_the_bundled_sample(tmp_path: Path) -> None:
     assert main(["demo", "--local", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_keypoints.png").exists()
-    assert json.loads((tmp_path / "sample_detections.json").read_text())["image_size"] == [406, 396]
+    assert json.loads((tmp_path / "detections.json").read_text())["image_size"] == [406, 396]
 
 
 def test_demo_with_missing_weights_leaves_nothing(tmp_path: Path, capsys) -> None:  # noqa: ANN001
