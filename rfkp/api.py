@@ -145,6 +145,8 @@ class RFDETRKeypoint:
         check_positive_int("max_pixels", max_pixels)
         cfg = self.config
         batch, _ = _as_batch(images)
+        if not batch:
+            raise ValueError("preprocess() needs at least one image (predict([]) returns [])")
         return prepare_batch(batch, res, cfg.image_mean, cfg.image_std, self.device, max_pixels=max_pixels)
 
     @torch.inference_mode()
@@ -173,6 +175,11 @@ class RFDETRKeypoint:
         image: the top `num_select` query x class pairs, those scoring above `threshold` kept."""
         threshold = _checked_threshold(threshold)
         check_positive_int("num_select", num_select)
+        source_sizes = torch.as_tensor(source_sizes)
+        if source_sizes.ndim != 2 or source_sizes.shape[1] != 2:
+            raise ValueError(
+                f"source_sizes must be (B, 2) (height, width) per image, got shape {tuple(source_sizes.shape)}"
+            )
         decoded = decode_detections(
             raw,
             source_sizes.to(raw["pred_boxes"].device),

@@ -81,13 +81,15 @@ def _remove_stale_partials(path: Path) -> None:
             os.kill(int(pid), 0)  # raises when no such process runs
         except ProcessLookupError:
             tmp.unlink(missing_ok=True)
-        except OSError:  # alive but someone else's
+        except (OSError, OverflowError):  # alive but someone else's, or no pid at all: not ours to judge
             continue
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to ``path`` atomically and durably: readers see the old file or the whole new one (a
-    ``.NAME.PID.tmp`` beside it, synced, then renamed), also with several writers."""
+    """``torch.save`` to ``path`` atomically: readers see the old file or the whole new one (written to a
+    ``.NAME.PID.tmp`` beside it, synced, then renamed), also with several writers on this host. Partial files
+    of writers no longer running here are removed first (a folder shared across hosts should not hold runs
+    written at once from several of them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

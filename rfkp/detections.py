@@ -39,7 +39,8 @@ class KeypointDetections:
     """Keypoint detections of one image, all in pixel coordinates of the source image.
 
     Coordinates: origin at the top-left corner of the image, x right, y down, pixel centres at +0.5 (the
-    centre of the top-left pixel is (0.5, 0.5)); for an image with EXIF orientation, of the image as displayed
+    centre of the top-left pixel is (0.5, 0.5)) for models rfkp trained; an rfdetr checkpoint's keypoints keep
+    the convention it was trained on, COCO's pixel indices (see ``coco_keypoint_offset``); for an image with EXIF orientation, of the image as displayed
     (rotated as the orientation says). Boxes lie within the image; keypoints are not clamped to it (a
     keypoint the model places outside, e.g. of a partly visible object, keeps its position). N detections,
     K = max keypoint count over classes.
@@ -291,7 +292,8 @@ class KeypointDetections:
             skeletons=[[(int(a), int(b)) for a, b in edges] for edges in data["skeletons"]],
             image_size=(int(data["image_size"][0]), int(data["image_size"][1])),
             category_ids=data.get("category_ids"),
-            coco_keypoint_offset=float(data.get("coco_keypoint_offset", COCO_PIXEL_OFFSET)),
+            coco_keypoint_offset=COCO_PIXEL_OFFSET if data.get("coco_keypoint_offset") is None
+            else data["coco_keypoint_offset"],  # validated on construction
         )
 
     def to_coco_results(

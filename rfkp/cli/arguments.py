@@ -63,6 +63,8 @@ positive_float = _checked("positive_float", _float, lambda v: v > 0.0, "a finite
 non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0.0, "a finite number >= 0")
 port = _checked("port", _int, lambda v: 0 <= v <= 65535, "a port in 0..65535 (0: a free one)")
 probability = _checked("probability", _float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
 def positive_int_list(text: str) -> tuple[int, ...]:
     """Comma-separated integers >= 1, e.g. ``4,8``."""
     try:

@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format", choices=("onnx", "engine", "triton"), default="onnx", help="what to write (default onnx)"
     )
-    p.add_argument("--out", required=True, help="output file (onnx, engine) or model folder (triton)")
+    p.add_argument("--out", type=non_empty_path, required=True,
+                   help="output file (onnx, engine) or model folder (triton)")
     p.add_argument(
         "--outputs", choices=("detections", "raw"), default="detections",
         help="detections: final detections, post-processing in the graph (default); raw: the network's raw "
@@ -70,9 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--fp32", action="store_true", help="engine: FP32 only (default: FP16 network, FP32 post-processing)"
     )
     p.add_argument(
-        "--plugin-lib", help="engine: rfkp TensorRT plugin library (default: $RFKP_TRT_PLUGIN_LIB)"
-    )
-    p.add_argument("--engine", help="triton: an already built engine to copy to 1/model.plan")
+        "--plugin-lib", type=non_empty_path,
+        help="engine: rfkp TensorRT plugin library (default: $RFKP_TRT_PLUGIN_LIB)",
+    )  # fmt: skip
+    p.add_argument("--engine", type=non_empty_path, help="triton: an already built engine to copy to 1/model.plan")
     p.add_argument(
         "--max-queue-delay-us", type=queue_delay_us, default=2000,
         help="triton: dynamic batching delay (default 2000)",
@@ -174,8 +176,9 @@ def _engine_command(args: argparse.Namespace, plan: Path) -> str:
             parts += [flag, str(value)]
     if args.fp32:
         parts.append("--fp32")
-    parts += ["--plugin-lib", args.plugin_lib or "librfkp_trt_plugins.so", "--out", str(plan)]
-    return shlex.join(parts)
+    if args.plugin_lib:  # else the build machine's $RFKP_TRT_PLUGIN_LIB names it
+        parts += ["--plugin-lib", args.plugin_lib]
+    return shlex.join([*parts, "--out", str(plan)])
 
 
 def main(args: argparse.Namespace) -> int:
@@ -271,6 +274,8 @@ def main(args: argparse.Namespace) -> int:
         plan = out / "1" / "model.plan"
         print(f"no engine yet ('tensorrt' is not installed here): on the serving GPU, build it into the entry "
               f"with\n  {_engine_command(args, plan)}")  # fmt: skip
+        if not args.plugin_lib:
+            print("(add --plugin-lib PATH there, or set $RFKP_TRT_PLUGIN_LIB, to the plugin library built there)")
         if args.plugin_lib:
             print(f"(--plugin-lib {args.plugin_lib} was not used: it is needed where the engine is built)")
     return 0

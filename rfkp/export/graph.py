@@ -81,10 +81,10 @@ class ExportedDetector(nn.Module):
         cfg: ModelConfig = network.cfg
         knobs = dict(resolution=resolution, dec_layers=dec_layers, num_queries=num_queries, patch_size=patch_size,
                      num_windows=num_windows)  # fmt: skip
-        for name, value in knobs.items():  # None: the model's; 0 or 2.5 must not pass for it
-            if value is not None:
-                check_positive_int(name, value)
-        check_positive_int("num_select", num_select)
+        # None: the model's; 0 or 2.5 must not pass for it; numpy integers become ints (traced and JSON-written)
+        knobs = {name: None if value is None else check_positive_int(name, value) for name, value in knobs.items()}
+        resolution, dec_layers, num_queries, patch_size, num_windows = knobs.values()
+        num_select = check_positive_int("num_select", num_select)
         self.resolution = resolution or cfg.resolution
         self.arch = SubArchitecture(
             patch_size=patch_size, num_windows=num_windows, dec_layers=dec_layers, num_queries=num_queries

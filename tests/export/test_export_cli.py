@@ -236,6 +236,11 @@ def test_paths_and_the_plugin_library_are_checked_before_exporting(
         err = capsys.readouterr().err
         assert "plugin library not found" in err and ("--plugin-lib" if flags else "$RFKP_TRT_PLUGIN_LIB") in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "file"]
+    for option in ("--out", "--engine", "--plugin-lib"):  # "" is an unset variable, not the current folder
+        argv = [*base, "--format", "triton", "--out", str(tmp_path / "e"), option, ""]
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert f"argument {option}: expected a path, got an empty string" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="with TensorRT the entry's engine is built here")
@@ -257,3 +262,7 @@ def test_triton_entry_without_tensorrt_prints_the_engine_command_it_needs(
     assert parsed.weights == str(weights) and parsed.plugin_lib == "/plugins/librfkp_trt_plugins.so"
     assert parsed.out == str(folder / "1" / "model.plan")
     assert "--plugin-lib /plugins/librfkp_trt_plugins.so was not used" in out
+    assert main([*argv[:-2], "--out", str(tmp_path / "second")]) == 0  # no --plugin-lib: none is made up
+    out = capsys.readouterr().out
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("rfkp export"))
+    assert "--plugin-lib" not in command and "set $RFKP_TRT_PLUGIN_LIB" in out

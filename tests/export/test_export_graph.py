@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from export_helpers import random_model
@@ -23,6 +24,12 @@ def model() -> RFDETRKeypoint:
 @pytest.fixture(scope="module")
 def pixels() -> torch.Tensor:
     return torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+
+
+def test_numpy_knobs_are_taken_as_ints(model: RFDETRKeypoint) -> None:
+    detector = ExportedDetector(model, num_select=np.int64(5), dec_layers=np.int64(1), resolution=np.int64(256))
+    assert (detector.requested_select, detector.arch.dec_layers, detector.resolution) == (5, 1, 256)
+    assert all(type(v) is int for v in (detector.requested_select, detector.arch.dec_layers, detector.resolution))
 
 
 def test_outputs_are_decode_detections_for_an_input_sized_source(

@@ -233,6 +233,9 @@ def test_coco_results_subtract_the_models_keypoint_offset() -> None:
     assert back.coco_keypoint_offset == 0.0
     old = {k: v for k, v in _make().to_dict().items() if k != "coco_keypoint_offset"}  # written before the field
     assert KeypointDetections.from_dict(old).coco_keypoint_offset == 0.5
+    assert KeypointDetections.from_dict({**old, "coco_keypoint_offset": None}).coco_keypoint_offset == 0.5
+    with pytest.raises(ValueError, match="coco_keypoint_offset must be a finite number"):
+        KeypointDetections.from_dict({**old, "coco_keypoint_offset": "half"})
     for bad in (float("nan"), "0.5", True, None):
         with pytest.raises(ValueError, match="coco_keypoint_offset must be a finite number"):
             KeypointDetections(**{**fields, "coco_keypoint_offset": bad})

@@ -124,6 +124,11 @@ def test_preprocess_and_postprocess_take_what_predict_takes(model: RFDETRKeypoin
         with pytest.raises(ValueError, match=match):
             model.postprocess(raw, sizes, **kwargs)
     assert len(model.postprocess(raw, sizes, threshold=0.0, num_select=4)[0]) == 4
+    assert len(model.postprocess(raw, sizes.tolist(), threshold=0.0, num_select=4)[0]) == 4  # a list of (H, W)
+    with pytest.raises(ValueError, match=r"source_sizes must be \(B, 2\)"):
+        model.postprocess(raw, [90, 120])
+    with pytest.raises(ValueError, match="needs at least one image"):
+        model.preprocess([])
 
 
 def test_a_bad_image_in_a_list_is_named_and_max_pixels_is_a_predict_argument(

@@ -350,8 +350,10 @@ def test_partial_state_files_of_dead_writers_are_removed(tmp_path) -> None:
     stale.write_bytes(b"half a checkpoint")
     alive = tmp_path / ".checkpoint.pt.1.tmp"  # pid 1 runs: another writer's, left alone
     alive.write_bytes(b"being written")
+    odd = tmp_path / ".checkpoint.pt.99999999999999999999.tmp"  # no pid at all: left alone, no OverflowError
+    odd.write_bytes(b"?")
     save_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoint.pt")
-    assert not stale.exists() and alive.exists() and (tmp_path / "checkpoint.pt").is_file()
+    assert not stale.exists() and alive.exists() and odd.exists() and (tmp_path / "checkpoint.pt").is_file()
     with pytest.raises(CheckpointError, match=r"truncated or not a torch file\?\): \w+"):
         (tmp_path / "empty.pt").write_bytes(b"")
         load_train_state(tmp_path / "empty.pt")

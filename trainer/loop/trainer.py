@@ -21,7 +21,7 @@ import torch
 
 from rfkp.api import RFDETRKeypoint
 from rfkp.checkpoint import write_checkpoint
-from rfkp.config import MAX_RESOLUTION, ModelConfig
+from rfkp.config import ModelConfig, check_resolution
 from rfkp.devices import resolve_device
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from trainer.data.coco import CocoKeypointDataset
@@ -126,8 +126,7 @@ class TrainSettings:
             bad = [b for b in block_sizes if r <= 0 or r % b]
             if bad:
                 raise ValueError(f"resolution {r} is not a positive multiple of the block size {bad[0]}")
-            if r > MAX_RESOLUTION:
-                raise ValueError(f"resolution {r} is above the largest supported input side {MAX_RESOLUTION}")
+            check_resolution(r, 1)  # the largest side
 
 
 def _check_range(name: str, value: float, low: float, high: float = math.inf, *, low_open: bool = False) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rfkp.config import MAX_RESOLUTION, ModelConfig
+from rfkp.config import ModelConfig, check_resolution
 from rfkp.nn.detector import SubArchitecture
 
 #: Default resolution range of ``SearchSpace.for_config``, as fractions of the model's resolution.
@@ -118,8 +118,7 @@ class SearchSpace:
             object.__setattr__(self, name, _axis(getattr(self, name), name))
         blocks = sorted({p * w for p, w in itertools.product(self.patch_sizes, self.num_windows)})
         for r in self.resolutions:
-            if r > MAX_RESOLUTION:
-                raise ValueError(f"resolution {r} is above the largest supported input side {MAX_RESOLUTION}")
+            check_resolution(r, 1)  # the largest side
             if all(r % b for b in blocks):
                 raise ValueError(
                     f"resolution {r} is not a multiple of patch_size x num_windows for any patch size in "
