@@ -95,13 +95,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _check_options(args: argparse.Namespace, coco: dict[str, Any]) -> None:
-    """What can be refused before the model runs over every image."""
-    if not LEVEL_RANGE[0] <= args.level <= LEVEL_RANGE[1]:  # callers in code skip the parser
-        raise ValueError(f"--level must be in [{LEVEL_RANGE[0]}, {LEVEL_RANGE[1]}] sigmas, got {args.level}")
-    if args.min_count < 1:
-        raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
-    if args.folds < 0 or args.folds == 1:
-        raise ValueError(f"--folds must be 0 (one per image) or >= 2, got {args.folds}")
+    """What can be refused before the model runs over every image (the numbers were checked while parsing;
+    callers in code go through ``calibrate_options``, which parses too)."""
     wanted = {"visible": (2,), "occluded": (1,), "all": (1, 2)}[args.fit_on]
     if not any(v in wanted for ann in coco["annotations"] for v in ann["keypoints"][2::3]):
         raise ValueError(f"{args.data.name} labels no {args.fit_on} keypoints to fit on (--fit-on)")

@@ -23,6 +23,7 @@ from rfkp.cli.arguments import (
     positive_int,
     positive_int_list,
     probability,
+    seed_int,
 )
 from rfkp.devices import device_arg
 from trainer.jsonfile import dumps_strict, load_sigmas
@@ -65,7 +66,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=positive_int, default=30, help="timed batch-1 runs per choice (default 30)")
     parser.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs before timing (default 5)")
     parser.add_argument("--max-configs", type=positive_int, help="search a seeded random subset of this many choices")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the --max-configs subset (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the --max-configs subset (default 0)")
     parser.add_argument(
         "--threshold", type=probability, default=0.001, help="detection score threshold in [0, 1] (default 0.001)"
     )
@@ -155,9 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.nas.search import device_name, search
 
     axes = {axis: getattr(args, dest) for _, dest, axis, _ in _AXIS_OPTIONS if getattr(args, dest) is not None}
-    if args.runs < 1 or args.warmup < 0:
-        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
-    _check_out(args)
+    _check_out(args)  # --runs and --warmup were checked while parsing
     for what, path in (("annotation", args.data), ("image folder", args.images)):
         if not path.exists():
             raise FileNotFoundError(f"{what} not found: {path}")

@@ -29,6 +29,7 @@ from rfkp.cli.arguments import (
     positive_int,
     positive_int_list,
     probability,
+    seed_int,
 )
 from rfkp.devices import device_arg
 from trainer.jsonfile import load_sigmas
@@ -44,6 +45,8 @@ RUN_FILES = (*RUN_RESULTS, "train_settings.json", "command.json", "best_calibrat
 #: Model config fields that come from the training file, not from --set.
 DATASET_FIELDS = ("num_classes", "num_keypoints_per_class", "class_names", "category_ids", "keypoint_names",
                   "skeletons")
+#: --set refuses these too: training decides them (the targets' keypoint convention; calibration comes after)
+TRAINING_FIELDS = ("coco_keypoint_offset", "covariance_scale")
 _FLIP_PAIRS_FORM = 'a JSON object {category id or name or "*": [[i, j], ...]}, e.g. \'{"*": [[0, 3], [1, 2]]}\''
 
 
@@ -111,7 +114,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     run.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    run.add_argument("--seed", type=non_negative_int, default=0)
+    run.add_argument("--seed", type=seed_int, default=0,
+                     help="seed of every random draw, in [0, 2**32) (default 0)")
     run.add_argument("--eval-every", type=positive_int, default=1, help="epochs between validations")
     run.add_argument("--save-every", type=non_negative_int, default=0,
                      help="also save the training state every N steps (0: at epoch ends only)")
@@ -137,7 +141,7 @@ def _side_tokens(text: str | None) -> list[tuple[str, str]]:
     pairs = []
     for item in text.split(","):
         left, sep, right = item.partition(":")
-        if not sep or not left or not right:
+        if not sep or not left or not right or ":" in right:
             raise ValueError(f"--side-tokens: expected LEFT:RIGHT pairs separated by commas, got {item!r}")
         pairs.append((left, right))
     return pairs
@@ -207,6 +211,9 @@ def _overrides(items: list[str]) -> dict[str, Any]:
                 f"--set {key}: the classes, category ids, keypoint names and skeletons come from the training "
                 f"file (--data); change its categories instead"
             )
+        if key in TRAINING_FIELDS:
+            raise ValueError(f"--set {key}: training sets it (keypoint targets are in rfkp's convention; "
+                             "covariance factors come from rfkp calibrate)")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -358,9 +365,12 @@ def _run(args: argparse.Namespace) -> int:
             history = trainer.fit()
     except KeyboardInterrupt:
         saved = args.out / "checkpoint.pt"
-        where = (f"{saved} holds the state of the last epoch end or --save-every step"
-                 if saved.is_file() else "no training state was saved yet")  # fmt: skip
-        print(f"rfkp train: interrupted; {where}: run the same command with --resume to continue", file=sys.stderr)
+        if saved.is_file():
+            hint = (f"{saved} holds the state of the last epoch end or --save-every step: run the same command "
+                    "with --resume to continue")  # fmt: skip
+        else:
+            hint = "no training state was saved yet: run the same command again (without --resume) to start over"
+        print(f"rfkp train: interrupted; {hint}", file=sys.stderr)
         return 130
     print(f"run directory: {args.out}")
     print(_weights_message(args, history))

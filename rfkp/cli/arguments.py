@@ -21,6 +21,7 @@ __all__ = [
     "positive_int_list",
     "probability",
     "queue_delay_us",
+    "seed_int",
 ]
 
 # Longest dynamic-batching delay accepted (1 minute): more is a typo for a real-time server, and Triton's
@@ -74,6 +75,8 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+#: Seeds are drawn into 32-bit generator keys: larger ones would alias smaller ones.
+seed_int = _checked("seed_int", _int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
 queue_delay_us = _checked("queue_delay_us", _int, lambda v: 0 <= v <= MAX_QUEUE_DELAY_US,
                           f"microseconds in 0..{MAX_QUEUE_DELAY_US} (at most a minute)")
 

@@ -148,7 +148,7 @@ def test_search_outputs_and_threshold_are_checked_before_the_search(tmp_path: Pa
     assert json.loads(data_copy.read_text()) == coco and taken.read_text() == "a file"
     for option, value, message in [("--threshold", "2", "expected a number in [0, 1], got 2"),
                                    ("--threshold", "nan", "expected a finite number, got 'nan'"),
-                                   ("--seed", "-1", "expected an integer >= 0, got -1")]:  # fmt: skip
+                                   ("--seed", "-1", "expected an integer in [0, 2**32), got -1")]:  # fmt: skip
         with pytest.raises(SystemExit):
             rfkp_main([*argv, *small, option, value])
         assert f"rfkp search: error: argument {option}: {message}" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -32,6 +33,8 @@ def _train(root, train_json, *extra: str, out=None) -> list[str]:  # noqa: ANN00
         (["--set", "resolution"], "--set expects KEY=VALUE"),
         (["--flip-pairs", "{not json"], "--flip-pairs: not valid JSON"),
         (["--side-tokens", "LH-RH"], "--side-tokens: expected LEFT:RIGHT"),
+        (["--side-tokens", "a:b:c"], "--side-tokens: expected LEFT:RIGHT"),
+        (["--set", "coco_keypoint_offset=0"], "--set coco_keypoint_offset: training sets it"),
         (["--resolutions", "70"], "resolution 70 is not a positive multiple"),
         (["--resolutions", "8192"], "resolution 8192 is above the largest supported input side 4096"),
         (["--resume"], "no training state to resume from"),
@@ -72,7 +75,8 @@ def test_bad_input_gets_a_precise_error(data, capsys, extra: list[str], message:
         ("--ema-tau", "-1", "argument --ema-tau: expected a finite number >= 0, got -1"),
         ("--ema-decay", "1", "argument --ema-decay: expected a number in [0, 1), got 1"),
         ("--save-every", "-1", "argument --save-every: expected an integer >= 0, got -1"),
-        ("--seed", "-1", "argument --seed: expected an integer >= 0, got -1"),
+        ("--seed", "-1", "argument --seed: expected an integer in [0, 2**32), got -1"),
+        ("--seed", str(2**32), f"argument --seed: expected an integer in [0, 2**32), got {2**32}"),
         ("--max-steps", "0", "argument --max-steps: expected an integer >= 1, got 0"),
         ("--max-steps", "-1", "argument --max-steps: expected an integer >= 1, got -1"),
         ("--epochs", "0", "argument --epochs: expected an integer >= 1, got 0"),
@@ -318,9 +322,11 @@ def test_an_interrupted_run_says_how_to_resume(data, capsys, tmp_path, monkeypat
 
     def stopped(self):  # noqa: ANN001, ANN202
         self.save()  # as an epoch end would have
-        if how == "sigterm":
-            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
-        raise KeyboardInterrupt
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job: the handler must interrupt this
+        time.sleep(10)
+        pytest.fail("SIGTERM did not interrupt training")
 
     monkeypatch.setattr(Trainer, "fit", stopped)
     root, train_json = data
@@ -329,3 +335,16 @@ def test_an_interrupted_run_says_how_to_resume(data, capsys, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "rfkp train: interrupted; " in err and "checkpoint.pt holds the state" in err and "--resume" in err
     assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+
+
+def test_an_interrupt_before_any_state_says_to_start_over(data, capsys, tmp_path, monkeypatch) -> None:
+    from trainer.loop.trainer import Trainer
+
+    def stopped(self):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", stopped)
+    root, train_json = data
+    assert main(_train(root, train_json, out=tmp_path / "run")) == 130
+    err = capsys.readouterr().err
+    assert "no training state was saved yet: run the same command again (without --resume)" in err

@@ -147,9 +147,27 @@ def test_resume_refuses_a_changed_recipe_and_allows_a_longer_run(synthetic, tmp_
     space = SearchSpace(resolutions=[64], patch_sizes=[16], num_windows=[1, 2], dec_layers=[1, 2], num_queries=[5])
     with pytest.raises(ValueError, match=r"nas: was None, now \{'resolutions': \[64\]"):
         Trainer(_network(train), train, tmp_path, _settings(epochs=2), nas=space, device="cpu").resume()
+    other_lr = _settings(epochs=2)
+    other_lr.optimizer = OptimizerSettings(lr=3e-4)
+    with pytest.raises(ValueError, match=r"optimizer.lr: was 0.0001, now 0.0003 \(only"):  # the value, not the dict
+        Trainer(_network(train), train, tmp_path, other_lr, device="cpu").resume()
     longer = Trainer(_network(train), train, tmp_path, _settings(epochs=2, eval_every=2, progress=True), device="cpu")
     longer.resume()  # how long and how it reports may change
     assert longer.opt_step == 1
+    again = Trainer(_network(train), train, tmp_path, _settings(epochs=1, max_steps=1), device="cpu")
+    again.resume()
+    again.fit()  # stopped there already: no further step
+    assert again.opt_step == 1
+
+
+def test_a_nas_sampler_without_to_dict_resumes(synthetic, tmp_path) -> None:
+    class Sampler:  # only what ArchSampler asks for
+        def sample(self, rng):  # noqa: ANN001, ANN202
+            return None
+
+    train = synthetic[0]
+    Trainer(_network(train), train, tmp_path, _settings(epochs=1, max_steps=1), nas=Sampler(), device="cpu").save()
+    Trainer(_network(train), train, tmp_path, _settings(epochs=1, max_steps=1), nas=Sampler(), device="cpu").resume()
 
 
 def test_training_state_errors_are_precise(synthetic, tmp_path) -> None:

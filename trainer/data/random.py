@@ -13,12 +13,9 @@ import torch.utils.data
 
 
 class WorkerRandom:
-    """A ``numpy.random.Generator`` per process. A given ``rng`` is used as it is, in any process (its owner made
-    it for this draw, e.g. from ``(seed, epoch, index)``); otherwise one seeded by ``seed`` in the main process
-    and a fresh one per ``DataLoader`` worker (copies of one generator would draw the same numbers)."""
+    """A ``numpy.random.Generator`` per process: the given one in the main process, a fresh one per worker."""
 
     def __init__(self, seed: int | None = None, rng: np.random.Generator | None = None) -> None:
-        self._given = rng is not None
         self._main = rng if rng is not None else np.random.default_rng(seed)
         self._worker_id: int | None = None
         self._worker_rng: np.random.Generator | None = None
@@ -26,7 +23,7 @@ class WorkerRandom:
     @property
     def generator(self) -> np.random.Generator:
         info = torch.utils.data.get_worker_info()
-        if info is None or self._given:
+        if info is None:
             return self._main
         if self._worker_rng is None or self._worker_id != info.id:
             self._worker_id = info.id

@@ -107,8 +107,12 @@ class TrainAugment:
         self.min_crop_scale = min_crop_scale
         self.random = WorkerRandom(seed, rng)
 
-    def __call__(self, image: np.ndarray, targets: ImageTargets) -> tuple[np.ndarray, ImageTargets]:
-        rng = self.random.generator
+    def __call__(
+        self, image: np.ndarray, targets: ImageTargets, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, ImageTargets]:
+        """Augment one item; ``rng``: this call's own generator (e.g. of ``(seed, epoch, index)``), else the
+        process's (``WorkerRandom``: one per DataLoader worker)."""
+        rng = rng if rng is not None else self.random.generator
         if rng.random() < self.flip_prob:
             image, targets = hflip(image, targets, self.flip_permutations)
         if rng.random() < self.crop_prob:

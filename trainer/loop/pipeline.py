@@ -55,7 +55,7 @@ class AugmentedEpoch(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = epoch
         self.augment = augment
-        self.augment_kwargs = augment_kwargs
+        self._augment = TrainAugment(dataset.schema, **augment_kwargs)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,7 +69,7 @@ class AugmentedEpoch(torch.utils.data.Dataset):
             return SampleError(err)
         if self.augment:
             rng = draw_generator(self.seed, self.epoch, index)
-            image, targets = TrainAugment(self.dataset.schema, rng=rng, **self.augment_kwargs)(image, targets)
+            image, targets = self._augment(image, targets, rng=rng)
         return image, targets
 
 

@@ -57,13 +57,24 @@ RESUME_MAY_CHANGE = frozenset(
 def _recipe_changes(state: Mapping[str, Any], settings: Mapping[str, Any], recipe: Mapping[str, Any]) -> list[str]:
     """``name: was X, now Y`` for each setting (and NAS space, flip pairs) that differs from the saved state's,
     those of ``RESUME_MAY_CHANGE`` aside. States written before a key was saved are not checked on it."""
-    saved = {**state.get("settings", {}), **state.get("recipe", {})}
-    now = {**settings, **recipe}
+    saved = _flat({**state.get("settings", {}), **state.get("recipe", {})})
+    now = _flat({**settings, **recipe})
     return [
         f"{name}: was {saved[name]!r}, now {now[name]!r}"
         for name in sorted(now)
         if name in saved and name not in RESUME_MAY_CHANGE and saved[name] != now[name]
     ]
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted names (``optimizer.lr``), so a difference names the one value that changed."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, Mapping) and name != "flip_pairs" and name != "nas":
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 @dataclass
@@ -241,7 +252,8 @@ class Trainer:
         """What else decides the run's steps: the NAS space and each category's flip pairs."""
         nas = getattr(self.nas, "to_dict", None)
         return json.loads(json.dumps({
-            "nas": nas() if nas is not None else (None if self.nas is None else repr(self.nas)),
+            # a sampler without to_dict is known by its type (a repr would hold a memory address)
+            "nas": nas() if nas is not None else (None if self.nas is None else type(self.nas).__qualname__),
             "flip_pairs": {c.name: [list(p) for p in c.flip_pairs] for c in self.train_set.schema.categories},
         }))  # fmt: skip
 
@@ -348,6 +360,8 @@ class Trainer:
         (self.run_dir / "train_settings.json").write_text(json.dumps(s.to_dict(), indent=2), encoding="utf-8")
         self.network.train()
         try:
+            if s.max_steps is not None and self.opt_step >= s.max_steps:  # a resumed run that had stopped there
+                return self.history
             while self.epoch < s.epochs:
                 if self._run_epoch():
                     return self.history

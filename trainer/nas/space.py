@@ -81,14 +81,6 @@ class ArchChoice:
             raise ValueError(f"{self.key()}: num_queries must be in [1, {cfg.num_queries}] for this model")
 
 
-def parse_int_list(text: str, option: str) -> tuple[int, ...]:
-    """``"256,320"`` -> ``(256, 320)``. Raises ValueError naming ``option`` for anything but positive ints."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"{option}: expected comma-separated positive integers, got {text!r}")
-    return tuple(int(p) for p in parts)
-
-
 def _axis(values: Iterable[Any], name: str) -> tuple[int, ...]:
     values = list(values)
     if not values:
@@ -167,16 +159,12 @@ class SearchSpace:
             num_queries=tuple(queries),
         )
 
-    def override(self, **axes: str | Sequence[int] | None) -> SearchSpace:
-        """A copy with axes replaced, each by a sequence or a CLI string like ``"256,320"`` (None: kept)."""
+    def override(self, **axes: Sequence[int] | None) -> SearchSpace:
+        """A copy with axes replaced, each by a sequence of values (None: kept)."""
         unknown = sorted(set(axes) - set(AXES))
         if unknown:
             raise ValueError(f"unknown search space axes {unknown}; axes are {list(AXES)}")
-        changes = {
-            name: parse_int_list(value, f"--{name.replace('_', '-')}") if isinstance(value, str) else value
-            for name, value in axes.items()
-            if value is not None
-        }
+        changes = {name: value for name, value in axes.items() if value is not None}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, list[int]]:
