@@ -12,7 +12,7 @@ from typing import Any
 
 from trainer.data.errors import CocoFormatError
 from trainer.data.flip_pairs import FlipPairSpec, flip_permutation, infer_flip_pairs, resolve_flip_pairs
-from trainer.data.values import ID_EXPECTED, is_coco_id, short_repr
+from trainer.data.values import ID_EXPECTED, is_coco_id, is_int, short_repr
 
 #: Key of ``flip_pairs`` that applies to every category without its own entry.
 ALL_CATEGORIES = "*"
@@ -99,10 +99,6 @@ class DatasetSchema:
         }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _keypoint_names(category: Mapping[str, Any], annotations: Sequence[Any], where: str) -> list[str]:
     names = category.get("keypoints")
     if names is not None:
@@ -141,7 +137,7 @@ def _skeleton(category: Mapping[str, Any], num_keypoints: int, where: str) -> tu
         )
     edges: list[tuple[int, int]] = []
     for edge in raw:
-        if not (isinstance(edge, list) and len(edge) == 2 and all(_is_int(i) for i in edge)):
+        if not (isinstance(edge, list) and len(edge) == 2 and all(is_int(i) for i in edge)):
             raise CocoFormatError(f"{where}: skeleton edge {edge!r} must be a pair of integers")
         if not all(1 <= i <= num_keypoints for i in edge):
             raise CocoFormatError(

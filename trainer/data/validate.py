@@ -12,7 +12,7 @@ from typing import Any
 
 from trainer.data.errors import CocoFormatError
 from trainer.data.schema import DatasetSchema
-from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, short_repr
+from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, is_int, short_repr
 from trainer.jsonfile import load_json
 
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -37,10 +37,6 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
     if not isinstance(images, list):
         raise CocoFormatError(f"{source}: 'images' must be a list")
@@ -59,7 +55,7 @@ def _check_images(images: Any, source: str) -> dict[int, Mapping[str, Any]]:
         if not isinstance(image["file_name"], str) or not image["file_name"]:
             raise CocoFormatError(f"{where}: 'file_name' must be a non-empty string")
         for key in ("width", "height"):
-            if not _is_int(image[key]) or image[key] <= 0:
+            if not is_int(image[key]) or image[key] <= 0:
                 raise CocoFormatError(f"{where}: '{key}' must be a positive integer, got {image[key]!r}")
         by_id[image["id"]] = image
     return by_id

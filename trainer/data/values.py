@@ -9,10 +9,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ID_EXPECTED", "is_coco_id", "is_finite_number", "short_repr"]
+__all__ = ["ID_EXPECTED", "is_coco_id", "is_finite_number", "is_int", "short_repr"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 ID_EXPECTED = "an integer in the int64 range"
+
+
+def is_int(value: Any) -> bool:
+    """A Python int that is not a bool (JSON integers)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_coco_id(value: Any, *, integral_floats: bool = False) -> bool:
