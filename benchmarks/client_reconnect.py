@@ -10,6 +10,7 @@ new server's readiness to the client's first successful call. Usage:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             second.stop()
         rfkp_client.close()
         plain.close()
+        shutil.rmtree(root, ignore_errors=True)  # the two rendered repositories and server logs
     delays = {name: next((t - ready_at for t in times if t > ready_at), None) for name, times in log.items()}
     for name, delay in delays.items():
         shown = f"{delay:.2f} s" if delay is not None else f"not within {args.wait:g} s"

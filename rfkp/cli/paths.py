@@ -47,11 +47,7 @@ def _check_parents(path: Path, option: str) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder")
-            try:
-                with tempfile.TemporaryFile(dir=parent):
-                    pass
-            except OSError as exc:
-                raise PermissionError(f"{option} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+            _probe_writable(parent, f"{option} {path}")
             break
     return path
 
@@ -68,12 +64,26 @@ def check_output_file(path: PathLike, option: str) -> Path:
 
 
 def check_output_folder(path: PathLike, option: str) -> Path:
-    """A folder about to be written into: a folder or creatable (no file in its place or above it).
+    """A folder about to be written into: a folder one can write in, or creatable (no file in its place or above
+    it, the nearest existing folder writable).
 
     Raises:
-        NotADirectoryError: ``path`` or one of its parents is a file.
+        NotADirectoryError: ``path`` or one of its parents is a file. PermissionError: it cannot be written in.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} {path} is a file; give a folder")
+    if path.is_dir():
+        _probe_writable(path, f"{option} {path}")
+        return path
     return _check_parents(path, option)
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and drop a temporary file in ``folder`` (permissions, read-only mounts and pseudo file systems
+    all show); PermissionError naming ``what`` when that fails."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None

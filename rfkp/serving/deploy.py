@@ -20,13 +20,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rfkp.cache import cache_root
 from rfkp.checkpoint import load_config_and_state
 from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
 from rfkp.serving.embedded import find_installation
-from rfkp.serving.launcher import ServerStartError, TritonServer, check_ports, normalise_host, port_in_use
+from rfkp.serving.launcher import (
+    TritonServer,
+    check_ports,
+    normalise_host,
+    refuse_taken_ports,
+)
 from rfkp.serving.repository import ServingOptions, render_repository
 
 __all__ = [
@@ -280,42 +286,51 @@ def prepare_weights(weights: Path | str | None, run_dir: Path) -> PreparedWeight
     return PreparedWeights(path, model.config, random_init=model.is_random_init)
 
 
-RUN_STAMP = ".rfkp-serve"  # in a run folder: the pid of the launch that rendered it
+RUN_STAMP = ".rfkp-serve"  # in a run folder: the pid of the launch that rendered it, locked while it runs
+_RUN_LOCKS: dict[Path, IO[str]] = {}  # run folder -> the open, flock-ed stamp of this process's launch there
 
 
 def _claim_run_dir(run: Path) -> None:
-    """Make ``run`` this launch's run folder. A folder an earlier ``rfkp serve`` rendered (its stamp names a
-    process that is gone) is cleared and reused, so a supervisor can restart with the same ``--run-dir``; a
-    folder in use by a live server, or holding a repository rfkp did not render, is refused.
+    """Make ``run`` this launch's run folder. A folder an earlier ``rfkp serve`` rendered is cleared and reused
+    once that launch's process has ended, so a supervisor can restart with the same ``--run-dir``; a folder in
+    use by a live launch, or holding a repository rfkp did not render, is refused. A launch holds an exclusive
+    ``flock`` on the stamp for as long as its process lives: the kernel drops it when the process ends, so a
+    stale stamp is told from a live one also when its pid has been reused (pid 1 after a container restart).
 
     Raises:
         NotADirectoryError: ``run`` is a file. FileExistsError: the folder is in use or not ours.
     """
+    import fcntl
+
     if run.exists() and not run.is_dir():
         raise NotADirectoryError(f"--run-dir {run} is a file, not a folder")
+    held = _RUN_LOCKS.pop(run, None)
+    if held is not None:  # this process launched here before: that server was stopped or is being replaced
+        held.close()
+    stamp = run / RUN_STAMP
     repo = run / "model_repository"
-    if repo.is_dir() and any(repo.iterdir()):
-        try:
-            owner = int((run / RUN_STAMP).read_text())
-        except (OSError, ValueError):
-            raise FileExistsError(f"{run} already holds a rendered repository: give an empty or new --run-dir") from None
-        if owner != os.getpid() and _alive(owner):
-            raise FileExistsError(f"{run} is the run folder of a server that is still running (pid {owner})")
-        logger.info("reusing the run folder %s of an earlier rfkp serve (pid %d)", run, owner)
+    rendered = repo.is_dir() and any(repo.iterdir())
+    if rendered and not stamp.is_file():
+        raise FileExistsError(f"{run} already holds a rendered repository: give an empty or new --run-dir")
+    run.mkdir(parents=True, exist_ok=True)
+    handle = open(stamp, "a+")  # noqa: SIM115 - held open while this process lives
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise FileExistsError(f"{run} is the run folder of a server that is still running (pid {owner})") from None
+    if rendered:
+        handle.seek(0)
+        logger.info("reusing the run folder %s of an earlier rfkp serve (pid %s)", run, handle.read().strip() or "?")
         for part in ("model_repository", "server"):
             shutil.rmtree(run / part, ignore_errors=True)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / RUN_STAMP).write_text(str(os.getpid()))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _RUN_LOCKS[run] = handle
 
 
 def launch(
@@ -351,9 +366,8 @@ def launch(
     check_ports(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)  # before any bind test
     run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
     _claim_run_dir(run)  # before the graph export (render_repository would refuse a used folder only after it)
-    taken = [p for p in (grpc_port, http_port, metrics_port) if p and port_in_use(host, p)]
-    if taken:  # also before the export; TritonServer.start checks again, for ports taken meanwhile
-        raise ServerStartError(f"port(s) already in use on {host}: {', '.join(map(str, taken))}; choose others or 0")
+    # also before the export; TritonServer.start checks again, for ports taken meanwhile
+    refuse_taken_ports(host, gRPC=grpc_port, HTTP=http_port, metrics=metrics_port)
     installation = find_installation(server)
     options = options or ServingOptions()
     prepared = prepare_weights(weights, run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import ipaddress
 import logging
@@ -88,16 +89,31 @@ def check_ports(**ports: int) -> None:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """True when something listens on (or holds) ``host:port`` (a bind test; TIME_WAIT does not count)."""
-    with _socket(host) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    """True when something listens on (or holds) ``host:port`` (a bind test; TIME_WAIT does not count).
+
+    Raises:
+        ServerStartError: ``host`` does not resolve, or ``host:port`` cannot be listened on for another reason
+            (an address this machine does not have, a privileged port), named with the system's reason.
+    """
+    try:
+        with _socket(host) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
-        except socket.gaierror:  # a host name this machine cannot resolve: left to the server to judge
-            return False
-        except OSError:
+    except socket.gaierror as exc:
+        raise ServerStartError(f"host {host!r} does not resolve: {exc.strerror}") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
             return True
+        raise ServerStartError(f"cannot listen on {url_host(host)}:{port}: {exc.strerror}") from None
     return False
+
+
+def refuse_taken_ports(host: str, **ports: int) -> None:
+    """Raise ServerStartError naming each port (``grpc=8001, ...``; 0, any free one, is skipped) that something
+    already holds on ``host``: another server there would answer the readiness checks of one that then dies."""
+    taken = [f"{name} {port}" for name, port in ports.items() if port and port_in_use(host, port)]
+    if taken:
+        raise ServerStartError(f"port(s) already in use on {host}: {', '.join(taken)}; choose others or 0")
 
 
 def _children(pid: int) -> dict[int, tuple[str, str]]:
@@ -243,11 +259,7 @@ class TritonServer:
         """Launch the process (non-blocking); call ``wait_ready`` next."""
         if self._process is not None and self._process.poll() is None:
             raise RuntimeError(f"server already running (pid {self._process.pid})")
-        taken = [f"{name} {port}" for name, port in
-                 (("gRPC", self.grpc_port), ("HTTP", self.http_port), ("metrics", self.metrics_port))
-                 if port_in_use(self.host, port)]  # fmt: skip
-        if taken:  # another server there would answer our readiness checks for a server that then dies
-            raise ServerStartError(f"port(s) already in use on {self.host}: {', '.join(taken)}; choose others or 0")
+        refuse_taken_ports(self.host, gRPC=self.grpc_port, HTTP=self.http_port, metrics=self.metrics_port)
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         with open(self.log_path, "wb") as log:

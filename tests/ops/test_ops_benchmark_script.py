@@ -145,3 +145,14 @@ def test_benchmark_arguments_are_checked_before_the_work(tmp_path):
         assert done.returncode in (1, 2), (script, done.stderr[-500:])
         assert message in done.stderr, (script, done.stderr[-500:])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_peer_python_may_be_a_command_on_path() -> None:
+    from benchmarks.peer_env import peer_python_problem
+
+    for python in (sys.executable, "python3"):  # a path, and a command found on PATH (it was refused)
+        problem = peer_python_problem(python)
+        assert problem is None or problem.startswith(f"{python} cannot import rfdetr"), problem
+    assert peer_python_problem("no-such-python-here") == (
+        "no-such-python-here not found (neither a file nor a command on PATH)"
+    )

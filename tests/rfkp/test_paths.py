@@ -44,3 +44,5 @@ def test_a_folder_one_cannot_write_in_is_refused() -> None:
         check_output_file("/proc/rfkp-results.json", "--json")
     with pytest.raises(PermissionError, match="cannot write in /proc"):
         check_output_folder("/proc/rfkp-run/sub", "--out")
+    with pytest.raises(PermissionError, match="--out /proc: cannot write in /proc"):  # an existing folder too
+        check_output_folder("/proc", "--out")

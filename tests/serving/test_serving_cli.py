@@ -80,6 +80,9 @@ def test_parser_defaults_listen_on_loopback() -> None:
     for bad in ("two", "0,4", "-4"):
         with pytest.raises(SystemExit):
             parser.parse_args(["serve", "--preferred-batch-sizes", bad])
+    for option in ("--run-dir", "--engine"):  # an unset variable: not "a temporary folder" or "no engine"
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", option, ""])
 
 
 def test_runtime_option() -> None:

@@ -209,6 +209,12 @@ def test_a_taken_port_is_refused_before_starting(tmp_path: Path) -> None:
         with pytest.raises(ServerStartError, match=f"already in use on 127.0.0.1: HTTP {taken}"):
             server.start()
         assert server.pid is None
+    from rfkp.serving.launcher import port_in_use
+
+    with pytest.raises(ServerStartError, match="cannot listen on 192.0.2.1:8001: "):  # not this machine's address
+        port_in_use("192.0.2.1", 8001)  # (it was reported as a port in use)
+    with pytest.raises(ServerStartError, match="host 'no-such-host.invalid' does not resolve"):
+        port_in_use("no-such-host.invalid", 8001)
     with pytest.raises(ValueError, match="grpc_port must lie in 0..65535"):
         TritonServer(repo, grpc_port=70000, installation=TritonInstallation(Path(sys.executable), "system"))
 

@@ -128,14 +128,25 @@ def test_run_dirs_of_live_or_foreign_servers_are_refused_and_ours_reused(tmp_pat
         _claim_run_dir(tmp_path / "file")
     run = tmp_path / "run"
     (run / "model_repository" / "rfkp").mkdir(parents=True)
-    (run / RUN_STAMP).write_text(str(os.getppid()))  # a live process
-    with pytest.raises(FileExistsError, match="still running"):
+    with pytest.raises(FileExistsError, match="already holds a rendered repository"):  # no stamp: not rendered by rfkp
         _claim_run_dir(run)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (run / RUN_STAMP).write_text(str(dead.pid))  # an earlier rfkp serve that is gone
+    (run / RUN_STAMP).write_text("4242")
+    holder = subprocess.Popen(  # a live launch: it holds the stamp's lock
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(60)", str(run / RUN_STAMP)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FileExistsError, match=r"still running \(pid 4242\)"):
+            _claim_run_dir(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    (run / RUN_STAMP).write_text("1")  # the pid of a live process, reused after a restart: the lock is gone
     _claim_run_dir(run)
     assert not (run / "model_repository").exists() and (run / RUN_STAMP).read_text() == str(os.getpid())
+    (run / "model_repository" / "rfkp").mkdir(parents=True)
+    _claim_run_dir(run)  # this process again (a restart in the same process): its own lock is handed over
+    assert not (run / "model_repository").exists()
 
 
 def test_taken_ports_are_refused_before_the_export(tiny_weights: Path, tmp_path: Path) -> None:
@@ -146,7 +157,7 @@ def test_taken_ports_are_refused_before_the_export(tiny_weights: Path, tmp_path:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
-        with pytest.raises(ServerStartError, match=f"already in use on 127.0.0.1: {other.getsockname()[1]}"):
+        with pytest.raises(ServerStartError, match=f"already in use on 127.0.0.1: HTTP {other.getsockname()[1]}"):
             launch(tiny_weights, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
                    http_port=other.getsockname()[1])  # fmt: skip
     assert not (tmp_path / "cache").exists()
