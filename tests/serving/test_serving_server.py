@@ -56,6 +56,31 @@ def test_statistics_errors_and_timeouts(client: KeypointClient) -> None:
     assert client.is_ready()  # with the client's timeout
 
 
+def test_a_server_that_never_answers_times_out_within_the_client_timeout() -> None:
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    class Silent(grpc.GenericRpcHandler):  # speaks gRPC, answers every call after 3 s
+        def service(self, details):  # noqa: ANN001, ANN202
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: time.sleep(3) or b"")
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((Silent(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with KeypointClient(f"127.0.0.1:{port}", timeout=0.5) as slow:
+            start = time.monotonic()
+            assert slow.is_ready() is False
+            with pytest.raises(RemoteError, match="DEADLINE_EXCEEDED"):
+                slow.statistics()
+            assert time.monotonic() - start < 2.5  # two calls of 0.5 s each, not the server's 3 s
+    finally:
+        server.stop(0)
+
+
 @pytest.mark.parametrize("kind", ["png", "jpeg", "raw", "path"])
 def test_matches_in_process_predict(
     kind: str, client: KeypointClient, tiny_model: RFDETRKeypoint, tmp_path: Path
