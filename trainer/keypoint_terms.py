@@ -15,8 +15,9 @@ target box. Per instance (all four are means over that instance's keypoints):
 
 Numerical safety: everything is computed in float32 whatever the input dtype (fp16/bf16 under autocast);
 inactive or unlabelled slots are replaced by zeros before any arithmetic (so garbage there, NaN included,
-reaches neither values nor gradients); logits, x/y, ``log_l11``/``log_l22`` and ``l21`` are clamped and the
-area bounded from below (``trainer.limits``), which keeps every term far inside the float32 range.
+reaches neither values nor gradients); logits, x/y, ``log_l11``/``log_l22`` and ``l21`` are clamped, keeping
+their gradient, and the area bounded from below (``trainer.limits``), which keeps every term far inside the
+float32 range.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rfkp.ops.gaussian import gaussian_nll
-from trainer.limits import COORD_LIMIT, LOG_L_LIMIT, LOGIT_LIMIT, MIN_AREA
+from trainer.limits import COORD_LIMIT, LOG_L_LIMIT, LOGIT_LIMIT, MIN_AREA, clamp_keep_grad
 
 KEYPOINT_CHANNELS = 8
 
@@ -83,22 +84,22 @@ def keypoint_terms(
     n_labelled = labelled.sum(-1)
     n_active = active.sum(-1).clamp(min=1)
 
-    xy = torch.where(labelled[..., None], pred[..., :2].clamp(-COORD_LIMIT, COORD_LIMIT), zero)
+    xy = torch.where(labelled[..., None], clamp_keep_grad(pred[..., :2], -COORD_LIMIT, COORD_LIMIT), zero)
     target_xy = torch.where(labelled[..., None], target[..., :2], zero)
     d = xy - target_xy
     l1 = d.abs().sum(-1).sum(-1) / n_labelled.clamp(min=1) / area.sqrt()
 
-    findable_logit = torch.where(active, pred[..., 2].clamp(-LOGIT_LIMIT, LOGIT_LIMIT), zero)
-    visible_logit = torch.where(active, pred[..., 3].clamp(-LOGIT_LIMIT, LOGIT_LIMIT), zero)
+    findable_logit = torch.where(active, clamp_keep_grad(pred[..., 2], -LOGIT_LIMIT, LOGIT_LIMIT), zero)
+    visible_logit = torch.where(active, clamp_keep_grad(pred[..., 3], -LOGIT_LIMIT, LOGIT_LIMIT), zero)
     bce_f = F.binary_cross_entropy_with_logits(findable_logit, (v > 0).float(), reduction="none")
     bce_v = F.binary_cross_entropy_with_logits(visible_logit, (v == 2).float(), reduction="none")
     findable = torch.where(active, bce_f, zero).sum(-1) / n_active
     visible = torch.where(active, bce_v, zero).sum(-1) / n_active
 
-    log_l11 = pred[..., 4].clamp(-LOG_L_LIMIT, LOG_L_LIMIT)
+    log_l11 = clamp_keep_grad(pred[..., 4], -LOG_L_LIMIT, LOG_L_LIMIT)
     l21_limit = math.exp(LOG_L_LIMIT)
-    l21 = pred[..., 5].clamp(-l21_limit, l21_limit)
-    log_l22 = pred[..., 6].clamp(-LOG_L_LIMIT, LOG_L_LIMIT)
+    l21 = clamp_keep_grad(pred[..., 5], -l21_limit, l21_limit)
+    log_l22 = clamp_keep_grad(pred[..., 6], -LOG_L_LIMIT, LOG_L_LIMIT)
     raw = torch.where(labelled[..., None], torch.stack([log_l11, l21, log_l22], dim=-1), zero)
     nll_k = gaussian_nll(d, raw, area[..., None])
     nll = torch.where(labelled, nll_k, zero).sum(-1) / n_labelled.clamp(min=1)

@@ -12,8 +12,8 @@ targets in the batch)`` (at least 1), ``G`` the number of query groups.
 - ``loss_bbox``: L1 of cxcywh boxes (summed over the 4 coordinates); ``loss_giou``: ``1 - GIoU``.
 - ``loss_kp_l1``, ``loss_kp_findable``, ``loss_kp_visible``, ``loss_kp_nll``: ``trainer.keypoint_terms``.
 
-Everything is computed in float32 on clamped predictions (``trainer.limits``), so it stays finite under
-fp16/bf16 autocast.
+Everything is computed in float32 on clamped predictions (``trainer.limits``; the clamps keep the gradient),
+so it stays finite under fp16/bf16 autocast.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from trainer.box_ops import cxcywh_to_xyxy, elementwise_giou, elementwise_iou
 from trainer.keypoint_terms import active_mask, class_blocks, keypoint_terms
-from trainer.limits import COORD_LIMIT, LOGIT_LIMIT
+from trainer.limits import COORD_LIMIT, LOGIT_LIMIT, clamp_keep_grad
 from trainer.matcher import HungarianMatcher, Indices
 
 
@@ -57,7 +57,7 @@ def iou_aware_bce(
         positions: ``(batch_idx, query_idx, class_idx)`` of the matched entries, each (M,).
         iou: (M,) IoU of each matched predicted box with its target box.
     """
-    logits = logits.float().clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
+    logits = clamp_keep_grad(logits.float(), -LOGIT_LIMIT, LOGIT_LIMIT)
     prob = logits.sigmoid()
     pos_weight = torch.zeros_like(logits)
     neg_weight = prob**gamma
@@ -123,7 +123,7 @@ class SetCriterion:
             key: torch.cat([t[key][j.to(t[key].device)] for t, (_, j) in zip(targets, indices)]).to(device)
             for key in ("labels", "boxes", "keypoints")
         }
-        src_boxes = outputs["pred_boxes"][batch_idx, query_idx].float().clamp(-COORD_LIMIT, COORD_LIMIT)
+        src_boxes = clamp_keep_grad(outputs["pred_boxes"][batch_idx, query_idx].float(), -COORD_LIMIT, COORD_LIMIT)
         tgt_boxes = tgt["boxes"].float()
         src_xyxy, tgt_xyxy = cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes)
         iou = elementwise_iou(src_xyxy.detach(), tgt_xyxy)

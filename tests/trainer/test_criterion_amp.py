@@ -62,8 +62,8 @@ def test_extreme_logits_give_finite_losses_and_gradients(dtype: torch.dtype, big
     for name, tensor in outputs.items():
         assert torch.isfinite(tensor.grad.float()).all(), name
     assert outputs["pred_boxes"].grad.abs().sum() > 0 and outputs["pred_keypoints"].grad.abs().sum() > 0
-    # fp16 logits lie inside the clamp and keep their gradient; bf16 logits of 3e38 are clamped (zero gradient)
-    assert (outputs["pred_logits"].grad.abs().sum() > 0) == (dtype == torch.float16)
+    # fp16 logits lie inside the clamp; bf16 logits of 3e38 are clamped, and the clamp keeps their gradient
+    assert outputs["pred_logits"].grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(("dtype", "big"), [(torch.float16, FP16_MAX), (torch.bfloat16, BF16_HUGE)])
@@ -81,3 +81,31 @@ def test_every_channel_extreme_still_gives_finite_losses_and_no_nan_gradient(
         assert not torch.isnan(tensor.grad).any(), name
         if dtype == torch.bfloat16:
             assert torch.isfinite(tensor.grad.float()).all(), name
+
+
+def test_runaway_predictions_get_a_gradient_that_pulls_them_back() -> None:
+    """Beyond the clamp limits the value is clamped but the gradient still points back: a precision factor far
+    above ``LOG_L_LIMIT`` with a keypoint error, coordinates far outside the image and saturated logits."""
+    kps = torch.zeros(1, 1, 2, 8)
+    kps[0, 0, :, :2] = torch.tensor([[0.35, 0.3], [5.0e3, 0.6]])  # the second keypoint's x is runaway
+    kps[0, 0, :, 2:4] = -1.0e7  # findable and visible logits far below -LOGIT_LIMIT on labelled keypoints
+    kps[0, 0, :, 4] = 40.0  # log_l11 far above LOG_L_LIMIT: a tiny ellipse around a wrong position
+    kps.requires_grad_()
+    outputs = {
+        "pred_logits": torch.full((1, 1, 1), -1.0e7).requires_grad_(),
+        "pred_boxes": torch.tensor([[[0.4, 0.5, 0.2, 0.4]]]).requires_grad_(),
+        "pred_keypoints": kps,
+    }
+    target = {
+        "labels": torch.tensor([0]),
+        "boxes": torch.tensor([[0.4, 0.5, 0.2, 0.4]]),
+        "keypoints": torch.tensor([[[0.3, 0.3, 2.0], [0.4, 0.6, 2.0]]]),
+    }
+    losses = SetCriterion([2])(outputs, [target], num_groups=1)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grad = kps.grad[0, 0]
+    assert (grad[:, 4] > 0).all()  # descending lowers log_l11, widening the ellipse
+    assert grad[1, 0] > 0  # descending moves x back towards the target
+    assert (grad[:, 2:4] < 0).all()  # descending raises the findable and visible logits of visible keypoints
+    assert outputs["pred_logits"].grad[0, 0, 0] < 0  # and the matched class logit
