@@ -148,7 +148,20 @@ def load_config_and_state(path: str | Path) -> tuple[ModelConfig, dict[str, torc
     else:
         raise CheckpointError(f"{path}: unrecognised checkpoint layout (neither rfkp nor rfdetr keypoint)")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    _refuse_non_finite(path, state)
     return config, state
+
+
+def _refuse_non_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """A NaN or infinite weight (a diverged training run, a damaged file) would make every output NaN, which
+    shows as silently empty detections; such a checkpoint is refused, naming the tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({names}): the weights are "
+            "corrupt (a diverged training run?); use an earlier checkpoint"
+        )
 
 
 def _drop_unused_vit_blocks(state: dict[str, torch.Tensor], used: int) -> dict[str, torch.Tensor]:

@@ -142,3 +142,19 @@ def test_saving_to_a_folder_is_refused_and_leaves_nothing(two_skeleton_model: RF
     with pytest.raises(IsADirectoryError, match="names a folder; name the file"):
         two_skeleton_model.save_checkpoint(f"{tmp_path}/new/")  # no file called 'new' is written
     assert list(tmp_path.iterdir()) == [folder]
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_name(
+    two_skeleton_model: RFDETRKeypoint, tmp_path: Path, bad_value: float
+) -> None:
+    path = tmp_path / "diverged.pt"
+    two_skeleton_model.save_checkpoint(path)
+    data = read_checkpoint(path)
+    names = [k for k, v in data["model"].items() if v.is_floating_point()][:5]
+    for name in names:
+        data["model"][name].view(-1)[0] = bad_value
+    torch.save(data, path)
+    message = rf"diverged.pt: 5 weight tensor\(s\) hold NaN or infinite values \({names[0]}, .* and 2 more\)"
+    with pytest.raises(CheckpointError, match=message):
+        RFDETRKeypoint.from_checkpoint(path, device="cpu")
