@@ -14,6 +14,7 @@ huge semi-major axis (over 100 times the image size) are not drawn; their dots a
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,6 +90,21 @@ def _draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, c
     draw.text((x + 2 - left, y + 2 - top), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
 
 
+def _check_drawing_options(
+    findable_threshold: float, visible_threshold: float, n_sigma: float, line_width: int | None,
+    point_radius: int | None,
+) -> None:
+    """Refuses option values that would draw nothing sensible (or make PIL fail deep inside)."""
+    for name, value in (("findable_threshold", findable_threshold), ("visible_threshold", visible_threshold)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    if isinstance(n_sigma, bool) or not isinstance(n_sigma, numbers.Real) or not 0.0 < n_sigma < math.inf:
+        raise ValueError(f"n_sigma must be a positive finite number, got {n_sigma!r}")
+    for name, value, low in (("line_width", line_width, 1), ("point_radius", point_radius, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low):
+            raise ValueError(f"{name} must be an int >= {low} (pixels) or None for the default, got {value!r}")
+
+
 def draw_detections(
     image: ImageSource | torch.Tensor,
     detections: KeypointDetections,
@@ -127,6 +143,7 @@ def draw_detections(
         )
     if not colours:
         raise ValueError("colours must not be empty")
+    _check_drawing_options(findable_threshold, visible_threshold, n_sigma, line_width, point_radius)
     canvas = Image.fromarray(np.array(rgb, copy=True))
     draw = ImageDraw.Draw(canvas)
     width = line_width if line_width is not None else max(2, round(max(rgb.shape[:2]) / 400))

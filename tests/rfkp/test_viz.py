@@ -147,3 +147,23 @@ def test_empty_detections_return_a_copy() -> None:
     image = np.full((H, W, 3), 17, np.uint8)
     det = KeypointDetections.empty(class_names=["a"], keypoint_names=[["p"]], image_size=(H, W))
     assert np.array_equal(np.array(draw_detections(image, det)), image)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("line_width", 0, "line_width must be an int >= 1"),
+        ("line_width", 2.5, "line_width must be an int >= 1"),
+        ("point_radius", -1, "point_radius must be an int >= 0"),
+        ("n_sigma", 0.0, "n_sigma must be a positive finite number"),
+        ("n_sigma", float("inf"), "n_sigma must be a positive finite number"),
+        ("n_sigma", float("nan"), "n_sigma must be a positive finite number"),
+        ("findable_threshold", 1.5, r"findable_threshold must be a probability in \[0, 1\]"),
+        ("visible_threshold", "0.5", r"visible_threshold must be a probability in \[0, 1\]"),
+    ],
+)
+def test_drawing_options_are_checked(option: str, value: object, message: str) -> None:
+    image = np.zeros((H, W, 3), np.uint8)
+    with pytest.raises(ValueError, match=message):
+        draw_detections(image, _detections(), **{option: value})
+    draw_detections(image, _detections(), line_width=np.int64(3), point_radius=0, n_sigma=np.float32(1.0))
