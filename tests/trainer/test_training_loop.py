@@ -138,6 +138,26 @@ def test_resumed_run_reproduces_the_uninterrupted_one(synthetic, tmp_path) -> No
     assert no_time[0] == no_time[1]  # the per-epoch mean losses too, across the mid-epoch restart
 
 
+def test_resume_rewrites_metrics_from_the_saved_history(synthetic, tmp_path) -> None:
+    """A run stopped after saving its state but before appending the epoch's line (or after appending a line
+    whose state was never saved) resumes with exactly one line per finished epoch."""
+    train = synthetic[0]
+    first = Trainer(_network(train), train, tmp_path, _settings(epochs=2, max_steps=3), device="cpu")
+    first.fit()  # stops inside epoch 2 with epoch 1 recorded
+    metrics = tmp_path / "metrics.jsonl"
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1]
+    metrics.write_text("")  # the line lost to a crash
+    second = Trainer(_network(train), train, tmp_path, _settings(epochs=2), device="cpu")
+    second.resume()
+    second.fit()
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    metrics.write_text(metrics.read_text() + metrics.read_text().splitlines()[-1] + "\n")  # a line never saved
+    third = Trainer(_network(train), train, tmp_path, _settings(epochs=2), device="cpu")
+    third.resume()
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_resume_refuses_a_changed_recipe_and_allows_a_longer_run(synthetic, tmp_path) -> None:
     train = synthetic[0]
     Trainer(_network(train), train, tmp_path, _settings(epochs=1, max_steps=1), device="cpu").fit()

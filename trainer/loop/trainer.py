@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -304,6 +305,7 @@ class Trainer:
         """Continue from ``path`` (default: ``run_dir/checkpoint.pt``)."""
         path = Path(path) if path is not None else self.run_dir / "checkpoint.pt"
         self.load_state_dict(load_train_state(path))
+        self._write_metrics_file()
         logger.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch, self.batch_in_epoch,
                     self.step)
 
@@ -454,6 +456,15 @@ class Trainer:
         if evaluate:
             logger.info("epoch %d: val AP %.4f (best %.4f), 2-sigma coverage %s", self.epoch, record["ap"],
                         self.best_ap, _fmt(record.get("coverage_2sigma")))
+
+    def _write_metrics_file(self) -> None:
+        """Rewrite ``metrics.jsonl`` from the resumed state's history (atomically): a run stopped between saving
+        its state and appending the epoch's line, or after a line whose state was never saved, would otherwise
+        lose that line or repeat it."""
+        path = self.run_dir / "metrics.jsonl"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(dumps_strict(row) + "\n" for row in self.history), encoding="utf-8")
+        os.replace(tmp, path)
 
     # -- evaluation and outputs ----------------------------------------------------------------------------------
     def ema_model(self) -> RFDETRKeypoint:
