@@ -71,7 +71,7 @@ def _unsupported_global(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
-def _remove_stale_partials(path: Path) -> None:
+def remove_stale_partials(path: Path) -> None:
     """Delete the ``.NAME.PID.tmp`` files of writers that died mid-write (a killed run leaves one each)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
@@ -91,7 +91,7 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     of writers no longer running here are removed first (a folder shared across hosts should not hold runs
     written at once from several of them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(path)
+    remove_stale_partials(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:

@@ -12,6 +12,7 @@ rfkp_model; `rfkp serve --engine 1/model.plan` renders the same config).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -19,12 +20,27 @@ from typing import TYPE_CHECKING
 
 from rfkp.cli.arguments import non_empty_path, positive_int, queue_delay_us
 from rfkp.cli.paths import check_output_file, check_output_folder, refuse_overwriting_inputs
+from rfkp.export.onnx_export import ONNX_INSTALL_HINT
 
 if TYPE_CHECKING:
     from rfkp.export import ExportedDetector
 
 
 MIN_OPSET = 17  # the deformable sampling and LayerNorm the graphs use
+# A fixed-batch graph is traced with a batch of that size on CPU (time and memory grow with it); larger
+# batches belong to a dynamic batch axis, whose trace uses a batch of 2
+MAX_FIXED_BATCH = 64
+DEFAULT_QUEUE_DELAY_US = 2000
+
+
+def _fixed_batch(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_FIXED_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"a fixed batch is at most {MAX_FIXED_BATCH} (the graph is traced at that batch), got {value}; "
+            "use --dynamic-batch MAX for larger batches"
+        )
+    return value
 
 
 def _opset(text: str) -> int:
@@ -58,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--resolution", type=positive_int, help="input side R (default: the model's)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=positive_int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--batch", type=_fixed_batch, default=1,
+                       help=f"fixed batch size, at most {MAX_FIXED_BATCH} (default 1)")
     batch.add_argument("--dynamic-batch", type=positive_int, metavar="MAX", help="symbolic batch axis, at most MAX")
     p.add_argument("--plugins", action="store_true", help="onnx: rfkp plugin nodes instead of standard ops")
     p.add_argument("--dec-layers", type=positive_int, help="decoder layers to run (NAS knob)")
@@ -76,8 +93,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--engine", type=non_empty_path, help="triton: an already built engine to copy to 1/model.plan")
     p.add_argument(
-        "--max-queue-delay-us", type=queue_delay_us, default=2000,
-        help="triton: dynamic batching delay (default 2000)",
+        "--max-queue-delay-us", type=queue_delay_us,
+        help=f"triton with --dynamic-batch: dynamic batching delay (default {DEFAULT_QUEUE_DELAY_US})",
     )  # fmt: skip
     p.set_defaults(func=main)
 
@@ -132,6 +149,19 @@ def _ensemble_mismatch(detector: ExportedDetector) -> str | None:
     return "; ".join(problems) or None
 
 
+def _refuse_unused_options(args: argparse.Namespace) -> None:
+    """Options that would be silently ignored for this format or batch are refused."""
+    unused = []
+    if args.format == "onnx":
+        unused += [flag for flag, value in (("--fp32", args.fp32), ("--plugin-lib", args.plugin_lib)) if value]
+        if args.max_queue_delay_us is not None:
+            unused.append("--max-queue-delay-us")
+    elif args.max_queue_delay_us is not None and not args.dynamic_batch:
+        raise ValueError("--max-queue-delay-us sets Triton's dynamic batching: it needs --dynamic-batch MAX")
+    if unused:
+        raise ValueError(f"{' and '.join(unused)} only apply to --format engine and triton")
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     """Nothing the export writes may replace an input or leave a half-made or stale Triton entry."""
     out = Path(args.out)
@@ -144,6 +174,8 @@ def _check_paths(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(outputs, {"--weights": args.weights, "--engine": args.engine})
     if args.engine and not Path(args.engine).is_file():
         raise FileNotFoundError(f"--engine {args.engine} not found")
+    if args.engine and Path(args.engine).stat().st_size == 0:
+        raise ValueError(f"--engine {args.engine} is empty: not a TensorRT engine")
     if args.format == "triton":
         check_output_folder(out, "--out")
         if (out / "1").exists() and not (out / "1").is_dir():
@@ -174,6 +206,8 @@ def _engine_command(args: argparse.Namespace, plan: Path) -> str:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             parts += [flag, str(value)]
+    if args.opset != MIN_OPSET:
+        parts += ["--opset", str(args.opset)]
     if args.fp32:
         parts.append("--fp32")
     if args.plugin_lib:  # else the build machine's $RFKP_TRT_PLUGIN_LIB names it
@@ -185,7 +219,11 @@ def main(args: argparse.Namespace) -> int:
     from rfkp.export import engine as trt_engine
 
     _check_raw_args(args, Path(args.out))
+    _refuse_unused_options(args)
     _check_paths(args)
+    if importlib.util.find_spec("onnx") is None:
+        print(f"rfkp export: error: the 'onnx' package is not installed: {ONNX_INSTALL_HINT}", file=sys.stderr)
+        return 1
     if args.format == "engine" and not trt_engine.tensorrt_available():
         message = f"the 'tensorrt' Python package is not installed.\n{trt_engine.INSTALL_HINT}"
         print(f"rfkp export: error: {message}", file=sys.stderr)
@@ -201,9 +239,14 @@ def main(args: argparse.Namespace) -> int:
             message = f"no rfkp TensorRT plugin library given.\n{trt_engine.INSTALL_HINT}"
             print(f"rfkp export: error: {message}", file=sys.stderr)
             return 1
+        source = "--plugin-lib" if args.plugin_lib else f"${trt_engine.PLUGIN_LIB_ENV}"
         if not library.is_file():  # before the export, which would leave its graph behind
-            source = "--plugin-lib" if args.plugin_lib else f"${trt_engine.PLUGIN_LIB_ENV}"
             raise FileNotFoundError(f"{source}: plugin library not found: {library}")
+        try:  # loaded and its creators checked before the export too
+            trt_engine.check_plugin_library(library)
+        except trt_engine.EngineBuildError as exc:
+            print(f"rfkp export: error: {source}: {exc}", file=sys.stderr)
+            return 1
 
     from rfkp.export import ExportedDetector, export_onnx
 
@@ -262,7 +305,8 @@ def main(args: argparse.Namespace) -> int:
     from rfkp.serving.repository import metadata_parameters
 
     options = TritonEntryOptions(
-        batch=args.batch, max_batch=args.dynamic_batch, max_queue_delay_us=args.max_queue_delay_us,
+        batch=args.batch, max_batch=args.dynamic_batch,
+        max_queue_delay_us=DEFAULT_QUEUE_DELAY_US if args.max_queue_delay_us is None else args.max_queue_delay_us,
         metadata=metadata_parameters(detector.config),
     )  # fmt: skip
     config = write_model_entry(

@@ -88,12 +88,32 @@ def _load_plugins(trt: Any, trt_logger: Any, library: Path | None) -> None:
         if not library.is_file():
             raise EngineBuildError(f"plugin library not found: {library}\n{INSTALL_HINT}")
         # the default build registers its creators when loaded (static registration, as Triton loads it)
-        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        try:
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise EngineBuildError(f"cannot load the plugin library {library}: {exc}") from None
         if _missing_plugins(registry):  # built with -DRFKP_TRT_STATIC_REGISTRATION=OFF: library entry points
             registry.load_library(str(library))
     missing = _missing_plugins(registry)
     if missing:
         raise EngineBuildError(f"TensorRT plugins not registered: {', '.join(missing)}\n{INSTALL_HINT}")
+
+
+def check_plugin_library(plugin_lib: str | Path | None = None) -> Path | None:
+    """Load the plugin library into TensorRT and check that it registers every rfkp plugin creator (what
+    `build_engine` does first), so that a wrong library is reported before a long export. Returns the
+    library loaded (None: none was named, and the creators came from one already loaded).
+
+    Raises:
+        EngineBuildError: TensorRT is missing, or the library cannot be loaded or lacks a creator.
+    """
+    if not tensorrt_available():
+        raise EngineBuildError(f"the 'tensorrt' Python package is not installed\n{INSTALL_HINT}")
+    import tensorrt as trt
+
+    library = plugin_library(plugin_lib)  # None: the creators must come from a library already loaded
+    _load_plugins(trt, trt.Logger(trt.Logger.WARNING), library)
+    return library
 
 
 def _pin_postprocess_fp32(trt: Any, network: Any) -> int:

@@ -11,7 +11,9 @@ needs onnxscript; see docs/export.md.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from rfkp.api import RFDETRKeypoint
+from rfkp.checkpoint import remove_stale_partials
 from rfkp.export import plugin_nodes
 from rfkp.export.graph import DETECTIONS, INPUT_NAME, RAW, ExportedDetector
 from rfkp.nn.detector import KeypointDETR
@@ -28,6 +31,7 @@ from rfkp.serving.repository import metadata_parameters
 DEFAULT_OPSET = 17
 BATCH_AXIS = "batch"
 PORTABLE, PLUGINS = "portable", "plugins"
+ONNX_INSTALL_HINT = "pip install 'rfkp[export]' (or pip install onnx)"
 
 # metadata_props keys
 META_CONFIG = "rfkp_config"
@@ -156,7 +160,8 @@ def export_onnx(
     Returns:
         The written path.
     """
-    import onnx
+    if importlib.util.find_spec("onnx") is None:
+        raise ModuleNotFoundError(f"ONNX export needs the 'onnx' package: {ONNX_INSTALL_HINT}")
 
     if isinstance(model, ExportedDetector):
         knobs = (resolution, dec_layers, num_queries, patch_size, num_windows)
@@ -178,6 +183,21 @@ def export_onnx(
         raise ValueError(f"dynamic_batch must be >= 1, got {dynamic_batch}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    modes = {module: module.training for module in detector.modules()}
+    try:
+        return _export(detector, Path(path), batch, dynamic_batch, opset, check)
+    finally:
+        for module, training in modes.items():  # the caller's model keeps its train/eval state
+            module.train(training)
+
+
+def _export(
+    detector: ExportedDetector, path: Path, batch: int, dynamic_batch: int | None, opset: int, check: bool
+) -> Path:
+    """Trace, annotate and check the graph in a ``.NAME.PID.tmp`` file beside ``path``, then rename it: an
+    export that fails or is interrupted leaves an older file at ``path`` as it was."""
+    import onnx
+
     detector = _cpu_copy(detector)
     flavour = PLUGINS if detector.plugins else PORTABLE
     example_batch = min(2, dynamic_batch) if dynamic_batch else batch
@@ -186,8 +206,26 @@ def export_onnx(
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: BATCH_AXIS} for name in (INPUT_NAME, *output_names)}
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _trace(detector, example, tmp, opset, output_names, dynamic_axes)
+        graph = onnx.load(str(tmp))
+        _annotate(graph, detector, flavour, batch, dynamic_batch)
+        if check:
+            onnx.checker.check_model(graph, full_check=True)
+        onnx.save(graph, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _trace(
+    detector: ExportedDetector, example: torch.Tensor, path: Path, opset: int, output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]] | None,
+) -> None:
     with torch.no_grad(), forced_ops_backend("reference"), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*(TorchScript-based ONNX export|Constant folding).*")
@@ -204,7 +242,14 @@ def export_onnx(
             custom_opsets={plugin_nodes.DOMAIN: plugin_nodes.DOMAIN_VERSION} if detector.plugins else None,
             do_constant_folding=True,
         )
-    graph = onnx.load(str(path))
+
+
+def _annotate(
+    graph: Any, detector: ExportedDetector, flavour: str, batch: int, dynamic_batch: int | None
+) -> None:
+    """Output shapes, metadata and doc string of the traced graph."""
+    import onnx
+
     _declare_output_shapes(graph, detector, BATCH_AXIS if dynamic_batch else batch)
     plugin_ops = sorted({node.op_type for node in graph.graph.node if node.domain == plugin_nodes.DOMAIN})
     meta = _metadata(detector, flavour, None if dynamic_batch else batch, dynamic_batch, plugin_ops)
@@ -213,7 +258,3 @@ def export_onnx(
         graph.doc_string = f"rfkp keypoint detector network, raw outputs ({flavour}); {RAW_CONVENTIONS}"
     else:
         graph.doc_string = f"rfkp keypoint detector with post-processing ({flavour}); {CONVENTIONS}"
-    if check:
-        onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(path))
-    return path

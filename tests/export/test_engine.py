@@ -210,3 +210,28 @@ def test_plugin_identity_matches_the_cpp_plugins() -> None:
         plugin_nodes.PLUGIN_NAMESPACE,
         plugin_nodes.PLUGIN_VERSION,
     )
+
+
+def test_the_plugin_library_is_checked_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check_plugin_library` (what `rfkp export` runs before exporting): a file that is no library, and a
+    library without the rfkp creators, are each reported with the library's name."""
+    trt, calls = _fake_tensorrt(_layers(), CONTRACT)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    lib = tmp_path / "notalib.txt"
+    lib.write_text("text")
+
+    def not_a_library(path: str, mode: int) -> object:
+        raise OSError(f"{path}: file too short")
+
+    monkeypatch.setattr(engine.ctypes, "CDLL", not_a_library)
+    with pytest.raises(EngineBuildError, match=r"cannot load the plugin library .*notalib.txt: .*file too short"):
+        engine.check_plugin_library(lib)
+    trt, calls = _fake_tensorrt(_layers(), set())
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(engine.ctypes, "CDLL", calls["cdll"])
+    with pytest.raises(EngineBuildError, match="TensorRT plugins not registered: RfkpMSDeformAttn"):
+        engine.check_plugin_library(lib)
+    trt, calls = _fake_tensorrt(_layers(), CONTRACT)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(engine.ctypes, "CDLL", calls["cdll"])
+    assert engine.check_plugin_library(lib) == lib and calls["dlopen"] == str(lib)

@@ -253,16 +253,64 @@ def test_triton_entry_without_tensorrt_prints_the_engine_command_it_needs(
 
     folder = tmp_path / "entry"
     argv = ["export", "--weights", str(weights), "--format", "triton", "--out", str(folder), "--dynamic-batch", "4",
-            "--resolution", "192", "--dec-layers", "1", "--plugin-lib", "/plugins/librfkp_trt_plugins.so"]  # fmt: skip
+            "--resolution", "192", "--dec-layers", "1", "--opset", "18",
+            "--plugin-lib", "/plugins/librfkp_trt_plugins.so"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     command = next(line.strip() for line in out.splitlines() if line.strip().startswith("rfkp export"))
     parsed = build_parser().parse_args(shlex.split(command)[1:])  # a command rfkp accepts, for the same entry
     assert (parsed.format, parsed.dynamic_batch, parsed.resolution, parsed.dec_layers) == ("engine", 4, 192, 1)
     assert parsed.weights == str(weights) and parsed.plugin_lib == "/plugins/librfkp_trt_plugins.so"
+    assert parsed.opset == 18
     assert parsed.out == str(folder / "1" / "model.plan")
     assert "--plugin-lib /plugins/librfkp_trt_plugins.so was not used" in out
     assert main([*argv[:-2], "--out", str(tmp_path / "second")]) == 0  # no --plugin-lib: none is made up
     out = capsys.readouterr().out
     command = next(line.strip() for line in out.splitlines() if line.strip().startswith("rfkp export"))
     assert "--plugin-lib" not in command and "set $RFKP_TRT_PLUGIN_LIB" in out
+
+
+def test_options_that_do_not_apply_are_refused_before_exporting(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from rfkp.export import engine as trt_engine
+
+    base = ["export", "--weights", str(weights)]
+    onnx_out = ["--out", str(tmp_path / "m.onnx")]
+    (tmp_path / "empty.plan").write_bytes(b"")
+    cases = [
+        ([*base, *onnx_out, "--fp32"], "--fp32 only apply to --format engine and triton"),
+        ([*base, *onnx_out, "--plugin-lib", "x.so", "--max-queue-delay-us", "10"],
+         "--plugin-lib and --max-queue-delay-us only apply to --format engine and triton"),
+        ([*base, "--format", "triton", "--out", str(tmp_path / "e"), "--max-queue-delay-us", "10"],
+         "--max-queue-delay-us sets Triton's dynamic batching: it needs --dynamic-batch MAX"),
+        ([*base, "--format", "triton", "--out", str(tmp_path / "e"), "--engine", str(tmp_path / "empty.plan")],
+         "empty.plan is empty: not a TensorRT engine"),
+    ]  # fmt: skip
+    monkeypatch.setitem(sys.modules, "onnx", None)  # an install without the export extra
+    cases.append(([*base, *onnx_out], "the 'onnx' package is not installed: pip install 'rfkp[export]'"))
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err, argv
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        main([*base, *onnx_out, "--batch", "65"])
+    assert "a fixed batch is at most 64" in capsys.readouterr().err
+    # a plugin library that does not load is reported before the (long) export
+    from test_engine import _fake_tensorrt, _layers
+
+    trt, _ = _fake_tensorrt(_layers(), set())
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_engine, "tensorrt_available", lambda: True)
+
+    def not_a_library(path: str, mode: int) -> object:
+        raise OSError(f"{path}: file too short")
+
+    monkeypatch.setattr(trt_engine.ctypes, "CDLL", not_a_library)
+    (tmp_path / "notalib.txt").write_text("text")
+    argv = [*base, "--format", "engine", "--out", str(tmp_path / "m.plan"), "--plugin-lib", str(tmp_path / "notalib.txt")]
+    assert main(argv) == 1
+    assert "--plugin-lib: cannot load the plugin library" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.plan", "notalib.txt"]  # nothing exported

@@ -231,3 +231,35 @@ def test_peer_architecture_options_export(tmp_path: Path, plugins: bool) -> None
     with torch.no_grad():
         want = image_rows(as_numpy(ExportedDetector(model, num_select=12)(pixels)), 0)
     assert_same_detections(want, image_rows(run(session(path), pixels), 0), ordered=False)
+
+
+def test_a_failed_export_keeps_the_old_file_and_the_callers_train_mode(
+    model: RFDETRKeypoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph is written beside the target and renamed only when complete: an export that fails (or is
+    killed) part-way leaves the previous file intact. The caller's model keeps its train/eval state."""
+    from rfkp.export import onnx_export
+
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, resolution=64, num_select=5)
+    before = path.read_bytes()
+    model.network.train()
+    try:
+        export_onnx(model, path, resolution=64, num_select=5)
+        assert model.network.training and all(m.training for m in model.network.modules())
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("killed mid-write")
+
+        monkeypatch.setattr(onnx_export, "_annotate", fail)
+        with pytest.raises(RuntimeError, match="killed mid-write"):
+            export_onnx(model, path, resolution=96, num_select=5)
+        assert model.network.training
+    finally:
+        model.network.eval()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial file left
+    (tmp_path / ".m.onnx.999999999.tmp").write_bytes(b"partial of a writer no longer running")
+    monkeypatch.undo()
+    export_onnx(model, path, resolution=64, num_select=5)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
