@@ -185,3 +185,28 @@ def test_bad_result_rows_are_named() -> None:
     # integral float ids (pandas) and pycocotools' empty box are what pycocotools itself takes
     floats = [dict(r, image_id=float(r["image_id"]), category_id=float(r["category_id"]), bbox=[]) for r in good]
     assert evaluate_keypoints(coco, floats).overall == evaluate_keypoints(coco, good).overall
+
+
+def test_annotation_ids_from_zero_or_negative_give_the_same_numbers() -> None:
+    """pycocotools takes a matched ground-truth id of 0 for "no match" and only ids > 0 as taken; the evaluation
+    gives it ids 1..N, so the file's own ids change nothing (AP, AR, calibration)."""
+    coco = _load("mirror-mouse/val.json")
+    rows = perturbed_detections(coco, seed=0, noise=3.0)
+    for row in rows:
+        row["keypoint_covariance"] = np.tile(np.diag([9.0, 9.0]), (7, 1, 1)).tolist()
+    reference = evaluate_keypoints(coco, rows)
+    assert len(reference.errors) > 0
+    for first in (0, -5, -1000):
+        renumbered = copy.deepcopy(coco)
+        for i, ann in enumerate(renumbered["annotations"]):
+            ann["id"] = first + i
+        report = evaluate_keypoints(renumbered, rows)
+        assert report.overall == reference.overall, first
+        assert [c.stats for c in report.per_category] == [c.stats for c in reference.per_category], first
+        np.testing.assert_array_equal(report.errors.distance, reference.errors.distance)
+        np.testing.assert_array_equal(report.errors.image_id, reference.errors.image_id)
+    from trainer.evaluation.coco_eval import SOURCE_ID_KEY, ground_truth_for_eval
+
+    gt = ground_truth_for_eval(renumbered)  # the file's ids stay beside pycocotools' own
+    assert [a["id"] for a in gt["annotations"]] == list(range(1, len(gt["annotations"]) + 1))
+    assert [a[SOURCE_ID_KEY] for a in gt["annotations"]] == [a["id"] for a in renumbered["annotations"]]

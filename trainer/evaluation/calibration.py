@@ -64,7 +64,9 @@ class CalibrationResult:
 def matched_pairs(evaluator: Any, oks_threshold: float = 0.5) -> list[tuple[int, int]]:
     """``(detection id, ground-truth id)`` matches of an evaluated pycocotools ``COCOeval``.
 
-    Only matches to non-ignored ground truth (not crowd, with labelled keypoints) in area range "all".
+    Only matches to non-ignored ground truth (not crowd, with labelled keypoints) in area range "all". Ids are
+    the evaluator's: pycocotools marks "no match" with 0, so ground-truth ids must be > 0, as
+    ``coco_eval.ground_truth_for_eval`` numbers them (1..N, the file's id kept beside).
     """
     params = evaluator.params
     hits = np.flatnonzero(np.isclose(params.iouThrs, oks_threshold))

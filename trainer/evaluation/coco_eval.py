@@ -34,6 +34,8 @@ from trainer.evaluation.results import check_results
 from trainer.evaluation.sigmas import SigmaOverride, category_sigmas
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+#: The annotation's id in the file, kept beside the 1..N id ``ground_truth_for_eval`` gives pycocotools.
+SOURCE_ID_KEY = "source_id"
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,13 @@ def ground_truth_for_eval(coco: Mapping[str, Any]) -> dict[str, Any]:
 
     ``iscrowd`` defaults to 0, ``num_keypoints`` to the count of ``v > 0``, ``area`` to the box area (COCO's
     area is the segment area; files without it get the box area, documented in docs/training.md).
+    Annotation ids become 1..N in file order: pycocotools records a match by the ground truth's id and takes
+    0 for "no match" (an annotation with id 0 would count as missed) and only ids > 0 as taken (one with a
+    negative id could be matched twice). The file's own id is kept under ``SOURCE_ID_KEY``.
     """
     gt = copy.deepcopy(dict(coco))
-    for ann in gt["annotations"]:
+    for number, ann in enumerate(gt["annotations"], start=1):
+        ann[SOURCE_ID_KEY], ann["id"] = ann["id"], number
         ann.setdefault("iscrowd", 0)
         ann.setdefault("num_keypoints", sum(1 for v in ann["keypoints"][2::3] if v > 0))
         ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
