@@ -210,3 +210,21 @@ def test_annotation_ids_from_zero_or_negative_give_the_same_numbers() -> None:
     gt = ground_truth_for_eval(renumbered)  # the file's ids stay beside pycocotools' own
     assert [a["id"] for a in gt["annotations"]] == list(range(1, len(gt["annotations"]) + 1))
     assert [a[SOURCE_ID_KEY] for a in gt["annotations"]] == [a["id"] for a in renumbered["annotations"]]
+
+
+def test_a_segmentation_in_result_rows_is_ignored() -> None:
+    """pycocotools' loadRes decodes a row's segmentation (keys of the first row for all): a polygon, garbage or a
+    segmentation on the first row only used to raise inside pycocotools; keypoint evaluation does not use it."""
+    coco = _load("coco-sample/person_keypoints.json")
+    rows = perturbed_detections(coco, seed=0)
+    expected = evaluate_keypoints(coco, rows).overall
+    polygon = [[10.0, 10.0, 50.0, 10.0, 50.0, 60.0]]
+    cases = {
+        "polygon": [dict(r, segmentation=polygon) for r in rows],
+        "garbage": [dict(r, segmentation=g) for r, g in zip(rows, ["x", None, 7, {"counts": 1}] * len(rows))],
+        "first row only": [dict(rows[0], segmentation=polygon), *rows[1:]],
+        "with pycocotools' empty box": [dict(r, segmentation="x", bbox=[]) for r in rows],
+    }
+    for name, with_segmentation in cases.items():
+        assert evaluate_keypoints(coco, with_segmentation).overall == expected, name
+    assert cases["polygon"][0]["segmentation"] == polygon  # the caller's rows keep it

@@ -3,7 +3,8 @@
 A row is COCO's keypoint result format, ``{"image_id", "category_id", "keypoints": [x, y, v] * K, "score"}``
 (K of the category, COCO pixel-index coordinates, ``v`` unused by the evaluation), plus optional fields:
 ``keypoint_covariance`` (K, 2, 2) pixels^2 (needed for calibration), ``keypoint_findable`` and
-``keypoint_visible`` (K,) probabilities.
+``keypoint_visible`` (K,) probabilities. A ``segmentation`` is dropped unread: keypoint evaluation does not use
+it, and pycocotools would try to decode it (and read the first row's for every row).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _REQUIRED = ("image_id", "category_id", "keypoints", "score")
+#: Keys of result rows that keypoint evaluation does not use and pycocotools' ``loadRes`` would choke on.
+_DROPPED = ("segmentation",)
 
 
 def _finite(values: Any) -> bool:
@@ -67,7 +70,8 @@ def _check_covariance(value: Any, num_keypoints: int, where: str) -> None:
 def check_results(
     results: Sequence[Mapping[str, Any]], image_ids: set[int], schema: DatasetSchema
 ) -> list[dict[str, Any]]:
-    """Validate result rows and return deep copies (pycocotools writes into the rows it loads).
+    """Validate result rows and return deep copies (pycocotools writes into the rows it loads), without the keys
+    keypoint evaluation does not use (``segmentation``).
 
     Raises:
         ValueError: naming the row index and what is wrong (missing key, unknown image or category id,
@@ -118,7 +122,7 @@ def check_results(
         raise ValueError(
             f"{with_cov} of {len(results)} result rows carry '{COVARIANCE_KEY}'; give it on all or none"
         )
-    rows = [copy.deepcopy(dict(row)) for row in results]
+    rows = [copy.deepcopy({k: v for k, v in row.items() if k not in _DROPPED}) for row in results]
     for row in rows:  # integral float ids (785.0) as the ints they stand for
         row["image_id"], row["category_id"] = int(row["image_id"]), int(row["category_id"])
     return rows
