@@ -176,6 +176,10 @@ def test_bad_result_rows_are_named() -> None:
         ([dict(good[0], keypoints=[10**400] + good[0]["keypoints"][1:])], "'keypoints' must be a flat list"),
         ([dict(good[0], score=10**400)], "'score' must be a finite number, got 1000"),
         ([dict(good[0], bbox=np.zeros(4))], "'bbox' must be \\[x, y, width, height\\]"),
+        # pycocotools takes the area from the box: a negative one hid unmatched detections (AP too high)
+        ([dict(good[0], bbox=[0, 0, 5, 5]), dict(good[1], bbox=[0, 0, -5, 5])],
+         r"^result row 1 \(image id \d+\): 'bbox' \[0, 0, -5, 5\] has a negative width or height; both must be >= 0$"),
+        ([dict(good[0], bbox=[0, 0, 5, -0.5])], "has a negative width or height"),
     ]
     for rows, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -185,6 +189,8 @@ def test_bad_result_rows_are_named() -> None:
     # integral float ids (pandas) and pycocotools' empty box are what pycocotools itself takes
     floats = [dict(r, image_id=float(r["image_id"]), category_id=float(r["category_id"]), bbox=[]) for r in good]
     assert evaluate_keypoints(coco, floats).overall == evaluate_keypoints(coco, good).overall
+    boxes = [dict(r, bbox=[-3.0, -2.0, 0.0, 40.0]) for r in good]  # negative x, y and a zero width are boxes
+    assert evaluate_keypoints(coco, boxes).num_detections == 2
 
 
 def test_annotation_ids_from_zero_or_negative_give_the_same_numbers() -> None:

@@ -67,6 +67,16 @@ def _check_covariance(value: Any, num_keypoints: int, where: str) -> None:
         )
 
 
+def _check_box(box: Any, where: str) -> None:
+    """A result row's ``bbox``: ``[x, y, width, height]`` or ``[]`` (pycocotools' "no box"). pycocotools takes the
+    detection's area from it, and a negative area puts an unmatched detection outside every area range, where
+    it is ignored instead of counted as a false positive."""
+    if not (isinstance(box, (list, tuple)) and (len(box) == 0 or (len(box) == 4 and _finite(box)))):
+        raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, or []")
+    if box and (box[2] < 0 or box[3] < 0):
+        raise ValueError(f"{where}: 'bbox' {list(box)} has a negative width or height; both must be >= 0")
+
+
 def check_results(
     results: Sequence[Mapping[str, Any]], image_ids: set[int], schema: DatasetSchema
 ) -> list[dict[str, Any]]:
@@ -75,7 +85,8 @@ def check_results(
 
     Raises:
         ValueError: naming the row index and what is wrong (missing key, unknown image or category id,
-            keypoints of the wrong length, non-finite values, a bad covariance, covariance on some rows only).
+            keypoints of the wrong length, non-finite values, a box with a negative width or height, a bad
+            covariance, covariance on some rows only).
     """
     categories = {c.category_id: c for c in schema.categories}
     with_cov = 0
@@ -110,11 +121,8 @@ def check_results(
             raise ValueError(f"{where}: 'score' must be a finite number, got {short_repr(row['score'])}")
         if i and ("bbox" in row) != ("bbox" in results[0]):  # pycocotools reads the first row's keys for all
             raise ValueError(f"{where}: 'bbox' is given on some rows only; give it on all or none")
-        box = row.get("bbox")
-        if "bbox" in row and not (isinstance(box, (list, tuple)) and (  # [] is pycocotools' "no box"
-            len(box) == 0 or (len(box) == 4 and _finite(box))
-        )):
-            raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, or []")
+        if "bbox" in row:
+            _check_box(row["bbox"], where)
         if COVARIANCE_KEY in row:
             _check_covariance(row[COVARIANCE_KEY], k, where)
             with_cov += 1
