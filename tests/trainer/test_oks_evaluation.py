@@ -234,3 +234,26 @@ def test_a_segmentation_in_result_rows_is_ignored() -> None:
     for name, with_segmentation in cases.items():
         assert evaluate_keypoints(coco, with_segmentation).overall == expected, name
     assert cases["polygon"][0]["segmentation"] == polygon  # the caller's rows keep it
+
+
+def test_an_area_of_0_is_taken_as_missing_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """pycocotools divides by the ground truth's area: an area of 0 (exporters without segmentations) made every
+    OKS 0. It gets the box area, as a missing area does, and one warning with the count."""
+    from trainer.evaluation.coco_eval import _warn_once
+
+    _warn_once.cache_clear()
+    coco = _load("coco-sample/person_keypoints.json")
+    rows = perturbed_detections(coco, seed=0)
+    zero, missing = copy.deepcopy(coco), copy.deepcopy(coco)
+    for zero_ann, missing_ann in list(zip(zero["annotations"], missing["annotations"]))[::2]:
+        zero_ann["area"] = 0
+        del missing_ann["area"]
+    expected = evaluate_keypoints(missing, rows).overall
+    assert expected != evaluate_keypoints(coco, rows).overall  # the box area is not the file's segment area
+    with caplog.at_level("WARNING"):
+        assert evaluate_keypoints(zero, rows, source="zero.json").overall == expected
+        assert evaluate_keypoints(zero, rows, source="zero.json").overall == expected
+    count = len(coco["annotations"][::2])
+    message = (f"zero.json: {count} of {len(coco['annotations'])} annotations have area 0; their box area "
+               "(width x height) is used for the OKS instead, as for a missing area")  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [message]  # once, not once per evaluation

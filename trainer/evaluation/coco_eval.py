@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,8 @@ from trainer.evaluation.calibration import (
 )
 from trainer.evaluation.results import check_results
 from trainer.evaluation.sigmas import SigmaOverride, category_sigmas
+
+logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 #: The annotation's id in the file, kept beside the 1..N id ``ground_truth_for_eval`` gives pycocotools.
@@ -66,21 +70,36 @@ class KeypointEvaluation:
     errors: KeypointErrors | None = None
 
 
-def ground_truth_for_eval(coco: Mapping[str, Any]) -> dict[str, Any]:
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` the first time only: training and ``rfkp search`` evaluate the same file many times."""
+    logger.warning(message)
+
+
+def ground_truth_for_eval(coco: Mapping[str, Any], source: str = "<coco>") -> dict[str, Any]:
     """A copy of a validated COCO dict with the fields pycocotools needs filled in.
 
     ``iscrowd`` defaults to 0, ``num_keypoints`` to the count of ``v > 0``, ``area`` to the box area (COCO's
-    area is the segment area; files without it get the box area, documented in docs/training.md).
+    area is the segment area; files without it get the box area, documented in docs/training.md). An area of
+    0 (written by exporters without segmentations) is taken as missing, with one warning naming ``source`` and
+    the count: pycocotools divides by it, so it made every OKS of the annotation 0.
     Annotation ids become 1..N in file order: pycocotools records a match by the ground truth's id and takes
     0 for "no match" (an annotation with id 0 would count as missed) and only ids > 0 as taken (one with a
     negative id could be matched twice). The file's own id is kept under ``SOURCE_ID_KEY``.
     """
     gt = copy.deepcopy(dict(coco))
+    without_area = 0
     for number, ann in enumerate(gt["annotations"], start=1):
         ann[SOURCE_ID_KEY], ann["id"] = ann["id"], number
         ann.setdefault("iscrowd", 0)
         ann.setdefault("num_keypoints", sum(1 for v in ann["keypoints"][2::3] if v > 0))
+        if "area" in ann and ann["area"] <= 0:
+            without_area += 1
+            del ann["area"]
         ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+    if without_area:
+        _warn_once(f"{source}: {without_area} of {len(gt['annotations'])} annotations have area 0; their box area "
+                   "(width x height) is used for the OKS instead, as for a missing area")
     gt.setdefault("info", {})
     gt.setdefault("licenses", [])
     return gt
@@ -130,7 +149,7 @@ def evaluate_keypoints(
     schema = schema or infer_schema(coco, source)
     validate_coco(coco, schema, source)
     sigma_by_category = category_sigmas(schema, sigmas)
-    coco_gt = _coco(ground_truth_for_eval(coco))
+    coco_gt = _coco(ground_truth_for_eval(coco, source))
     image_ids = sorted(coco_gt.getImgIds())
     rows = check_results(results, set(image_ids), schema)
     coco_dt = _load_results(coco_gt, rows)
