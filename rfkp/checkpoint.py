@@ -64,6 +64,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def stored_float_dtype(path: str | Path) -> torch.dtype | None:
+    """The dtype of a checkpoint's floating tensors (either layout; None when it has none), so a checkpoint
+    written from it (``save_checkpoint(dtype=...)``) keeps its size: loading computes in float32."""
+    for tensor in read_checkpoint(path)["model"].values():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
 def _unsupported_global(exc: Exception) -> str:
     for line in str(exc).splitlines():
         if "global" in line.lower() and "unsupported" in line.lower():

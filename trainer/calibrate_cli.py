@@ -11,7 +11,6 @@ image measured: what to expect on new images).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,21 +107,12 @@ def _coverage(result: CalibrationResult, kind: str) -> dict[str, Any]:
     return {"count": n, **{f"{k}_sigma": cover[k] for k in SIGMA_LEVELS}}
 
 
-def _stored_float_dtype(path: Path) -> Any:
-    """The dtype of the checkpoint's floating tensors, so the calibrated file keeps its size."""
-    from rfkp.checkpoint import read_checkpoint
-
-    for tensor in read_checkpoint(path)["model"].values():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
-
-
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the model, fit, write ``--out``; returns the report. Raises ValueError etc. for bad input."""
     import dataclasses
 
     from rfkp.api import RFDETRKeypoint
+    from rfkp.checkpoint import stored_float_dtype
     from trainer.data.schema import infer_schema
     from trainer.data.validate import (
         check_image_files,
@@ -145,7 +135,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     check_image_files(coco, args.images, args.data.name)
     check_image_sizes(coco, args.images, args.data.name)
     sigmas = load_sigmas(args.sigmas, schema)
-    dtype = _stored_float_dtype(args.weights)
+    dtype = stored_float_dtype(args.weights)  # the calibrated file keeps the size of --weights
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
     config = model.config
     categories = class_categories(config.class_names, schema, config.num_keypoints_per_class)[

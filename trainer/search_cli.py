@@ -149,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from rfkp.api import RFDETRKeypoint
+    from rfkp.checkpoint import stored_float_dtype
     from trainer.data.schema import infer_schema
     from trainer.data.validate import load_coco_json
     from trainer.nas.pareto import pareto_front, pick_within_budget, write_csv
@@ -164,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     schema = infer_schema(load_coco_json(args.data), args.data.name) if args.sigmas is not None else None
     sigmas = load_sigmas(args.sigmas, schema)
     model = RFDETRKeypoint.from_checkpoint(args.weights, device=args.device)
+    dtype = stored_float_dtype(args.weights) if args.save_choice is not None else None
     space = SearchSpace.for_config(model.config).override(**axes)
     space.check_model(model.config)
     choices = select_choices(space.grid(), args.max_configs, args.seed, ArchChoice.full(model.config))
@@ -210,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
               "off; measure on an idle machine, or with more --runs", file=sys.stderr)  # fmt: skip
     print(f"wrote search.csv, pareto.csv, pareto.png and search.json to {out}")
     if args.budget_ms is not None:
-        return _report_pick(model, results, picked, args)
+        return _report_pick(model, results, picked, args, dtype)
     return 0
 
 
@@ -223,8 +225,9 @@ def noisy_latencies(results: list[Any]) -> list[Any]:
     return [r for r in results if r.latency_ms_p90 > NOISY_P90_RATIO * r.latency_ms_median]
 
 
-def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Namespace) -> int:
-    """Print (and with --save-choice, write) the choice picked within --budget-ms; 1 when none fits."""
+def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Namespace, dtype: Any = None) -> int:
+    """Print (and with --save-choice, write in the float ``dtype`` of --weights) the choice picked within
+    --budget-ms; 1 when none fits."""
     from trainer.nas.bake import bake
 
     if picked is None:
@@ -241,7 +244,7 @@ def _report_pick(model: Any, results: list[Any], picked: Any, args: argparse.Nam
           f"; predict(img, resolution={c.resolution}, patch_size={c.patch_size}, num_windows={c.num_windows}, "
           f"dec_layers={c.dec_layers}, num_queries={c.num_queries})")  # fmt: skip
     if args.save_choice is not None:
-        bake(model, c).save_checkpoint(Path(args.save_choice))
+        bake(model, c).save_checkpoint(Path(args.save_choice), dtype=dtype)
         print(f"wrote {args.save_choice}: the {c.key()} sub-architecture as a checkpoint of its own")
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rfkp.api import RFDETRKeypoint
+from rfkp.checkpoint import read_checkpoint
 from rfkp.cli.main import main as rfkp_main
 from rfkp.variants import tiny
 from tests.conftest import shared_path
@@ -26,8 +27,9 @@ def _one_cpu_thread():
     torch.set_num_threads(threads)
 
 
-def _setup(tmp_path: Path) -> tuple[list[str], dict[str, Any]]:
-    """The common arguments (tiny 128 px model on the mirror-mouse validation set) and the ground truth."""
+def _setup(tmp_path: Path, dtype: torch.dtype | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The common arguments (tiny 128 px model on the mirror-mouse validation set, its checkpoint written in
+    ``dtype``) and the ground truth."""
     val = shared_path("data", "mirror-mouse", "val.json")
     coco = json.loads(val.read_text())
     cats = sorted(coco["categories"], key=lambda c: c["id"])
@@ -39,7 +41,7 @@ def _setup(tmp_path: Path) -> tuple[list[str], dict[str, Any]]:
         keypoint_names=[c["keypoints"] for c in cats],
     )
     weights = tmp_path / "tiny.pth"
-    RFDETRKeypoint.from_config(cfg, device="cpu").save_checkpoint(weights)
+    RFDETRKeypoint.from_config(cfg, device="cpu").save_checkpoint(weights, dtype=dtype)
     argv = ["search", "--weights", str(weights), "--data", str(val), "--images", str(val.parent / "images")]
     return [*argv, "--out", str(tmp_path / "out"), "--device", "cpu"], coco
 
@@ -162,7 +164,7 @@ def test_search_outputs_and_threshold_are_checked_before_the_search(tmp_path: Pa
 def test_search_picks_within_a_latency_budget_and_saves_the_choice(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    argv, _ = _setup(tmp_path)
+    argv, _ = _setup(tmp_path, dtype=torch.float16)
     axes = ["--resolutions", "96,128", "--patch-sizes", "16", "--windows", "2", "--dec-layers", "1,2",
             "--num-queries", "20", "--runs", "2", "--warmup", "1"]  # fmt: skip
     saved = tmp_path / "picked.pt"
@@ -179,6 +181,8 @@ def test_search_picks_within_a_latency_budget_and_saves_the_choice(
     assert meta["budget"] == {"ms": 100000.0, "picked": key} and f"within 100000 ms: {key}" in out
     cfg = RFDETRKeypoint.from_checkpoint(saved, device="cpu").config
     assert (cfg.resolution, cfg.dec_layers) == (picked["resolution"], picked["dec_layers"])
+    floats = {t.dtype for t in read_checkpoint(saved)["model"].values() if t.is_floating_point()}
+    assert floats == {torch.float16}  # the fp16 checkpoint's choice is fp16 too, not twice its size
     assert rfkp_main([*argv, *axes, "--budget-ms", "0.000001"]) == 1
     assert "no choice runs within 1e-06 ms here (the fastest took" in capsys.readouterr().err
 
