@@ -151,6 +151,9 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                         batch_size=args.batch_size, progress=getattr(args, "progress", True))  # fmt: skip
     report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
     errors = report.errors
+    if not rows:
+        raise ValueError(f"the model detected nothing on {args.data.name} above --threshold {args.threshold:g}: "
+                         "nothing to fit on")  # fmt: skip
     if errors is None or not len(errors):
         raise ValueError(f"no detection matched a ground truth of {args.data.name} at OKS 0.5: nothing to fit on")
     options = {"by": args.by, "level": args.level, "kind": args.fit_on, "min_count": args.min_count}

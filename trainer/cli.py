@@ -120,14 +120,18 @@ def eval_main(args: argparse.Namespace) -> int:
         rows = load_json(args.detections, "detections")
         if not isinstance(rows, list):
             raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
-    report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema)
+    results_source = args.detections.name if args.detections is not None else None
+    report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema,
+                                results_source=results_source)  # fmt: skip
     print(format_report(report))
     if args.save_detections:
         write_text(args.save_detections, json.dumps(rows))
     if args.json_out:
         write_text(args.json_out, dumps_strict(report_to_dict(report), indent=2))
     if args.plot:
-        if report.calibration is None:
+        if not report.num_detections:
+            print("rfkp eval: no plot: there are no detections", file=sys.stderr)
+        elif report.calibration is None:
             print("rfkp eval: no plot: the detections carry no keypoint_covariance", file=sys.stderr)
         else:
             print(f"reliability plot: {reliability_plot(report.calibration, args.plot)}")

@@ -129,6 +129,7 @@ def test_calibrate_per_keypoint_and_bad_input(dataset: dict[str, Path], capsys: 
     assert f"--out {dataset['weights']} is also --weights: it would be overwritten" in capsys.readouterr().err
     for extra, message in [
         (["--fit-on", "occluded"], "val.json labels no occluded keypoints to fit on (--fit-on)"),
+        (["--threshold", "1.0"], "the model detected nothing on val.json above --threshold 1: nothing to fit on"),
     ]:
         assert _run(dataset, dataset["root"] / "bad.pt", *extra) == 1, extra
         assert message in capsys.readouterr().err, extra

@@ -57,6 +57,9 @@ def test_valid_file_passes(tmp_path: Path) -> None:
     path = _write(tmp_path, VALID)
     dataset = CocoKeypointDataset(path, tmp_path / "images")
     assert len(dataset) == 2
+    integral = copy.deepcopy(VALID)
+    integral["annotations"][0]["num_keypoints"] = 2.0  # what pandas writes; pycocotools compares it as 2
+    _validate(integral)
 
 
 def test_malformed_json_gives_line_and_column(tmp_path: Path) -> None:
@@ -92,6 +95,13 @@ CASES: list[tuple[str, Callable[[dict], None], str]] = [
         r"annotation id 100 \(image id 10\): 'keypoints' has 6 values, expected 9 \(3 x 3 keypoints of "
         r"category 1 'thing'\)",
     ),
+    (
+        "nested kps",
+        lambda c: _ann(c).update(keypoints=[[2, 2, 2], [4, 3, 1], [0, 0, 0]]),
+        r"annotation id 100 \(image id 10\): 'keypoints' must be a flat list of 9 numbers \(x, y, v for each of 3 "
+        r"keypoints of category 1 'thing'\), got nested lists",
+    ),
+    ("kps type", lambda c: _ann(c).update(keypoints="2 2 2"), "'keypoints' must be a flat list of 9 numbers .*got a str"),
     ("visibility", lambda c: _ann(c)["keypoints"].__setitem__(5, 3), "keypoint 1 has visibility 3"),
     ("kp value", lambda c: _ann(c)["keypoints"].__setitem__(0, "x"), "keypoint 0 has non-numeric"),
     (
@@ -99,6 +109,8 @@ CASES: list[tuple[str, Callable[[dict], None], str]] = [
         lambda c: _ann(c).update(num_keypoints=3),
         "'num_keypoints' is 3 but 2 keypoints have v > 0",
     ),
+    ("num_keypoints type", lambda c: _ann(c).update(num_keypoints="2"), "'num_keypoints' must be an integer, got '2'"),
+    ("num_keypoints bool", lambda c: _ann(c).update(num_keypoints=True), "'num_keypoints' must be an integer, got True"),
     ("bbox negative", lambda c: _ann(c).update(bbox=[1, 1, -4, 3]), r"annotation id 100.*'bbox' .* negative"),
     ("bbox short", lambda c: _ann(c).update(bbox=[1, 1, 4]), "'bbox' must be \\[x, y, width, height\\]"),
     (

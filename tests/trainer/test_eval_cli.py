@@ -79,7 +79,13 @@ def test_eval_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.Captur
     assert "bad.json: malformed JSON at line 1" in capsys.readouterr().err
     bad.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [], "score": 1}]))
     assert _run(["eval", "--data", data, "--detections", str(bad)]) == 1
-    assert "result row 0 (image id 1): image id not in the ground truth" in capsys.readouterr().err
+    assert "error: bad.json: result row 0 (image id 1): image id not in the ground truth" in capsys.readouterr().err
+    nested = _detections(_sample())[:1]
+    nested[0]["keypoints"] = np.reshape(nested[0]["keypoints"], (17, 3)).tolist()
+    bad.write_text(json.dumps(nested))
+    assert _run(["eval", "--data", data, "--detections", str(bad)]) == 1
+    assert ("bad.json: result row 0 (image id 785): 'keypoints' must be a flat list of 51 numbers (x, y, v for "
+            "each of 17 keypoints), got nested lists") in capsys.readouterr().err
     assert _run(["eval", "--data", data, "--weights", str(tmp_path / "w.pth")]) == 1
     assert "--images is required with --weights" in capsys.readouterr().err
 
@@ -214,3 +220,14 @@ def test_an_image_of_another_size_than_its_annotation_is_refused_before_the_mode
     assert _run(argv) == 1
     err = capsys.readouterr().err
     assert f"image id {image['id']}" in err and f"but the annotation says {image['width']}x" in err
+
+
+def test_a_plot_of_no_detections_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _sample()
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    plot = tmp_path / "reliability.png"
+    argv = ["eval", "--data", str(SAMPLE / "person_keypoints.json"), "--detections", str(empty), "--plot", str(plot)]
+    assert _run(argv) == 0
+    assert "rfkp eval: no plot: there are no detections" in capsys.readouterr().err
+    assert not plot.exists()

@@ -151,6 +151,9 @@ def test_bad_result_rows_are_named() -> None:
         ),
         ([dict(good[0], category_id=3)], "unknown category id 3"),
         ([dict(good[0], keypoints=good[0]["keypoints"][:-3])], "'keypoints' has 48 values, expected 51"),
+        ([dict(good[0], keypoints=np.reshape(good[0]["keypoints"], (17, 3)).tolist())],
+         r"'keypoints' must be a flat list of 51 numbers \(x, y, v for each of 17 keypoints\), got nested lists"),
+        ([dict(good[0], keypoints="1 2 2")], "'keypoints' must be a flat list of 51 numbers .*, got a str$"),
         ([dict(good[0], score=float("nan"))], "'score' must be a finite number"),
         (
             [dict(good[0], keypoint_covariance=[[[1, 0], [0, 1]]] * 16)],
@@ -184,6 +187,11 @@ def test_bad_result_rows_are_named() -> None:
     for rows, message in cases:
         with pytest.raises(ValueError, match=message):
             evaluate_keypoints(coco, rows)
+    with pytest.raises(ValueError, match=r"^dets.json: result row 1 \(image id 5\): image id not in"):
+        evaluate_keypoints(coco, [good[0], dict(good[1], image_id=5)], results_source="dets.json")
+    with pytest.raises(ValueError, match="^dets.json: 1 of 2 result rows carry"):
+        evaluate_keypoints(coco, [dict(good[0], keypoint_covariance=[[[1, 0], [0, 1]]] * 17), good[1]],
+                           results_source="dets.json")  # fmt: skip
     evaluate_keypoints(coco, good)
     assert "id" not in good[0] and "area" not in good[0]  # the caller's rows are not written into
     # integral float ids (pandas) and pycocotools' empty box are what pycocotools itself takes

@@ -65,8 +65,12 @@ def _check_keypoints(
     ann: Mapping[str, Any], num_keypoints: int, where: str, category: str, image: Mapping[str, Any]
 ) -> None:
     values = ann["keypoints"]
-    if not isinstance(values, list):
-        raise CocoFormatError(f"{where}: 'keypoints' must be a list of x, y, v triplets")
+    if not isinstance(values, list) or any(isinstance(v, list) for v in values):
+        got = "nested lists" if isinstance(values, list) else f"a {type(values).__name__}"
+        raise CocoFormatError(
+            f"{where}: 'keypoints' must be a flat list of {3 * num_keypoints} numbers (x, y, v for each of "
+            f"{num_keypoints} keypoints of {category}), got {got}"
+        )
     if len(values) != 3 * num_keypoints:
         raise CocoFormatError(
             f"{where}: 'keypoints' has {len(values)} values, expected {3 * num_keypoints} "
@@ -89,7 +93,12 @@ def _check_keypoints(
                 "(more than the image's size beyond its border)"
             )
         labelled += v > 0
-    if "num_keypoints" in ann and ann["num_keypoints"] != labelled:
+    if "num_keypoints" not in ann:
+        return
+    count = ann["num_keypoints"]
+    if not (is_int(count) or (isinstance(count, float) and count.is_integer())):
+        raise CocoFormatError(f"{where}: 'num_keypoints' must be an integer, got {short_repr(count)}")
+    if count != labelled:
         raise CocoFormatError(
             f"{where}: 'num_keypoints' is {ann['num_keypoints']!r} but {labelled} keypoints have v > 0"
         )

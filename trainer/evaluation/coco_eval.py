@@ -133,6 +133,7 @@ def evaluate_keypoints(
     sigmas: Mapping[int | str, SigmaOverride] | None = None,
     source: str = "<coco>",
     schema: DatasetSchema | None = None,
+    results_source: str | None = None,
 ) -> KeypointEvaluation:
     """Evaluate COCO keypoint result rows against a COCO keypoint ground truth.
 
@@ -142,6 +143,7 @@ def evaluate_keypoints(
         sigmas: per-category sigma overrides by category id or name (see ``trainer.evaluation.sigmas``).
         source: file name for error messages.
         schema: the schema, when already inferred.
+        results_source: the results file, named in errors about its rows.
 
     Raises:
         CocoFormatError: a bad ground truth. ValueError: bad result rows or sigmas.
@@ -151,7 +153,7 @@ def evaluate_keypoints(
     sigma_by_category = category_sigmas(schema, sigmas)
     coco_gt = _coco(ground_truth_for_eval(coco, source))
     image_ids = sorted(coco_gt.getImgIds())
-    rows = check_results(results, set(image_ids), schema)
+    rows = check_results(results, set(image_ids), schema, results_source)
     coco_dt = _load_results(coco_gt, rows)
     with_covariance = bool(rows) and COVARIANCE_KEY in rows[0]
 

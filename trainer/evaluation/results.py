@@ -67,6 +67,18 @@ def _check_covariance(value: Any, num_keypoints: int, where: str) -> None:
         )
 
 
+def _check_keypoints(values: Any, k: int, where: str) -> None:
+    """A result row's ``keypoints``: a flat list of 3 x ``k`` finite numbers (``x, y, v`` per keypoint)."""
+    if not isinstance(values, (list, tuple)) or any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+        got = "nested lists" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
+        raise ValueError(f"{where}: 'keypoints' must be a flat list of {3 * k} numbers (x, y, v for each of {k} "
+                         f"keypoints), got {got}")  # fmt: skip
+    if len(values) != 3 * k:
+        raise ValueError(f"{where}: 'keypoints' has {len(values)} values, expected {3 * k} (3 x {k} keypoints)")
+    if not all(is_finite_number(v) for v in values):
+        raise ValueError(f"{where}: 'keypoints' must be a flat list of finite numbers")
+
+
 def _check_box(box: Any, where: str) -> None:
     """A result row's ``bbox``: ``[x, y, width, height]`` or ``[]`` (pycocotools' "no box"). pycocotools takes the
     detection's area from it, and a negative area puts an unmatched detection outside every area range, where
@@ -78,10 +90,10 @@ def _check_box(box: Any, where: str) -> None:
 
 
 def check_results(
-    results: Sequence[Mapping[str, Any]], image_ids: set[int], schema: DatasetSchema
+    results: Sequence[Mapping[str, Any]], image_ids: set[int], schema: DatasetSchema, source: str | None = None
 ) -> list[dict[str, Any]]:
     """Validate result rows and return deep copies (pycocotools writes into the rows it loads), without the keys
-    keypoint evaluation does not use (``segmentation``).
+    keypoint evaluation does not use (``segmentation``). ``source``, the results file, starts every message.
 
     Raises:
         ValueError: naming the row index and what is wrong (missing key, unknown image or category id,
@@ -89,9 +101,10 @@ def check_results(
             covariance, covariance on some rows only).
     """
     categories = {c.category_id: c for c in schema.categories}
+    prefix = f"{source}: " if source else ""
     with_cov = 0
     for i, row in enumerate(results):
-        where = f"result row {i}"
+        where = f"{prefix}result row {i}"
         if not isinstance(row, Mapping):
             raise ValueError(f"{where}: must be an object, got {type(row).__name__}")
         for key in _REQUIRED:
@@ -108,15 +121,7 @@ def check_results(
                 f"{where}: unknown category id {row['category_id']!r}; known ids {sorted(categories)}"
             )
         k = categories[row["category_id"]].num_keypoints
-        if not isinstance(row["keypoints"], Sequence) or len(row["keypoints"]) != 3 * k:
-            got = (
-                len(row["keypoints"])
-                if isinstance(row["keypoints"], Sequence)
-                else type(row["keypoints"]).__name__
-            )
-            raise ValueError(f"{where}: 'keypoints' has {got} values, expected {3 * k} (3 x {k} keypoints)")
-        if not all(is_finite_number(v) for v in row["keypoints"]):
-            raise ValueError(f"{where}: 'keypoints' must be a flat list of finite numbers")
+        _check_keypoints(row["keypoints"], k, where)
         if not _finite(row["score"]) or np.ndim(row["score"]) != 0:
             raise ValueError(f"{where}: 'score' must be a finite number, got {short_repr(row['score'])}")
         if i and ("bbox" in row) != ("bbox" in results[0]):  # pycocotools reads the first row's keys for all
@@ -128,7 +133,7 @@ def check_results(
             with_cov += 1
     if 0 < with_cov < len(results):
         raise ValueError(
-            f"{with_cov} of {len(results)} result rows carry '{COVARIANCE_KEY}'; give it on all or none"
+            f"{prefix}{with_cov} of {len(results)} result rows carry '{COVARIANCE_KEY}'; give it on all or none"
         )
     rows = [copy.deepcopy({k: v for k, v in row.items() if k not in _DROPPED}) for row in results]
     for row in rows:  # integral float ids (785.0) as the ints they stand for
