@@ -113,24 +113,14 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
     from rfkp.api import RFDETRKeypoint
     from rfkp.checkpoint import stored_float_dtype
-    from trainer.data.schema import infer_schema
-    from trainer.data.validate import (
-        check_image_files,
-        check_image_sizes,
-        load_coco_json,
-        require_labelled_keypoints,
-        validate_coco,
-    )
+    from trainer.data.validate import check_image_files, check_image_sizes, load_labelled_coco
     from trainer.evaluation.coco_eval import evaluate_keypoints
     from trainer.evaluation.predict import predict_rows
     from trainer.evaluation.results import class_categories
     from trainer.jsonfile import load_sigmas
 
     _check_outputs(args)
-    coco = load_coco_json(args.data)
-    schema = infer_schema(coco, args.data.name)
-    validate_coco(coco, schema, args.data.name)
-    require_labelled_keypoints(coco, args.data.name, "there is nothing to calibrate on")
+    coco, schema, _ = load_labelled_coco(args.data, "there is nothing to calibrate on")
     _check_options(args, coco)
     check_image_files(coco, args.images, args.data.name)
     check_image_sizes(coco, args.images, args.data.name)

@@ -14,14 +14,8 @@ from typing import Any
 
 from rfkp.cli.arguments import path_option, positive_int, probability
 from rfkp.devices import device_arg
-from trainer.data.schema import DatasetSchema, infer_schema
-from trainer.data.validate import (
-    check_image_files,
-    check_image_sizes,
-    load_coco_json,
-    require_labelled_keypoints,
-    validate_coco,
-)
+from trainer.data.schema import DatasetSchema
+from trainer.data.validate import check_image_files, check_image_sizes, load_labelled_coco
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.plots import reliability_plot
 from trainer.evaluation.predict import predict_rows
@@ -109,10 +103,7 @@ def eval_main(args: argparse.Namespace) -> int:
     """Run the evaluation and print the report. Returns 0; bad input raises ValueError or OSError (CocoFormatError
     too), which the command line prints as one line."""
     _check_options(args)
-    coco = load_coco_json(args.data)
-    schema = infer_schema(coco, args.data.name)
-    validate_coco(coco, schema, args.data.name)
-    require_labelled_keypoints(coco, args.data.name, "there is nothing to evaluate against")
+    coco, schema, _ = load_labelled_coco(args.data, "there is nothing to evaluate against")
     sigmas = load_sigmas(args.sigmas, schema)
     if args.weights is not None:
         rows = _predict_rows(args, coco, schema)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.errors import CocoFormatError
-from trainer.data.schema import DatasetSchema
+from trainer.data.schema import DatasetSchema, infer_schema
 from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, is_int, short_repr
 from trainer.jsonfile import load_json
 
@@ -183,6 +183,26 @@ def require_labelled_keypoints(coco: Mapping[str, Any], source: str, purpose: st
             f"{source}: none of its {count} annotations has a labelled keypoint (v > 0) on an instance that is "
             f"not a crowd and has a box with area; {purpose}"
         )
+
+
+def load_labelled_coco(
+    coco_json: str | Path | Mapping[str, Any], purpose: str
+) -> tuple[dict[str, Any], DatasetSchema, str]:
+    """A COCO keypoint file (or dict) read, its schema inferred, validated, and required to hold a labelled
+    keypoint (``purpose`` completes that message, see `require_labelled_keypoints`): what every command that
+    evaluates on a file does first.
+
+    Returns:
+        ``(coco, schema, source)``, ``source`` the file name used in messages ("<coco>" for a dict).
+    """
+    if isinstance(coco_json, Mapping):
+        coco, source = dict(coco_json), "<coco>"
+    else:
+        coco, source = load_coco_json(coco_json), Path(coco_json).name
+    schema = infer_schema(coco, source)
+    validate_coco(coco, schema, source)
+    require_labelled_keypoints(coco, source, purpose)
+    return coco, schema, source
 
 
 def check_image_files(coco: Mapping[str, Any], images_dir: str | Path, source: str = "<coco>") -> None:

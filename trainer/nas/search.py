@@ -19,14 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from trainer.data.schema import DatasetSchema, infer_schema
-from trainer.data.validate import (
-    check_image_files,
-    check_image_sizes,
-    load_coco_json,
-    require_labelled_keypoints,
-    validate_coco,
-)
+from trainer.data.schema import DatasetSchema
+from trainer.data.validate import check_image_files, check_image_sizes, load_labelled_coco
 from trainer.evaluation.coco_eval import evaluate_keypoints
 from trainer.evaluation.predict import naming_dataset_images
 from trainer.evaluation.results import class_categories, detections_to_results
@@ -122,13 +116,7 @@ class _ValSet:
 
 
 def _load_val_set(coco_json: str | Path | Mapping[str, Any], images_dir: str | Path) -> _ValSet:
-    if isinstance(coco_json, Mapping):
-        coco, source = dict(coco_json), "<coco>"
-    else:
-        coco, source = load_coco_json(coco_json), Path(coco_json).name
-    schema = infer_schema(coco, source)
-    validate_coco(coco, schema, source)
-    require_labelled_keypoints(coco, source, "the configurations cannot be scored on it")
+    coco, schema, source = load_labelled_coco(coco_json, "the configurations cannot be scored on it")
     check_image_files(coco, images_dir, source)
     check_image_sizes(coco, images_dir, source)
     images = sorted(coco["images"], key=lambda im: im["id"])
