@@ -238,7 +238,10 @@ def test_files_without_labelled_keypoints_are_refused_for_training_and_evaluatio
 
     coco = copy.deepcopy(VALID)
     require_labelled_keypoints(coco, "ann.json", "nothing to do")
-    for unusable in ({"iscrowd": 1}, {"bbox": [10, 10, 0, 20]}):  # ignored by pycocotools / left out of training
+    image = next(im for im in coco["images"] if im["id"] == _ann(coco)["image_id"])
+    outside = [[image["width"] + 5, 10, 20, 20], [-30, 10, 20, 20], [10, image["height"], 20, 20]]
+    # ignored by pycocotools / left out of training (boxes are clipped to their image)
+    for unusable in ({"iscrowd": 1}, {"bbox": [10, 10, 0, 20]}, *({"bbox": box} for box in outside)):
         changed = copy.deepcopy(coco)
         _ann(changed).update(unusable)
         with pytest.raises(CocoFormatError, match=r"none of its 1 annotations .* not a crowd and has a box with area"):

@@ -166,22 +166,32 @@ def validate_coco(coco: Mapping[str, Any], schema: DatasetSchema, source: str = 
 def require_labelled_keypoints(coco: Mapping[str, Any], source: str, purpose: str) -> None:
     """Refuse a (validated) file in which no annotation is an instance with a labelled keypoint: training would
     learn nothing and OKS AP would be -1. Crowd annotations (ignore regions for pycocotools, left out of the
-    training targets) and boxes without area (also left out) do not count. ``purpose`` completes the message.
+    training targets) and boxes without area inside their image (also left out: boxes are clipped to the
+    image) do not count. ``purpose`` completes the message.
 
     Raises:
         CocoFormatError: naming the file and what it was meant for.
     """
+    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+
+    def has_area(ann: Mapping[str, Any]) -> bool:
+        box = ann.get("bbox")
+        if box is None:
+            return True
+        if len(box) != 4 or ann["image_id"] not in sizes:
+            return False
+        x, y, w, h = box
+        width, height = sizes[ann["image_id"]]
+        return min(x + w, width) > max(x, 0) and min(y + h, height) > max(y, 0)
 
     def usable(ann: Mapping[str, Any]) -> bool:
-        box = ann.get("bbox")
-        has_area = box is None or (len(box) == 4 and box[2] > 0 and box[3] > 0)
-        return not ann.get("iscrowd", 0) and has_area and any(v > 0 for v in ann["keypoints"][2::3])
+        return not ann.get("iscrowd", 0) and has_area(ann) and any(v > 0 for v in ann["keypoints"][2::3])
 
     if not any(usable(ann) for ann in coco["annotations"]):
         count = len(coco["annotations"])
         raise CocoFormatError(
             f"{source}: none of its {count} annotations has a labelled keypoint (v > 0) on an instance that is "
-            f"not a crowd and has a box with area; {purpose}"
+            f"not a crowd and has a box with area inside its image; {purpose}"
         )
 
 
