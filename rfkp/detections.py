@@ -300,7 +300,7 @@ class KeypointDetections:
         self,
         image_id: int,
         category_ids: Sequence[int] | Mapping[int, int] | None = None,
-        visibility_threshold: float = 0.5,
+        visible_threshold: float = 0.5,
         findable_threshold: float = 0.5,
     ) -> list[dict[str, Any]]:
         """COCO results rows, one per detection.
@@ -308,7 +308,7 @@ class KeypointDetections:
         Each row: ``image_id``, ``category_id`` (``category_ids[class_id]``; by default the model's own
         ``self.category_ids``, else the class index), ``bbox``
         ``[x, y, w, h]``, ``score`` and, for classes with keypoints, ``keypoints`` ``[x1, y1, v1, ...]`` over
-        the class's K_c keypoints only, where ``v = 2`` if visible >= ``visibility_threshold``, else 1 if
+        the class's K_c keypoints only, where ``v = 2`` if visible >= ``visible_threshold``, else 1 if
         findable >= ``findable_threshold``, else 0. Rows of classes without keypoints have no ``keypoints``
         key. Boxes are unchanged (COCO boxes also put the image's top-left corner at 0); keypoints are moved
         to COCO's pixel-index convention by subtracting ``coco_keypoint_offset``.
@@ -338,7 +338,7 @@ class KeypointDetections:
             k_c = len(self.keypoint_names[c])
             if k_c:
                 flags = np.where(
-                    self.visible[i, :k_c] >= visibility_threshold,
+                    self.visible[i, :k_c] >= visible_threshold,
                     2,
                     np.where(self.findable[i, :k_c] >= findable_threshold, 1, 0),
                 )
@@ -351,12 +351,12 @@ class KeypointDetections:
             rows.append(row)
         return rows
 
-    def to_supervision(self, visibility_threshold: float = 0.5) -> Any:
+    def to_supervision(self, visible_threshold: float = 0.5) -> Any:
         """``supervision.KeyPoints`` view of these detections (needs ``pip install supervision``).
 
         ``xy`` is ``keypoints`` with inactive slots at (0, 0) (supervision's "missing" convention),
         ``keypoint_confidence`` the findable probability (0 for inactive slots), ``detection_confidence`` the
-        score, ``visible`` ``visible >= visibility_threshold``; ``data`` holds ``xyxy``, ``class_name``,
+        score, ``visible`` ``visible >= visible_threshold``; ``data`` holds ``xyxy``, ``class_name``,
         ``covariance`` (NaN in inactive slots) and ``visible_probability``.
         """
         try:
@@ -371,7 +371,7 @@ class KeypointDetections:
             class_id=self.class_id.astype(int),
             keypoint_confidence=np.where(active, self.findable, 0.0).astype(np.float32),
             detection_confidence=self.score.copy(),
-            visible=active & (np.nan_to_num(self.visible, nan=0.0) >= visibility_threshold),
+            visible=active & (np.nan_to_num(self.visible, nan=0.0) >= visible_threshold),
             data={
                 "xyxy": self.xyxy.copy(),
                 "class_name": np.array([self.class_names[c] for c in self.class_id], dtype=object),

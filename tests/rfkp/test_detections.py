@@ -187,7 +187,7 @@ def test_coco_results_rows() -> None:
     det = _make()
     det.visible[0] = [0.9, 0.2, 0.1]
     det.findable[0] = [0.95, 0.7, 0.3]
-    rows = det.to_coco_results(image_id=7, category_ids={0: 1, 1: 5, 2: 3}, visibility_threshold=0.5)
+    rows = det.to_coco_results(image_id=7, category_ids={0: 1, 1: 5, 2: 3}, visible_threshold=0.5)
     assert [r["category_id"] for r in rows] == [1, 5, 3]
     person = rows[0]
     x1, y1, x2, y2 = det.xyxy[0].tolist()
@@ -244,7 +244,7 @@ def test_coco_results_subtract_the_models_keypoint_offset() -> None:
 def test_to_supervision() -> None:
     sv = pytest.importorskip("supervision")
     det = _make()
-    kp = det.to_supervision(visibility_threshold=0.3)
+    kp = det.to_supervision(visible_threshold=0.3)
     assert isinstance(kp, sv.KeyPoints) and len(kp) == 3
     active = det.active_mask()
     np.testing.assert_array_equal(kp.xy[active], det.keypoints[active])
