@@ -215,95 +215,44 @@ def _engine_command(args: argparse.Namespace, plan: Path) -> str:
     return shlex.join([*parts, "--out", str(plan)])
 
 
-def main(args: argparse.Namespace) -> int:
+def _plugin_library_error(args: argparse.Namespace) -> str | None:
+    """For an engine build: None when the plugin library is named, present and registers the rfkp creators,
+    else why not (checked before the export, which would otherwise run first and leave its graph behind)."""
     from rfkp.export import engine as trt_engine
 
-    _check_raw_args(args, Path(args.out))
-    _refuse_unused_options(args)
-    _check_paths(args)
-    if importlib.util.find_spec("onnx") is None:
-        print(f"rfkp export: error: the 'onnx' package is not installed: {ONNX_INSTALL_HINT}", file=sys.stderr)
-        return 1
-    if args.format == "engine" and not trt_engine.tensorrt_available():
-        message = f"the 'tensorrt' Python package is not installed.\n{trt_engine.INSTALL_HINT}"
-        print(f"rfkp export: error: {message}", file=sys.stderr)
-        return 1
-    if args.engine and args.format != "triton":
-        raise ValueError("--engine is for --format triton")
-    build = args.format == "engine" or (
-        args.format == "triton" and not args.engine and trt_engine.tensorrt_available()
-    )
-    if build:
-        library = trt_engine.plugin_library(args.plugin_lib)
-        if library is None:
-            message = f"no rfkp TensorRT plugin library given.\n{trt_engine.INSTALL_HINT}"
-            print(f"rfkp export: error: {message}", file=sys.stderr)
-            return 1
-        source = "--plugin-lib" if args.plugin_lib else f"${trt_engine.PLUGIN_LIB_ENV}"
-        if not library.is_file():  # before the export, which would leave its graph behind
-            raise FileNotFoundError(f"{source}: plugin library not found: {library}")
-        try:  # loaded and its creators checked before the export too
-            trt_engine.check_plugin_library(library)
-        except trt_engine.EngineBuildError as exc:
-            print(f"rfkp export: error: {source}: {exc}", file=sys.stderr)
-            return 1
+    library = trt_engine.plugin_library(args.plugin_lib)
+    if library is None:
+        return f"no rfkp TensorRT plugin library given.\n{trt_engine.INSTALL_HINT}"
+    source = "--plugin-lib" if args.plugin_lib else f"${trt_engine.PLUGIN_LIB_ENV}"
+    if not library.is_file():
+        raise FileNotFoundError(f"{source}: plugin library not found: {library}")
+    try:
+        trt_engine.check_plugin_library(library)
+    except trt_engine.EngineBuildError as exc:
+        return f"{source}: {exc}"
+    return None
 
-    from rfkp.export import ExportedDetector, export_onnx
+
+def _build_engine(args: argparse.Namespace, onnx_path: Path, resolution: int) -> Path:
+    """The TensorRT engine of the exported graph: ``--out`` (engine) or the entry's ``1/model.plan``."""
+    from rfkp.export import engine as trt_engine
 
     out = Path(args.out)
-    model = _load_model(args.weights)
-    plugins = args.plugins or args.format != "onnx"  # engines and Triton entries use the plugin flavour
-    detector = ExportedDetector(
-        model, resolution=args.resolution, dec_layers=args.dec_layers, num_queries=args.num_queries,
-        num_select=100 if args.num_select is None else args.num_select, patch_size=args.patch_size,
-        num_windows=args.num_windows, plugins=plugins, outputs=args.outputs,
+    profile = (
+        trt_engine.BatchProfile.dynamic(args.dynamic_batch) if args.dynamic_batch
+        else trt_engine.BatchProfile.fixed(args.batch)
     )  # fmt: skip
-    mismatch = _ensemble_mismatch(detector) if args.outputs == "raw" else None
-    if mismatch and args.format == "triton":
-        raise ValueError(
-            f"--format triton --outputs raw writes rfkp_model of the rfkp ensemble, which serves the model at its "
-            f"own shapes: {mismatch}. Drop --resolution/--num-queries, or export a standalone entry "
-            "(--outputs detections)"
-        )
-    onnx_path = export_onnx(
-        detector, _onnx_path(args, out), batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset
+    target = out if args.format == "engine" else out / "1" / "model.plan"
+    return trt_engine.build_engine(
+        onnx_path, target, resolution=resolution, profile=profile, fp16=not args.fp32, plugin_lib=args.plugin_lib
     )
-    flavour = "plugins" if plugins else "portable"
-    rows = f"{detector.num_queries} queries, raw outputs" if args.outputs == "raw" else f"{detector.num_select} rows"
-    if args.num_select and detector.num_select < args.num_select:
-        rows += f" (--num-select {args.num_select} capped at queries x classes)"
-    print(f"wrote {onnx_path} ({flavour}, {detector.resolution} px, {rows})")
-    if args.format == "onnx":
-        return 0
 
-    built = None
-    if build:
-        profile = (
-            trt_engine.BatchProfile.dynamic(args.dynamic_batch)
-            if args.dynamic_batch
-            else trt_engine.BatchProfile.fixed(args.batch)
-        )
-        target = out if args.format == "engine" else out / "1" / "model.plan"
-        try:
-            built = trt_engine.build_engine(
-                onnx_path, target, resolution=detector.resolution, profile=profile, fp16=not args.fp32,
-                plugin_lib=args.plugin_lib,
-            )  # fmt: skip
-        except trt_engine.EngineBuildError as exc:
-            print(f"rfkp export: error: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {built}")
-    if args.format == "engine":
-        if mismatch:
-            print(f"not servable by the rfkp ensemble ({mismatch}): it runs the model at its own shapes")
-        elif args.outputs == "raw":
-            print(f"serve it in the rfkp ensemble: rfkp serve --engine {built} --server system (a tritonserver "
-                  "with the TensorRT backend and the rfkp plugin library loaded)")  # fmt: skip
-        return 0
 
+def _write_triton_entry(args: argparse.Namespace, detector: ExportedDetector, built: Path | None) -> None:
     from rfkp.export.triton_entry import TritonEntryOptions, write_model_entry
     from rfkp.serving.repository import metadata_parameters
 
+    out = Path(args.out)
     options = TritonEntryOptions(
         batch=args.batch, max_batch=args.dynamic_batch,
         max_queue_delay_us=DEFAULT_QUEUE_DELAY_US if args.max_queue_delay_us is None else args.max_queue_delay_us,
@@ -322,4 +271,73 @@ def main(args: argparse.Namespace) -> int:
             print("(add --plugin-lib PATH there, or set $RFKP_TRT_PLUGIN_LIB, to the plugin library built there)")
         if args.plugin_lib:
             print(f"(--plugin-lib {args.plugin_lib} was not used: it is needed where the engine is built)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from rfkp.export import engine as trt_engine
+
+    _check_raw_args(args, Path(args.out))
+    _refuse_unused_options(args)
+    _check_paths(args)
+    if importlib.util.find_spec("onnx") is None:
+        print(f"rfkp export: error: the 'onnx' package is not installed: {ONNX_INSTALL_HINT}", file=sys.stderr)
+        return 1
+    if args.format == "engine" and not trt_engine.tensorrt_available():
+        message = f"the 'tensorrt' Python package is not installed.\n{trt_engine.INSTALL_HINT}"
+        print(f"rfkp export: error: {message}", file=sys.stderr)
+        return 1
+    if args.engine and args.format != "triton":
+        raise ValueError("--engine is for --format triton")
+    build = args.format == "engine" or (
+        args.format == "triton" and not args.engine and trt_engine.tensorrt_available()
+    )
+    problem = _plugin_library_error(args) if build else None
+    if problem:
+        print(f"rfkp export: error: {problem}", file=sys.stderr)
+        return 1
+
+    from rfkp.export import ExportedDetector, export_onnx
+
+    model = _load_model(args.weights)
+    plugins = args.plugins or args.format != "onnx"  # engines and Triton entries use the plugin flavour
+    detector = ExportedDetector(
+        model, resolution=args.resolution, dec_layers=args.dec_layers, num_queries=args.num_queries,
+        num_select=100 if args.num_select is None else args.num_select, patch_size=args.patch_size,
+        num_windows=args.num_windows, plugins=plugins, outputs=args.outputs,
+    )  # fmt: skip
+    mismatch = _ensemble_mismatch(detector) if args.outputs == "raw" else None
+    if mismatch and args.format == "triton":
+        raise ValueError(
+            f"--format triton --outputs raw writes rfkp_model of the rfkp ensemble, which serves the model at its "
+            f"own shapes: {mismatch}. Drop --resolution/--num-queries, or export a standalone entry "
+            "(--outputs detections)"
+        )
+    onnx_path = export_onnx(
+        detector, _onnx_path(args, Path(args.out)), batch=args.batch, dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+    )  # fmt: skip
+    flavour = "plugins" if plugins else "portable"
+    rows = f"{detector.num_queries} queries, raw outputs" if args.outputs == "raw" else f"{detector.num_select} rows"
+    if args.num_select and detector.num_select < args.num_select:
+        rows += f" (--num-select {args.num_select} capped at queries x classes)"
+    print(f"wrote {onnx_path} ({flavour}, {detector.resolution} px, {rows})")
+    if args.format == "onnx":
+        return 0
+
+    built = None
+    if build:
+        try:
+            built = _build_engine(args, onnx_path, detector.resolution)
+        except trt_engine.EngineBuildError as exc:
+            print(f"rfkp export: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {built}")
+    if args.format == "engine":
+        if mismatch:
+            print(f"not servable by the rfkp ensemble ({mismatch}): it runs the model at its own shapes")
+        elif args.outputs == "raw":
+            print(f"serve it in the rfkp ensemble: rfkp serve --engine {built} --server system (a tritonserver "
+                  "with the TensorRT backend and the rfkp plugin library loaded)")  # fmt: skip
+        return 0
+    _write_triton_entry(args, detector, built)
     return 0
