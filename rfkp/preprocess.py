@@ -50,7 +50,8 @@ def prepare_batch(
     """
     size = (resolution, resolution)
     resized, sizes = [], []
-    for i, image in enumerate(images):
+    for i in range(len(images)):
+        image = images[i]  # by index: a lazy sequence (``rfkp.serving.payload.EncodedImages``) decodes it now
         try:
             tensor = to_tensor(image, max_pixels=max_pixels)
         except (ValueError, TypeError) as exc:
@@ -61,5 +62,5 @@ def prepare_batch(
             raise located from exc
         sizes.append((tensor.shape[1], tensor.shape[2]))
         resized.append(_resize(tensor, size, device))
-        del tensor
+        del image, tensor  # freed before the next image is taken
     return _normalize(torch.stack(resized), mean, std), torch.tensor(sizes, dtype=torch.long)

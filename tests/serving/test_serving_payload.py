@@ -49,8 +49,8 @@ def test_raw_images_are_split_and_writable() -> None:
     ],
 )
 def test_bad_payloads(encoded: np.ndarray | None, raw: np.ndarray | None, fragment: str) -> None:
-    with pytest.raises(RequestError) as info:
-        decode_request_images(encoded, raw, max_pixels=1000 if raw is not None else 50_000_000)
+    with pytest.raises(RequestError) as info:  # encoded images are decoded when taken: list() takes them all
+        list(decode_request_images(encoded, raw, max_pixels=1000 if raw is not None else 50_000_000))
     assert fragment in str(info.value), str(info.value)
 
 
@@ -69,6 +69,6 @@ def test_only_raster_formats_pillow_decodes_itself_are_taken() -> None:
     eps = io.BytesIO()
     Image.new("RGB", (8, 8)).save(eps, format="EPS")
     with pytest.raises(RequestError, match=r"IMAGE_BYTES\[0\]: .*not an image in a known format \(accepted: JPEG"):
-        decode_request_images(np.array([[eps.getvalue()]], dtype=np.object_), None, max_pixels=10**6)
+        list(decode_request_images(np.array([[eps.getvalue()]], dtype=np.object_), None, max_pixels=10**6))
     with pytest.raises(RequestError, match="more than max_pixels=99 \\(the server's limit\\)"):
-        decode_request_images(np.array([[encode(noise_image(10, 10, seed=1))]], dtype=np.object_), None, max_pixels=99)
+        list(decode_request_images(np.array([[encode(noise_image(10, 10, seed=1))]], dtype=np.object_), None, max_pixels=99))

@@ -78,6 +78,35 @@ def test_pipeline_matches_predict(tiny_model: RFDETRKeypoint, tiny_weights: Path
     assert len(served[0]) == min(100, cfg.num_queries * cfg.num_classes)  # threshold 0 keeps every row
 
 
+def test_preprocess_holds_one_decoded_image_at_a_time(tiny_model: RFDETRKeypoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request of several large encoded images is decoded image by image, each freed before the next is
+    decoded: never more than one full-size decoded image is alive, whatever N."""
+    import weakref
+
+    from rfkp.serving import payload
+
+    decoded: list[weakref.ref] = []
+    alive_at_decode: list[int] = []
+
+    def counting_load_image(*args: object, **kwargs: object) -> np.ndarray:
+        image = load_image(*args, **kwargs)
+        decoded.append(weakref.ref(image))
+        alive_at_decode.append(sum(ref() is not None for ref in decoded))
+        return image
+
+    load_image = payload.load_image
+    monkeypatch.setattr(payload, "load_image", counting_load_image)
+    images = [noise_image(300, 400, seed=i) for i in range(4)]
+    pre = Preprocessor(tiny_model.config, max_pixels=10**6)
+    pixels, sizes = pre(np.array([[encode(im)] for im in images], dtype=np.object_), None)
+    assert alive_at_decode == [1, 1, 1, 1]
+    np.testing.assert_array_equal(pixels, tiny_model.preprocess(images)[0].numpy())
+    assert sizes.tolist() == [[300, 400]] * 4
+    bad = np.array([[encode(images[0])], [b"not an image"]], dtype=np.object_)
+    with pytest.raises(RequestError, match=r"^IMAGE_BYTES\[1\]: corrupt"):  # named by its index, as before
+        pre(bad, None)
+
+
 def test_postprocess_rejects_bad_thresholds(tiny_model: RFDETRKeypoint) -> None:
     cfg = tiny_model.config
     x, sizes = tiny_model.preprocess([noise_image(32, 32)])
