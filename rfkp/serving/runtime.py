@@ -30,6 +30,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "Postprocessor",
     "Preprocessor",
+    "check_thresholds",
     "make_network",
     "parameters_of",
 ]
@@ -64,6 +65,18 @@ def _set_threads(params: Mapping[str, str]) -> None:
         torch.set_num_threads(threads)
 
 
+def check_thresholds(thresholds: np.ndarray, n: int) -> list[float]:
+    """The ``THRESHOLD`` input of a request of ``n`` images as floats. Raises RequestError for another shape
+    than (n, 1) or a value outside [0, 1] (NaN included)."""
+    if thresholds.shape != (n, 1):
+        raise RequestError(f"{P.INPUT_THRESHOLD} must have shape ({n}, 1), got {thresholds.shape}")
+    values = [float(v) for v in thresholds.reshape(-1)]
+    bad = [v for v in values if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+    if bad:
+        raise RequestError(f"{P.INPUT_THRESHOLD} must lie in [0, 1], got {bad[0]}")
+    return values
+
+
 class Preprocessor:
     """Request images -> (PIXELS (N, 3, R, R) float32, SOURCE_SIZE (N, 2) int64 (H, W))."""
 
@@ -77,9 +90,14 @@ class Preprocessor:
         config = ModelConfig.from_dict(json.loads(_required(params, P.PARAM_MODEL_CONFIG)))
         return cls(config, max_pixels=int(_required(params, P.PARAM_MAX_PIXELS)))
 
-    def __call__(self, encoded: np.ndarray | None, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Raises RequestError for anything wrong with the payload (see ``payload``)."""
-        images = decode_request_images(encoded, raw, max_pixels=self.max_pixels)
+    def __call__(
+        self, encoded: np.ndarray | None, raw: np.ndarray | None, thresholds: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raises RequestError for anything wrong with the payload (see ``payload``) or with ``thresholds`` (the
+        request's THRESHOLD, checked here before any image is decoded and again by the postprocessor)."""
+        images = decode_request_images(encoded, raw, max_pixels=self.max_pixels)  # encoded ones decode lazily
+        if thresholds is not None:
+            check_thresholds(thresholds, len(images))
         cfg = self.config
         x, sizes = prepare_batch(images, cfg.resolution, cfg.image_mean, cfg.image_std, max_pixels=self.max_pixels)
         return x.numpy(), sizes.numpy().astype(np.int64)
@@ -202,15 +220,7 @@ class Postprocessor:
         )
 
     def _thresholds(self, thresholds: np.ndarray | None, n: int) -> list[float]:
-        if thresholds is None:
-            return [self.threshold] * n
-        if thresholds.shape != (n, 1):
-            raise RequestError(f"{P.INPUT_THRESHOLD} must have shape ({n}, 1), got {thresholds.shape}")
-        values = [float(v) for v in thresholds.reshape(-1)]
-        bad = [v for v in values if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
-        if bad:
-            raise RequestError(f"{P.INPUT_THRESHOLD} must lie in [0, 1], got {bad[0]}")
-        return values
+        return [self.threshold] * n if thresholds is None else check_thresholds(thresholds, n)
 
     def __call__(
         self, raw: Mapping[str, np.ndarray], source_sizes: np.ndarray, thresholds: np.ndarray | None = None

@@ -121,6 +121,25 @@ def test_postprocess_rejects_bad_thresholds(tiny_model: RFDETRKeypoint) -> None:
     assert out[P.OUT_BOXES].shape == (1, 10, 4) and int(out[P.OUT_COUNT][0, 0]) <= 10
 
 
+def test_preprocess_rejects_bad_thresholds_before_decoding(tiny_model: RFDETRKeypoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rfkp.serving import payload
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded an image of a request with a bad THRESHOLD")
+
+    monkeypatch.setattr(payload, "load_image", no_decoding)
+    pre = Preprocessor(tiny_model.config, max_pixels=10**6)
+    encoded = np.array([[encode(noise_image(32, 32))]], dtype=np.object_)
+    for bad, message in ((np.full((1, 1), 1.5, np.float32), "THRESHOLD must lie in [0, 1], got 1.5"),
+                         (np.full((1, 1), np.nan, np.float32), "THRESHOLD must lie in [0, 1], got nan"),
+                         (np.full((1, 1), -0.1, np.float32), "THRESHOLD must lie in [0, 1], got -0.1"),
+                         (np.zeros((2, 1), np.float32), "THRESHOLD must have shape (1, 1), got (2, 1)")):  # fmt: skip
+        with pytest.raises(RequestError, match=f"^{re.escape(message)}"):
+            pre(encoded, None, bad)
+        with pytest.raises(RequestError, match=f"^{re.escape(message)}"):
+            pre(None, np.zeros((1, 8, 8, 3), np.uint8), bad)
+
+
 def test_pack_unpack_round_trip(tiny_model: RFDETRKeypoint) -> None:
     dets = [
         tiny_model.predict(noise_image(40, 60, seed=3), threshold=0.0),

@@ -197,6 +197,22 @@ def test_bad_requests_get_their_own_errors_while_good_ones_succeed(
     assert server.poll() is None and client.is_ready()
 
 
+def test_a_bad_threshold_fails_before_the_network_runs(server: TritonServer, client: KeypointClient) -> None:
+    def network_runs() -> int:
+        return int(client.statistics(P.NETWORK)["model_stats"][0]["inference_stats"]["success"].get("count", 0))  # absent while 0
+
+    before = network_runs()
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw_client:
+        image = grpcclient.InferInput(P.INPUT_BYTES, [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[encode(noise_image(64, 64, seed=2))]], dtype=np.object_))
+        for bad in (1.5, float("nan"), -0.1):
+            limit = grpcclient.InferInput(P.INPUT_THRESHOLD, [1, 1], "FP32")
+            limit.set_data_from_numpy(np.full((1, 1), bad, np.float32))
+            with pytest.raises(grpcclient.InferenceServerException, match=r"THRESHOLD must lie in \[0, 1\]"):
+                raw_client.infer(P.ENSEMBLE, [image, limit])
+    assert network_runs() == before  # refused by rfkp_preprocess, not after the network pass
+
+
 def test_one_request_with_several_images(server: TritonServer, tiny_model: RFDETRKeypoint) -> None:
     images = [noise_image(60, 90, seed=11), noise_image(100, 40, seed=12)]
     with grpcclient.InferenceServerClient(server.grpc_url) as c:

@@ -1,4 +1,5 @@
-"""rfkp_preprocess: IMAGE_BYTES (N, 1) encoded or IMAGE_RAW (N, H, W, 3) uint8 -> PIXELS, SOURCE_SIZE.
+"""rfkp_preprocess: IMAGE_BYTES (N, 1) encoded or IMAGE_RAW (N, H, W, 3) uint8 (+ THRESHOLD, checked only)
+-> PIXELS, SOURCE_SIZE.
 
 Thin adapter: the work is ``rfkp.serving.runtime.Preprocessor``. A bad request gets its own
 INVALID_ARG error naming the input and the problem; the other requests of the batch go on.
@@ -24,7 +25,11 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                pixels, sizes = self.preprocess(_optional(request, P.INPUT_BYTES), _optional(request, P.INPUT_RAW))
+                pixels, sizes = self.preprocess(
+                    _optional(request, P.INPUT_BYTES),
+                    _optional(request, P.INPUT_RAW),
+                    _optional(request, P.INPUT_THRESHOLD),  # checked here too: a bad one fails before decoding
+                )
             except RequestError as exc:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
