@@ -82,10 +82,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def check_ports(**ports: int) -> None:
-    """Each named port lies in 0..65535 (0: a free one). Raises ValueError naming the first that does not."""
+    """Each named port lies in 0..65535 (0: a free one) and no two are the same non-zero port (tritonserver would
+    print its whole --help). Raises ValueError naming the first port, or the first two, that fail."""
+    seen: dict[int, str] = {}
     for name, port in ports.items():
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"{name} must lie in 0..65535 (0: a free one), got {port!r}")
+        if port and port in seen:
+            raise ValueError(f"{seen[port]} and {name} are both {port}: give each its own port (or 0: a free one)")
+        seen[port] = name
 
 
 def port_in_use(host: str, port: int) -> bool:

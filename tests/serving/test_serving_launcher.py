@@ -258,3 +258,20 @@ def test_launch_refuses_ports_out_of_range_before_binding(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="grpc_port must lie in 0..65535"):
             launch(None, run_dir=tmp_path / "run", grpc_port=bad)  # was an OverflowError from the bind test
     assert not (tmp_path / "run").exists()
+
+
+def test_the_same_port_twice_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from rfkp.serving.deploy import launch
+
+    repo, system = echo_repository(tmp_path), TritonInstallation(Path(sys.executable), "system")
+    for ports, message in (
+        (dict(grpc_port=8123, http_port=8123), "grpc_port and http_port are both 8123"),
+        (dict(grpc_port=8123, metrics_port=8123), "grpc_port and metrics_port are both 8123"),
+        (dict(http_port=8124, metrics_port=8124), "http_port and metrics_port are both 8124"),
+    ):
+        with pytest.raises(ValueError, match=f"^{message}: give each its own port"):
+            launch(None, run_dir=tmp_path / "run", **ports)
+        with pytest.raises(ValueError, match=f"^{message}: give each its own port"):
+            TritonServer(repo, installation=system, **{"grpc_port": 8001, "http_port": 8000, "metrics_port": 8002, **ports})
+    assert not (tmp_path / "run").exists()  # refused before the run folder, the export or the rendering
+    TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, installation=system)  # several 0s: free ports
