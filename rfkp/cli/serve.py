@@ -82,7 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-threads", type=non_negative_int, default=0,
                    help="intra-op threads of the network, torch or ONNX Runtime (0: the runtime's default)")
     p.add_argument("--instances", type=positive_int, default=1, help="network instances (default 1)")
-    p.add_argument("--engine", type=non_empty_path, help="TensorRT plan for rfkp_model (needs a tritonserver with TensorRT)")
+    p.add_argument("--engine", type=non_empty_path, help="TensorRT plan for rfkp_model (needs a tritonserver with the TensorRT backend, e.g. NGC's "
+                        "container: --server system; refused with the embedded server)")
     p.add_argument("--run-dir", type=non_empty_path, help="folder for the rendered repository and logs (default: a temporary one, "
                                      "removed on exit unless the server failed)")
     p.add_argument("--ready-timeout", type=positive_float, default=180.0, help="seconds to wait for readiness")
@@ -179,7 +180,7 @@ def _run(server: TritonServer, weights: PreparedWeights, stop: threading.Event, 
         while not stop.wait(0.5):
             code = server.poll()
             if code is not None:
-                print(f"tritonserver exited unexpectedly with code {code}:\n{server.log_tail()}", file=sys.stderr)
+                print(f"tritonserver exited unexpectedly with code {code}:\n{server.failure_log()}", file=sys.stderr)
                 return 1
             if time.monotonic() - checked > HEALTH_CHECK_S:
                 checked = time.monotonic()

@@ -26,7 +26,7 @@ from rfkp.cache import cache_root
 from rfkp.checkpoint import load_config_and_state
 from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
-from rfkp.serving.embedded import find_installation
+from rfkp.serving.embedded import TritonInstallation, TritonNotFoundError, find_installation
 from rfkp.serving.launcher import (
     TritonServer,
     check_ports,
@@ -333,6 +333,27 @@ def _claim_run_dir(run: Path) -> None:
     _RUN_LOCKS[run] = handle
 
 
+def _installation_for(server: str, engine: Path | None) -> TritonInstallation:
+    """The server to run. A TensorRT engine needs a ``tritonserver`` with the TensorRT backend: "auto" then takes
+    the one on PATH first, and the embedded server (python backend only) is refused.
+
+    Raises:
+        ValueError: an engine with the embedded server. TritonNotFoundError: no server of the asked kind.
+    """
+    if engine is not None and server == "auto":
+        try:
+            return find_installation("system")
+        except TritonNotFoundError:
+            pass
+    installation = find_installation(server)
+    if engine is not None and installation.kind == "embedded":
+        raise ValueError(
+            f"--engine {engine} needs a tritonserver with the TensorRT backend (for example in NGC's tritonserver "
+            "container, with --server system); the embedded server has the python backend only"
+        )
+    return installation
+
+
 def launch(
     weights: Path | str | None = None,
     *,
@@ -353,9 +374,10 @@ def launch(
     ``stop()`` it; the returned weights carry the runtime (``runtime``).
 
     Args:
-        server: "auto" (the embedded ``nvidia-pytriton`` server, else ``tritonserver`` on PATH),
-            "embedded" or "system". A system server's python backend must be able to import onnxruntime
-            for the ONNX Runtime runtime (or pass ``ServingOptions(runtime="torch")``).
+        server: "auto" (the embedded ``nvidia-pytriton`` server, else ``tritonserver`` on PATH; with an engine,
+            the one on PATH first), "embedded" or "system". A system server's python backend must be able to
+            import onnxruntime for the ONNX Runtime runtime (or pass ``ServingOptions(runtime="torch")``). An
+            engine (``options.engine``) with the embedded server is refused (ValueError) before anything starts.
         grpc_port, http_port, metrics_port: 0 picks free ports.
         cache_dir: folder of cached raw ONNX graphs (default: ``graph_cache_dir()``).
 
@@ -364,12 +386,12 @@ def launch(
     """
     host = normalise_host(host)
     check_ports(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)  # before any bind test
+    options = options or ServingOptions()
+    installation = _installation_for(server, options.engine)  # before the run folder is made
     run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
     _claim_run_dir(run)  # before the graph export (render_repository would refuse a used folder only after it)
     # also before the export; TritonServer.start checks again, for ports taken meanwhile
     refuse_taken_ports(host, gRPC=grpc_port, HTTP=http_port, metrics=metrics_port)
-    installation = find_installation(server)
-    options = options or ServingOptions()
     prepared = prepare_weights(weights, run)
     runtime = choose_runtime(options)
     if runtime.name == P.RUNTIME_ONNXRUNTIME:

@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -35,6 +36,10 @@ __all__ = ["ServerStartError", "TritonServer", "free_port", "normalise_host", "u
 _PR_SET_PDEATHSIG = 1
 PYTHON_STUB = "triton_python_backend_stub"  # the process of each python-backend model instance
 logger = logging.getLogger(__name__)
+# Triton's error lines ("E1122 01:47:52.364075 ...") and lines naming a model that did not load (the model table)
+_LOG_ERROR = re.compile(r"^E\d{4} \d\d:\d\d:\d\d|failed to load|UNAVAILABLE")
+_MAX_ERROR_LINES = 30
+_MAX_ERROR_LINE_CHARS = 2000
 # Triton APIs rfkp's clients never use, closed to requests without a random key made per start (not printed,
 # though local users can read it from the command line): a remote client must not change logging (and fill the
 # disk), register shared memory, or load and unload models
@@ -42,7 +47,7 @@ ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 
 
 class ServerStartError(RuntimeError):
-    """The server exited or did not become ready in time; the message holds its log tail."""
+    """The server exited or did not become ready in time; the message holds its log's error lines and tail."""
 
 
 def normalise_host(host: str) -> str:
@@ -287,6 +292,24 @@ class TritonServer:
             return ""
         return text[-max_chars:]
 
+    def log_errors(self) -> list[str]:
+        """The error lines of the server log: Triton's ``E`` lines and those saying a model failed to load or is
+        UNAVAILABLE (the first ``_MAX_ERROR_LINES``, each cut at ``_MAX_ERROR_LINE_CHARS``, repeats once)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        found = [line[:_MAX_ERROR_LINE_CHARS] for line in text.splitlines() if _LOG_ERROR.search(line)]
+        return list(dict.fromkeys(found))[:_MAX_ERROR_LINES]
+
+    def failure_log(self, max_tail_chars: int = 2000) -> str:
+        """What a failure report shows of the log: its error lines (the cause, which the option and model
+        tables Triton prints later push out of a plain tail) ahead of the end of the log, and the log's path."""
+        errors = self.log_errors()
+        tail = self.log_tail(max_tail_chars)
+        head = f"error lines of the log:\n{chr(10).join(errors)}\n" if errors else ""
+        return f"{head}log tail:\n{tail}\n(whole log: {self.log_path})"
+
     def is_ready(self) -> bool:
         """True when ``/v2/health/ready`` answers 200 (all models loaded, strict readiness)."""
         url = f"http://{self.http_url}/v2/health/ready"
@@ -306,7 +329,7 @@ class TritonServer:
         while True:
             code = self._process.poll()
             if code is not None:
-                raise ServerStartError(f"tritonserver exited with code {code} while loading:\n{self.log_tail()}")
+                raise ServerStartError(f"tritonserver exited with code {code} while loading:\n{self.failure_log()}")
             if self.is_ready() and self._process.poll() is None:
                 self._model_processes = {
                     pid: cmd for pid, (state, cmd) in _children(self._process.pid).items()
@@ -320,7 +343,7 @@ class TritonServer:
                 self.stop()
                 raise ServerStartError(
                     f"tritonserver not ready after {timeout:.0f} s (a python backend that cannot find "
-                    f"libpython hangs in loading); log tail:\n{self.log_tail()}"
+                    f"libpython hangs in loading):\n{self.failure_log()}"
                 )
             time.sleep(0.1)
 

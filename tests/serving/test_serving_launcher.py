@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -275,3 +276,41 @@ def test_the_same_port_twice_is_refused_before_anything_starts(tmp_path: Path) -
             TritonServer(repo, installation=system, **{"grpc_port": 8001, "http_port": 8000, "metrics_port": 8002, **ports})
     assert not (tmp_path / "run").exists()  # refused before the run folder, the export or the rendering
     TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, installation=system)  # several 0s: free ports
+
+
+def test_a_model_that_fails_to_load_is_reported_by_its_error_lines(tmp_path: Path) -> None:
+    """The cause of a load failure comes before the option and model tables Triton prints: the report shows
+    the log's error lines, not only its tail."""
+    require_triton()
+    repo = echo_repository(tmp_path)
+    model = repo / "echo" / "1" / "model.py"
+    model.write_text(model.read_text().replace("time.sleep(", "raise RuntimeError('echo cannot start: no widget') or ("))
+    server = TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, workdir=tmp_path / "run")
+    server.start()
+    try:
+        with pytest.raises(ServerStartError) as info:
+            server.wait_ready(timeout=60)
+    finally:
+        server.stop()
+    message = str(info.value)
+    errors = message.split("error lines of the log:\n")[1].split("log tail:")[0]
+    assert "echo cannot start: no widget" in errors and "failed to load 'echo'" in errors, message
+    assert str(server.log_path) in message
+
+
+def test_an_engine_is_refused_with_the_embedded_server_before_anything_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rfkp.serving.deploy import launch
+    from rfkp.serving.repository import ServingOptions
+
+    try:
+        embedded_installation()
+    except TritonNotFoundError as exc:
+        pytest.skip(f"no embedded server: {exc}")
+    options = ServingOptions(engine=tmp_path / "model.plan")
+    message = "needs a tritonserver with the TensorRT backend (for example in NGC's tritonserver container, with --server system)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        launch(None, options=options, run_dir=tmp_path / "run", server="embedded", grpc_port=0, http_port=0, metrics_port=0)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no tritonserver on PATH: "auto" is the embedded one
+    with pytest.raises(ValueError, match=re.escape(message)):
+        launch(None, options=options, run_dir=tmp_path / "run", grpc_port=0, http_port=0, metrics_port=0)
+    assert not (tmp_path / "run").exists()
