@@ -333,6 +333,14 @@ def _claim_run_dir(run: Path) -> None:
     _RUN_LOCKS[run] = handle
 
 
+def _remove_run_dir(run: Path) -> None:
+    """Release this process's claim on a run folder (``_claim_run_dir``) and delete the folder."""
+    held = _RUN_LOCKS.pop(run, None)
+    if held is not None:
+        held.close()
+    shutil.rmtree(run, ignore_errors=True)
+
+
 def _installation_for(server: str, engine: Path | None) -> TritonInstallation:
     """The server to run. A TensorRT engine needs a ``tritonserver`` with the TensorRT backend: "auto" then takes
     the one on PATH first, and the embedded server (python backend only) is refused.
@@ -367,11 +375,13 @@ def launch(
     ready_timeout: float = 180.0,
     templates: Path | str | None = None,
     cache_dir: Path | str | None = None,
+    keep_run_dir: bool = False,
 ) -> tuple[TritonServer, PreparedWeights]:
     """Choose the network runtime (``choose_runtime``; logged), export the raw ONNX graph when it is ONNX
     Runtime (``prepare_raw_graph``), render the repository into ``run_dir`` (default: a new temporary
     folder), start the server and wait until it is ready. The caller owns the returned server and must
-    ``stop()`` it; the returned weights carry the runtime (``runtime``).
+    ``stop()`` it; the returned weights carry the runtime (``runtime``). A temporary run folder is removed by
+    ``stop()``, or when the start fails, unless ``keep_run_dir``; a given ``run_dir`` is always kept.
 
     Args:
         server: "auto" (the embedded ``nvidia-pytriton`` server, else ``tritonserver`` on PATH; with an engine,
@@ -380,6 +390,7 @@ def launch(
             engine (``options.engine``) with the embedded server is refused (ValueError) before anything starts.
         grpc_port, http_port, metrics_port: 0 picks free ports.
         cache_dir: folder of cached raw ONNX graphs (default: ``graph_cache_dir()``).
+        keep_run_dir: keep the temporary run folder (without ``run_dir``) after ``stop()`` or a failed start.
 
     Raises:
         ServerStartError: the server exited or was not ready within ``ready_timeout`` seconds.
@@ -389,6 +400,34 @@ def launch(
     options = options or ServingOptions()
     installation = _installation_for(server, options.engine)  # before the run folder is made
     run = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rfkp-serve-"))).resolve()
+    temporary = run_dir is None and not keep_run_dir
+    try:
+        triton, prepared = _launch_in(
+            run, weights, options, installation, host, (grpc_port, http_port, metrics_port), ready_timeout,
+            templates, cache_dir,
+        )  # fmt: skip
+    except BaseException:
+        if temporary:
+            _remove_run_dir(run)
+        raise
+    if temporary:
+        triton.call_after_stop(lambda: _remove_run_dir(run))
+    return triton, prepared
+
+
+def _launch_in(
+    run: Path,
+    weights: Path | str | None,
+    options: ServingOptions,
+    installation: TritonInstallation,
+    host: str,
+    ports: tuple[int, int, int],
+    ready_timeout: float,
+    templates: Path | str | None,
+    cache_dir: Path | str | None,
+) -> tuple[TritonServer, PreparedWeights]:
+    """``launch`` in the run folder ``run``: claim it, export, render, start and wait (see ``launch``)."""
+    grpc_port, http_port, metrics_port = ports
     _claim_run_dir(run)  # before the graph export (render_repository would refuse a used folder only after it)
     # also before the export; TritonServer.start checks again, for ports taken meanwhile
     refuse_taken_ports(host, gRPC=grpc_port, HTTP=http_port, metrics=metrics_port)

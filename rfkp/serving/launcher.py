@@ -208,6 +208,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._after_stop: list[Callable[[], object]] = []
         self._model_processes: dict[int, str] = {}
         self._admin_key = secrets.token_hex(16)
         # the python backend's shared-memory regions get a prefix of their own, so that what a killed server
@@ -347,8 +348,20 @@ class TritonServer:
                 )
             time.sleep(0.1)
 
+    def call_after_stop(self, action: Callable[[], object]) -> None:
+        """Run ``action`` once, after the next ``stop()`` (``launch`` removes the run folder it made itself)."""
+        self._after_stop.append(action)
+
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM the process group, SIGKILL it after ``timeout`` s; return the exit code."""
+        """SIGTERM the process group, SIGKILL it after ``timeout`` s; return the exit code. Then run the actions
+        of ``call_after_stop``."""
+        try:
+            return self._stop_process(timeout)
+        finally:
+            while self._after_stop:
+                self._after_stop.pop(0)()
+
+    def _stop_process(self, timeout: float) -> int | None:
         proc = self._process
         if proc is None:
             return None

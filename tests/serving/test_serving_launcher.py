@@ -314,3 +314,35 @@ def test_an_engine_is_refused_with_the_embedded_server_before_anything_starts(tm
     with pytest.raises(ValueError, match=re.escape(message)):
         launch(None, options=options, run_dir=tmp_path / "run", grpc_port=0, http_port=0, metrics_port=0)
     assert not (tmp_path / "run").exists()
+
+
+def test_launch_removes_the_run_folder_it_made_on_stop(tmp_path: Path, tiny_weights: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    require_triton()
+    import shutil
+    import tempfile
+
+    from rfkp.serving.deploy import launch
+    from rfkp.serving.repository import ServingOptions
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where launch makes its rfkp-serve-* folder
+    options = ServingOptions(runtime="torch", num_threads=1)
+    for keep in (False, True):
+        kept = {"keep_run_dir": True} if keep else {}
+        server, _ = launch(tiny_weights, options=options, grpc_port=0, http_port=0, metrics_port=0, **kept)
+        (run,) = temp.iterdir()
+        assert run.name.startswith("rfkp-serve-") and (run / "model_repository").is_dir()
+        server.stop()
+        assert list(temp.iterdir()) == ([run] if keep else [])
+        shutil.rmtree(run, ignore_errors=True)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="cannot read checkpoint"):
+        launch(bad, options=options, grpc_port=0, http_port=0, metrics_port=0)
+    assert list(temp.iterdir()) == []  # a failed start leaves nothing either
+    given = tmp_path / "given"
+    server, _ = launch(tiny_weights, options=options, run_dir=given, grpc_port=0, http_port=0, metrics_port=0)
+    server.stop()
+    assert (given / "model_repository").is_dir()  # a caller's run folder is kept
