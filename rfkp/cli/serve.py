@@ -2,7 +2,7 @@
 
 The server is the one bundled in the `nvidia-pytriton` wheel (default) or a `tritonserver` on PATH
 (`--server system`, e.g. inside the NGC container). It listens on loopback unless `--host` says
-otherwise, prints its endpoints once ready, and stops cleanly on SIGINT / SIGTERM.
+otherwise, prints its endpoints once ready, and stops cleanly on SIGINT / SIGTERM / SIGHUP (a closed terminal).
 
 On CPU the network runs on ONNX Runtime when it is installed (`--runtime auto`, the default; faster than
 PyTorch eager): the raw-output graph is exported once per weights file and resolution and cached
@@ -41,10 +41,12 @@ if TYPE_CHECKING:
 
 
 HEALTH_CHECK_S = 2.0  # how often the model processes are checked
+# each stops the server cleanly (and removes a temporary run folder); SIGHUP: the terminal was closed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class _StopDuringStartup(BaseException):
-    """SIGINT or SIGTERM before the server is ready: unwinds the start (export, loading) at once."""
+    """SIGINT, SIGTERM or SIGHUP before the server is ready: unwinds the start (export, loading) at once."""
 
 
 def _serve_device(text: str) -> str:
@@ -127,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
 
     temporary = not args.run_dir
     run_dir = Path(tempfile.mkdtemp(prefix="rfkp-serve-")) if temporary else Path(args.run_dir)
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
     code, server = 1, None
     try:
         try:
@@ -175,7 +177,7 @@ def _run(server: TritonServer, weights: PreparedWeights, stop: threading.Event, 
         print(f"  HTTP     http://{server.http_url}", flush=True)
         print(f"  metrics  {server.metrics_url}", flush=True)
         print(f"  repository {server.repository}; log {server.log_path}", flush=True)
-        print("Ctrl-C or SIGTERM stops it.", flush=True)
+        print("Ctrl-C, SIGTERM or SIGHUP stops it.", flush=True)
         checked = time.monotonic()
         while not stop.wait(0.5):
             code = server.poll()

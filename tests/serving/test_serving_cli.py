@@ -241,3 +241,24 @@ def test_a_dead_model_process_stops_the_server_and_startup_can_be_interrupted(tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_sighup_stops_the_server_and_removes_its_temporary_run_folder(tmp_path: Path, tiny_weights: Path) -> None:
+    """A closed terminal sends SIGHUP: handled like SIGTERM, not the default exit that leaks the run folder."""
+    require_triton()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = _serve(tiny_weights, tmpdir=tmp)
+    try:
+        output = OutputReader(proc)
+        banner = output.until(READY_LINE, timeout=120)
+        assert [p.name[:11] for p in tmp.iterdir()] == ["rfkp-serve-"]
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0
+        assert "server stopped" in output.until("server stopped", timeout=10)
+        assert list(tmp.iterdir()) == []
+        assert "SIGHUP stops it" in banner
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
