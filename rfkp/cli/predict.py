@@ -31,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="image files, or folders of images")
     p.add_argument("--weights", type=non_empty_path, help="rfkp or rfdetr keypoint checkpoint (default: the project's default model)")
     p.add_argument("--url", help="HOST:PORT of a running rfkp server (gRPC) instead of local weights")
-    p.add_argument("--threshold", type=probability, default=0.5, help="minimum rescored score (default 0.5)")
+    p.add_argument("--threshold", type=probability, default=None,
+                   help=f"minimum rescored score (default {LOCAL_THRESHOLD}; with --url, the server's default, "
+                        "set by rfkp serve --threshold)")
     p.add_argument("--resolution", type=positive_int, help="input resolution (multiple of patch size x windows)")
     p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request with --url (default 60)")
@@ -40,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 PICTURE_SUFFIX = "_keypoints.png"
+LOCAL_THRESHOLD = 0.5  # without --threshold and --url; a server applies its own default
 
 
 def expand_images(items: list[str], out: Path | None = None) -> list[str]:
@@ -90,13 +93,14 @@ def _predictor(args: argparse.Namespace, closing: contextlib.ExitStack) -> Calla
             client.metadata  # noqa: B018 - one round trip: an unreachable server fails here, not once per image
         except RemoteError as exc:
             raise ConnectionError(f"no rfkp server answers at {args.url}: {exc}") from None
-        return lambda path: client.predict(Path(path), threshold=args.threshold)
+        return lambda path: client.predict(Path(path), threshold=args.threshold)  # None: the server's default
     from rfkp.api import RFDETRKeypoint
 
     model = RFDETRKeypoint.from_checkpoint(args.weights, args.device) if args.weights else RFDETRKeypoint.default(args.device)
     if model.is_random_init:
         print("warning: no --weights given and no trained default ships: using a RANDOM-INITIALISED model")
-    return lambda path: model.predict(path, threshold=args.threshold, resolution=args.resolution)
+    threshold = LOCAL_THRESHOLD if args.threshold is None else args.threshold
+    return lambda path: model.predict(path, threshold=threshold, resolution=args.resolution)
 
 
 def main(args: argparse.Namespace) -> int:

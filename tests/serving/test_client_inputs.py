@@ -86,3 +86,37 @@ def test_predict_url_stops_when_the_server_goes_away(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "the server stopped answering after 2 of 4 images, the rest were not sent" in err
     assert list(__import__("json").loads((tmp_path / "out" / "errors.json").read_text())) == [paths[1]]
+
+
+@pytest.mark.parametrize(("given", "sent"), [([], None), (["--threshold", "0.3"], 0.3)])
+def test_predict_url_sends_a_threshold_only_when_given(given: list, sent: float | None, tmp_path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Without --threshold, `rfkp predict --url` leaves the threshold to the server (rfkp serve --threshold)."""
+    import contextlib
+
+    import rfkp.client
+    from rfkp.cli.main import build_parser
+    from rfkp.cli.predict import _predictor
+
+    calls = []
+
+    class Recording:
+        def __init__(self, url: str, timeout: float) -> None:
+            self.metadata = None
+
+        def __enter__(self):  # noqa: ANN204
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def predict(self, image: object, threshold: float | None = None) -> None:
+            calls.append(threshold)
+
+    monkeypatch.setattr(rfkp.client, "KeypointClient", Recording)
+    args = build_parser().parse_args(["predict", "--url", "127.0.0.1:8001", "x.png", *given])
+    with contextlib.ExitStack() as closing:
+        _predictor(args, closing)("x.png")
+    assert calls == [sent]
+    help_text = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
+    assert "default 0.5; with --url, the server's default" in " ".join(help_text.split())
