@@ -9,12 +9,16 @@ bytes are sent as they are), or a PIL image or uint8 array of any layout in-proc
 (grey, RGB, RGBA; converted to RGB as ``rfkp.io.load_image`` does and sent as a raw (H, W, 3) frame). Float
 tensors are not sent: their values would have to be rounded to bytes first.
 
+``AsyncKeypointClient`` opens its channel on first use, in the running event loop, so it can be made outside one
+(before ``asyncio.run``); it then serves that loop only.
+
 The channel's reconnect backoff is capped at ``RECONNECT_BACKOFF_MS``: a client survives a server restart and
 answers again within a second of the server being ready.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import numbers
 import os
@@ -36,7 +40,8 @@ RemoteImage = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray | 
 
 
 class RemoteError(RuntimeError):
-    """The server answered a request with an error (``status`` is the gRPC status name)."""
+    """A call failed: the server answered with an error or could not be reached (``status`` is the gRPC status
+    name), or the client was closed or used outside its event loop (``status`` None)."""
 
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message if status is None else f"[{status}] {message}")
@@ -155,6 +160,10 @@ def _metadata_from_config(config: Mapping[str, Any]) -> ServedMetadata:
         raise ValueError(f"model {config.get('name', '?')!r} is not an rfkp ensemble (rfkp serve's 'rfkp'): {exc}") from None
 
 
+def _closed_error(client: object) -> RemoteError:
+    return RemoteError(f"this {type(client).__name__} of {client.url} is closed; make a new one")  # type: ignore[attr-defined]
+
+
 def _remote_error(exc: Exception) -> RemoteError:
     status = exc.status() if hasattr(exc, "status") else None
     message = exc.message() if hasattr(exc, "message") else str(exc)
@@ -239,29 +248,55 @@ class KeypointClient:
 
 
 class AsyncKeypointClient:
-    """asyncio gRPC client (``tritonclient.grpc.aio``); same arguments and results as ``KeypointClient``."""
+    """asyncio gRPC client (``tritonclient.grpc.aio``); same arguments and results as ``KeypointClient``.
+
+    It may be made outside an event loop (before ``asyncio.run``): its channel is opened on first use, in the
+    running loop, and serves that loop only (a grpc aio channel belongs to the loop it was made in).
+    """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, model_name: str = P.ENSEMBLE, timeout: float | None = None):
         self._grpc = _grpc()
         import tritonclient.grpc.aio as aio
 
+        self._aio = aio
         self.url = check_url(url)
         self.timeout = _check_timeout(timeout)
         self.model_name = model_name
-        self._client = aio.InferenceServerClient(url, channel_args=_channel_args(self._grpc))
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._metadata: ServedMetadata | None = None
+        self._closed = False
+
+    def _connection(self) -> Any:
+        """The tritonclient aio client of the running loop, made on first use; RemoteError once closed or from
+        another loop."""
+        if self._closed:
+            raise _closed_error(self)
+        loop = asyncio.get_running_loop()
+        if self._client is None:
+            self._client = self._aio.InferenceServerClient(self.url, channel_args=_channel_args(self._grpc))
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RemoteError(
+                f"this AsyncKeypointClient of {self.url} was first used in another event loop; make one per loop "
+                "(per asyncio.run)"
+            )
+        return self._client
 
     async def is_ready(self) -> bool:
+        client = self._connection()
         try:
-            return bool(await self._client.is_server_ready(client_timeout=self.timeout)
-                        and await self._client.is_model_ready(self.model_name, client_timeout=self.timeout))
+            return bool(await client.is_server_ready(client_timeout=self.timeout)
+                        and await client.is_model_ready(self.model_name, client_timeout=self.timeout))
         except self._grpc.InferenceServerException:
             return False
 
     async def metadata(self) -> ServedMetadata:
         if self._metadata is None:
             try:
-                reply = await self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)
+                reply = await self._connection().get_model_config(
+                    self.model_name, as_json=True, client_timeout=self.timeout
+                )
                 config = reply["config"]
             except self._grpc.InferenceServerException as exc:
                 raise _remote_error(exc) from None
@@ -272,7 +307,7 @@ class AsyncKeypointClient:
         inputs = build_inputs(image, threshold, self._grpc)
         metadata = await self.metadata()
         try:
-            result = await self._client.infer(
+            result = await self._connection().infer(
                 self.model_name, inputs, outputs=_requested_outputs(self._grpc), client_timeout=self.timeout
             )
         except self._grpc.InferenceServerException as exc:
@@ -281,12 +316,19 @@ class AsyncKeypointClient:
 
     async def statistics(self, model_name: str = P.NETWORK) -> dict[str, Any]:
         try:
-            return await self._client.get_inference_statistics(model_name, as_json=True, client_timeout=self.timeout)
+            return await self._connection().get_inference_statistics(
+                model_name, as_json=True, client_timeout=self.timeout
+            )
         except self._grpc.InferenceServerException as exc:
             raise _remote_error(exc) from None
 
     async def close(self) -> None:
-        await self._client.close()
+        """Close the channel if one was opened (again: nothing); later calls raise RemoteError."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._client is not None:
+            await self._client.close()
 
     async def __aenter__(self) -> AsyncKeypointClient:
         return self

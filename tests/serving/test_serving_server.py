@@ -127,6 +127,22 @@ def test_async_client(server: TritonServer, tiny_model: RFDETRKeypoint) -> None:
         assert_same(remote, tiny_model.predict(image, threshold=0.0))
 
 
+def test_an_async_client_made_outside_the_event_loop(server: TritonServer, tiny_model: RFDETRKeypoint) -> None:
+    image = noise_image(96, 128, seed=4)
+    client = AsyncKeypointClient(server.grpc_url, timeout=60)  # no loop runs yet: the channel opens on first use
+
+    async def run() -> KeypointDetections:
+        assert await client.is_ready()
+        return await client.predict(image, threshold=0.0)
+
+    assert_same(asyncio.run(run()), tiny_model.predict(image, threshold=0.0))
+    with pytest.raises(RemoteError, match="was first used in another event loop; make one per loop"):
+        asyncio.run(run())
+    asyncio.run(client.close())
+    with pytest.raises(RemoteError, match="AsyncKeypointClient of .* is closed; make a new one"):
+        asyncio.run(run())
+
+
 def _raw_infer(url: str, name: str, array: np.ndarray, datatype: str) -> None:
     with grpcclient.InferenceServerClient(url) as c:
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
