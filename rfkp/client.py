@@ -5,12 +5,13 @@
 server's configuration declares. They need the ``serving`` extra (``tritonclient[grpc]``).
 
 Accepted images: encoded bytes (JPEG, PNG, ...; decoded by the server), a path to an image file (its
-bytes are sent as they are), or a PIL image or uint8 array of any layout in-process ``predict()`` reads
-(grey, RGB, RGBA; converted to RGB as ``rfkp.io.load_image`` does and sent as a raw (H, W, 3) frame). Float
-tensors are not sent: their values would have to be rounded to bytes first.
+bytes are sent as they are), a PIL image or uint8 array of any layout in-process ``predict()`` reads
+(grey, RGB, RGBA; converted to RGB as ``rfkp.io.load_image`` does and sent as a raw (H, W, 3) frame), or a
+uint8 (C, H, W) torch tensor with C 1 or 3 (as ``predict()`` reads it). Float tensors are not sent: their
+values would have to be rounded to bytes first (the error says how).
 
-``AsyncKeypointClient`` opens its channel on first use, in the running event loop, so it can be made outside one
-(before ``asyncio.run``); it then serves that loop only.
+A closed client raises ``RemoteError``. ``AsyncKeypointClient`` opens its channel on first use, in the running
+event loop, so it can be made outside one (before ``asyncio.run``); it then serves that loop only.
 
 The channel's reconnect backoff is capped at ``RECONNECT_BACKOFF_MS``: a client survives a server restart and
 answers again within a second of the server being ready.
@@ -27,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from rfkp.detections import KeypointDetections
@@ -36,7 +38,7 @@ from rfkp.serving.packing import ServedMetadata, unpack_detections
 
 __all__ = ["AsyncKeypointClient", "KeypointClient", "RemoteError", "build_inputs", "check_url"]
 
-RemoteImage = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray | Image.Image
+RemoteImage = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray | Image.Image | torch.Tensor
 
 
 class RemoteError(RuntimeError):
@@ -88,13 +90,32 @@ def _encoded(image: RemoteImage) -> bytes | None:
     return None
 
 
+def _tensor_rgb(tensor: torch.Tensor) -> np.ndarray:
+    """A uint8 (C, H, W) tensor with C 1 or 3, as in-process ``predict()`` reads it -> (H, W, 3) uint8 RGB.
+
+    Raises:
+        TypeError: a tensor of another dtype (the exact conversion is in the message). ValueError: another shape.
+    """
+    shape = tuple(tensor.shape)
+    if tensor.dtype != torch.uint8:
+        raise TypeError(
+            f"a {tensor.dtype} tensor {shape} is not sent (its values would be rounded to bytes): convert an image in "
+            "[0, 1] with (tensor * 255).round().clamp(0, 255).to(torch.uint8), or send encoded bytes"
+        )
+    if tensor.ndim != 3 or shape[0] not in (1, 3) or tensor.layout != torch.strided:
+        last = tensor.ndim == 3 and shape[2] in (1, 3, 4)
+        hint = "; for channels last (H, W, C) send tensor.cpu().numpy()" if last else ""
+        raise ValueError(f"got a uint8 tensor {shape}; expected a dense (C, H, W) tensor with C 1 or 3{hint}")
+    return load_image(tensor.detach().cpu().permute(1, 2, 0).numpy(), max_pixels=2**62)  # the server's own limit
+
+
 def build_inputs(image: RemoteImage, threshold: float | None = None, grpcclient: Any = None) -> list[Any]:
     """The request inputs for one image (see ``rfkp.serving.protocol``).
 
     Raises:
         FileNotFoundError: a path that does not exist. ValueError: a URL, an empty path, a pipe or device, an
-            array in a layout ``load_image`` does not read, or a threshold outside [0, 1]. TypeError: another
-            kind of image.
+            array or tensor in a layout ``predict()`` does not read, or a threshold outside [0, 1]. TypeError: a
+            float tensor, or another kind of image.
     """
     grpcclient = grpcclient or _grpc()
     inputs = []
@@ -103,17 +124,19 @@ def build_inputs(image: RemoteImage, threshold: float | None = None, grpcclient:
         tensor = grpcclient.InferInput(P.INPUT_BYTES, [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
         inputs.append(tensor)
-    elif isinstance(image, (np.ndarray, Image.Image)):
-        # as in-process predict() reads them (grey, RGBA, PIL modes, EXIF), then sent as a raw RGB frame
-        rgb = load_image(image, max_pixels=2**62)  # the server applies its own max_pixels
+    elif isinstance(image, (np.ndarray, Image.Image, torch.Tensor)):
+        # as in-process predict() reads them (grey, RGBA, PIL modes, EXIF, CHW tensors), sent as a raw RGB frame
+        if isinstance(image, torch.Tensor):
+            rgb = _tensor_rgb(image)
+        else:
+            rgb = load_image(image, max_pixels=2**62)  # the server applies its own max_pixels
         tensor = grpcclient.InferInput(P.INPUT_RAW, [1, *rgb.shape], "UINT8")
         tensor.set_data_from_numpy(rgb[None])
         inputs.append(tensor)
     else:
-        hint = "; send float tensors as images (encoded bytes) or uint8 arrays" if type(image).__name__ == "Tensor" else ""
         raise TypeError(
-            f"unsupported image of type {type(image).__name__}; expected encoded bytes, a path, a PIL image or a "
-            f"uint8 numpy array{hint}"
+            f"unsupported image of type {type(image).__name__}; expected encoded bytes, a path, a PIL image, a "
+            "uint8 numpy array or a uint8 (C, H, W) torch tensor"
         )
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
@@ -186,12 +209,20 @@ class KeypointClient:
         self.model_name = model_name
         self._client = self._grpc.InferenceServerClient(url, channel_args=_channel_args(self._grpc))
         self._metadata: ServedMetadata | None = None
+        self._closed = False
+
+    def _connection(self) -> Any:
+        """The tritonclient client; RemoteError once closed (grpc would raise a bare ValueError)."""
+        if self._closed:
+            raise _closed_error(self)
+        return self._client
 
     def is_ready(self) -> bool:
         """True when the server and the ensemble are ready."""
+        client = self._connection()
         try:
-            return bool(self._client.is_server_ready(client_timeout=self.timeout)
-                        and self._client.is_model_ready(self.model_name, client_timeout=self.timeout))
+            return bool(client.is_server_ready(client_timeout=self.timeout)
+                        and client.is_model_ready(self.model_name, client_timeout=self.timeout))
         except self._grpc.InferenceServerException:
             return False
 
@@ -200,7 +231,7 @@ class KeypointClient:
         """Class names, keypoint names and skeletons from the served configuration (fetched once)."""
         if self._metadata is None:
             try:
-                config = self._client.get_model_config(
+                config = self._connection().get_model_config(
                     self.model_name, as_json=True, client_timeout=self.timeout
                 )["config"]
             except self._grpc.InferenceServerException as exc:
@@ -217,7 +248,7 @@ class KeypointClient:
         inputs = build_inputs(image, threshold, self._grpc)
         metadata = self.metadata
         try:
-            result = self._client.infer(
+            result = self._connection().infer(
                 self.model_name, inputs, outputs=_requested_outputs(self._grpc), client_timeout=self.timeout
             )
         except self._grpc.InferenceServerException as exc:
@@ -231,12 +262,15 @@ class KeypointClient:
             RemoteError: the server refused (an unknown model, say) or did not answer within the timeout.
         """
         try:
-            return self._client.get_inference_statistics(model_name, as_json=True, client_timeout=self.timeout)
+            return self._connection().get_inference_statistics(model_name, as_json=True, client_timeout=self.timeout)
         except self._grpc.InferenceServerException as exc:
             raise _remote_error(exc) from None
 
     def close(self) -> None:
-        self._client.close()
+        """Close the channel (again: nothing); later calls raise RemoteError."""
+        if not self._closed:
+            self._closed = True
+            self._client.close()
 
     def __enter__(self) -> KeypointClient:
         return self

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc", reason="serving tests need the 'serving' extra (tritonclient[grpc])")
 
 import os
+import re
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -41,7 +42,7 @@ def test_paths_are_checked_as_in_process_predict_checks_them(tmp_path) -> None:
         with pytest.raises(error, match=message):
             build_inputs(path)
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="send float tensors as images"):
+    with pytest.raises(TypeError, match=re.escape("convert an image in [0, 1] with (tensor * 255).round().clamp(0, 255)")):
         build_inputs(torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match="got a numpy array of dtype float32"):
         build_inputs(np.zeros((4, 4, 3), np.float32))
@@ -120,3 +121,16 @@ def test_predict_url_sends_a_threshold_only_when_given(given: list, sent: float 
     assert calls == [sent]
     help_text = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
     assert "default 0.5; with --url, the server's default" in " ".join(help_text.split())
+
+
+def test_uint8_tensors_predict_reads_are_sent_as_rgb_frames() -> None:
+    torch = pytest.importorskip("torch")
+    chw = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    (sent,) = build_inputs(chw)
+    assert (sent.name(), sent.shape()) == (P.INPUT_RAW, [1, 20, 30, 3])
+    assert _raw(build_inputs(chw[:1])) == (P.INPUT_RAW, [1, 20, 30, 3])  # grey (1, H, W)
+    assert _raw(build_inputs(chw[:, ::2].transpose(1, 2))) == (P.INPUT_RAW, [1, 30, 10, 3])  # not contiguous
+    with pytest.raises(ValueError, match=re.escape("for channels last (H, W, C) send tensor.cpu().numpy()")):
+        build_inputs(chw.permute(1, 2, 0))
+    with pytest.raises(ValueError, match=re.escape("expected a dense (C, H, W) tensor with C 1 or 3")):
+        build_inputs(chw[None])

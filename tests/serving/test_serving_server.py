@@ -143,6 +143,20 @@ def test_an_async_client_made_outside_the_event_loop(server: TritonServer, tiny_
         asyncio.run(run())
 
 
+def test_uint8_tensors_and_closed_clients(server: TritonServer, tiny_model: RFDETRKeypoint) -> None:
+    import torch
+
+    rgb = noise_image(90, 70, seed=6)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    with KeypointClient(server.grpc_url, timeout=60) as c:
+        assert_same(c.predict(chw, threshold=0.0), tiny_model.predict(chw, threshold=0.0))
+    with pytest.raises(RemoteError, match="KeypointClient of .* is closed; make a new one"):
+        c.predict(rgb)
+    with pytest.raises(RemoteError, match="is closed"):
+        c.is_ready()
+    c.close()  # again: nothing
+
+
 def _raw_infer(url: str, name: str, array: np.ndarray, datatype: str) -> None:
     with grpcclient.InferenceServerClient(url) as c:
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
