@@ -158,8 +158,13 @@ def check_url(url: str) -> str:
     port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
     if "://" in str(url) or not sep or not host or not port_ok:
         raise ValueError(f"server url must be HOST:PORT with a port in 1..65535 (no scheme), got {url!r}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ":" in host and not bracketed:
         raise ValueError(f"an IPv6 server address goes in brackets, e.g. [::1]:8001; got {url!r}")
+    if bracketed and ":" not in host:
+        raise ValueError(f"only an IPv6 address goes in brackets ([::1]:8001), not a host name; got {url!r}")
+    if any(c.isspace() for c in str(url)) or "/" in host:
+        raise ValueError(f"server url must be HOST:PORT without spaces or a path, got {url!r}")
     return str(url)
 
 

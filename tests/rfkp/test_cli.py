@@ -141,6 +141,11 @@ def test_server_urls_are_host_and_port() -> None:
             check_url(bad)
     with pytest.raises(ValueError, match=r"an IPv6 server address goes in brackets, e.g. \[::1\]:8001"):
         check_url("::1:8001")
+    with pytest.raises(ValueError, match="only an IPv6 address goes in brackets"):
+        check_url("[localhost]:80")
+    for bad in (" localhost:8001", "local host:8001", "localhost/x:8001"):
+        with pytest.raises(ValueError, match="without spaces or a path"):
+            check_url(bad)
     from rfkp.client import _check_timeout
 
     assert _check_timeout(np.float32(2.5)) == 2.5 and _check_timeout(None) is None
