@@ -134,7 +134,11 @@ def _file_sha256(path: Path) -> str:
 # the rfkp sources a raw graph cannot depend on; every other module counts (loading, the network, the export,
 # and the serving protocol and metadata the export embeds)
 _NOT_GRAPH_SOURCES = ("cli",)
-_GRAPH_NAME = re.compile(r"raw-[0-9a-f]{32}-r[0-9]+(\.[0-9]+\.partial)?\.onnx")
+_GRAPH_NAME = re.compile(r"raw-[0-9a-f]{32}-r[0-9]+\.onnx")
+# unfinished exports: export_onnx's .NAME.PID.tmp, and the .PID.partial.onnx of earlier rfkp versions
+_PARTIAL_NAME = re.compile(r"(\.raw-[0-9a-f]{32}-r[0-9]+\.onnx\.[0-9]+\.tmp|raw-[0-9a-f]{32}-r[0-9]+\.[0-9]+\.partial\.onnx)")
+# graphs of earlier rfkp versions, keyed without the code fingerprint: never reused, so always pruned
+_LEGACY_NAME = re.compile(r"raw-v1-[0-9a-f]+-r[0-9]+\.onnx")
 # the cache keeps the graphs used most recently: at most this many, none unused for longer than this
 MAX_CACHED_GRAPHS = 8
 MAX_GRAPH_AGE_S = 30 * 24 * 3600.0
@@ -175,14 +179,18 @@ def prune_graph_cache(
             logger.debug("could not prune %s: %s", path, exc)
 
     graphs, partial = [], []
-    for path in folder.glob("raw-*.onnx"):
-        if not _GRAPH_NAME.fullmatch(path.name):  # not one of ours
+    for path in [*folder.glob("raw-*.onnx"), *folder.glob(".raw-*.tmp")]:
+        if _LEGACY_NAME.fullmatch(path.name):
+            unlink(path)
+            continue
+        kind = graphs if _GRAPH_NAME.fullmatch(path.name) else partial if _PARTIAL_NAME.fullmatch(path.name) else None
+        if kind is None:  # not one of ours
             continue
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             continue
-        (partial if path.name.endswith(".partial.onnx") else graphs).append((mtime, path))
+        kind.append((mtime, path))
     for mtime, path in partial:
         if now - mtime > _PARTIAL_AGE_S:
             unlink(path)
@@ -233,12 +241,8 @@ def prepare_raw_graph(
     logger.info("exporting %s to a raw-output ONNX graph (%d px, dynamic batch) in %s", prepared.path, resolution, path)
     folder.mkdir(parents=True, exist_ok=True)
     model = RFDETRKeypoint.from_checkpoint(prepared.path, device="cpu")
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.onnx")
-    try:
-        export_onnx(model, partial, resolution=resolution, dynamic_batch=max(2, max_batch), outputs=RAW)
-        os.replace(partial, path)  # atomic: a concurrent start sees the whole graph or none
-    finally:
-        partial.unlink(missing_ok=True)
+    # export_onnx writes beside the path and renames: a concurrent start sees the whole graph or none
+    export_onnx(model, path, resolution=resolution, dynamic_batch=max(2, max_batch), outputs=RAW)
     prune_graph_cache(folder)
     return path, True
 

@@ -108,6 +108,9 @@ def test_graph_cache_keeps_the_graphs_used_most_recently(tmp_path: Path) -> None
     ages[f"raw-{key}-r96.onnx"] = MAX_GRAPH_AGE_S + 1
     ages[f"raw-{key[:-2]}11-r64.12.partial.onnx"] = 2 * 3600.0  # a crashed export
     ages[f"raw-{key[:-2]}12-r64.13.partial.onnx"] = 60.0  # an export in progress
+    ages[f".raw-{key[:-2]}13-r64.onnx.14.tmp"] = 2 * 3600.0  # a crashed export_onnx
+    ages[f".raw-{key[:-2]}14-r64.onnx.15.tmp"] = 60.0  # in progress
+    ages[f"raw-v1-{key}-r64.onnx"] = 60.0  # an earlier version's graph, never reused
     ages["notes.txt"] = ages["raw-model.onnx"] = 1e9  # not ours
     for name, age in ages.items():
         (tmp_path / name).write_bytes(b"x")
@@ -115,8 +118,9 @@ def test_graph_cache_keeps_the_graphs_used_most_recently(tmp_path: Path) -> None
     removed = prune_graph_cache(tmp_path, keep=8, now=now)
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert kept == sorted([f"raw-{key[:-2]}{i:02d}-r64.onnx" for i in range(8)]
-                          + [f"raw-{key[:-2]}12-r64.13.partial.onnx", "notes.txt", "raw-model.onnx"])  # fmt: skip
-    assert len(removed) == 6 and not set(p.name for p in removed) & set(kept)
+                          + [f"raw-{key[:-2]}12-r64.13.partial.onnx", f".raw-{key[:-2]}14-r64.onnx.15.tmp",
+                             "notes.txt", "raw-model.onnx"])  # fmt: skip
+    assert len(removed) == 8 and not set(p.name for p in removed) & set(kept)
     assert prune_graph_cache(tmp_path / "missing") == []
 
 
