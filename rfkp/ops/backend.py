@@ -96,6 +96,25 @@ def _cuda_unavailable(device: torch.device) -> str | None:
         cuda_lib.library_for(f"{major}{minor}")
     except (cuda_lib.CudaLibraryError, OSError) as exc:
         return f"CUDA library unavailable: {exc}"
+    return _cuda_probe(device)
+
+
+def _cuda_probe(device: torch.device) -> str | None:
+    """One tiny launch against the reference: a library that builds and loads can still fail to run (its CUDA
+    runtime newer than the driver, a kernel image missing for this GPU); then the next backend is used."""
+    from rfkp.ops import cuda_ops
+    from rfkp.ops.ms_deform_attn import ms_deform_attn_reference
+    from rfkp.ops.sample_inputs import msda_inputs
+
+    x = msda_inputs(1, 2, 1, 4, [(3, 2)], 2, device=device)
+    args = (x["value"], x["spatial_shapes"], x["level_start_index"], x["sampling_locations"], x["attention_weights"])
+    try:
+        out = cuda_ops.ms_deform_attn_forward(*args)
+        torch.cuda.synchronize(device)
+    except RuntimeError as exc:
+        return f"the CUDA library does not run on this GPU: {exc}"
+    if not torch.allclose(out, ms_deform_attn_reference(*args), rtol=1e-4, atol=1e-5):
+        return "the CUDA library's probe launch disagrees with the reference"
     return None
 
 

@@ -38,8 +38,15 @@ def _kernels(device: torch.device) -> object | None:
 
 
 def _reference_vjp(fn: Callable[..., Tensor], grad: Tensor, *primals: Tensor) -> tuple[Tensor, ...]:
+    """Gradients in contiguous memory, as the CUDA and Triton backwards return them (and the fakes declare)."""
     _, vjp = torch.func.vjp(fn, *primals)
-    return vjp(grad)
+    return tuple(g.contiguous() for g in vjp(grad))
+
+
+def _contiguous_like(x: Tensor) -> Tensor:
+    """An uninitialised tensor of ``x``'s shape, dtype and device in contiguous memory: the backward ops'
+    outputs (``empty_like`` would copy a permuted input's strides, which no backend returns)."""
+    return x.new_empty(x.shape)
 
 
 # ---- plain op: reference signature ------------------------------------------------------------------------
@@ -86,7 +93,7 @@ def _msda_diff(value, sampling_locations, attention_weights, *, spatial_shapes, 
 
 @ms_deform_attn_backward_op.register_fake
 def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+    return _contiguous_like(value), _contiguous_like(sampling_locations), _contiguous_like(attention_weights)
 
 
 def _msda_setup(ctx, inputs, output):
@@ -147,8 +154,8 @@ def _fused_diff(value, reference, sampling_offsets, attention_logits, *, spatial
 
 @ms_deform_attn_fused_backward_op.register_fake
 def _(grad_output, value, spatial_shapes, level_start_index, reference, sampling_offsets, attention_logits):
-    return (torch.empty_like(value), torch.empty_like(reference), torch.empty_like(sampling_offsets),
-            torch.empty_like(attention_logits))
+    return (_contiguous_like(value), _contiguous_like(reference), _contiguous_like(sampling_offsets),
+            _contiguous_like(attention_logits))
 
 
 def _fused_backward(ctx, grad_output):

@@ -158,3 +158,19 @@ def test_rescore_non_finite_inputs_match_the_reference(interpreter, dtype):
     for what, g, w in zip(("score", "log mean trace"), got[:2], want[:2]):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7, equal_nan=True, msg=what)
     assert torch.isnan(want[0]).sum() > 100 and (want[0] == 0).sum() > 100  # both kinds are exercised
+
+
+def test_backward_ops_declare_the_contiguous_gradients_they_return(tri):
+    """The fake (meta) backward ops must give the strides the kernels return (contiguous), also for permuted
+    inputs: torch.compile and export plan memory from the fakes."""
+    x = msda_inputs(1, 2, 2, 3, LEVELS[:1], 2, dtype=torch.float64)
+    value = x["value"].transpose(1, 2).contiguous().transpose(1, 2)
+    locations = x["sampling_locations"].transpose(0, 1).contiguous().transpose(0, 1)
+    grad_out = torch.randn(1, 2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    args = (grad_out, value, x["spatial_shapes"], x["level_start_index"], locations, x["attention_weights"])
+    torch.library.opcheck(library.ms_deform_attn_backward_op, args, test_utils=("test_faketensor",))
+    f = msda_inputs(1, 2, 2, 3, LEVELS[:1], 2, dtype=torch.float64, reference_dim=4)
+    reference = f["reference"].transpose(0, 1).contiguous().transpose(0, 1)
+    fused = (grad_out, value, f["spatial_shapes"], f["level_start_index"], reference, f["sampling_offsets"],
+             f["attention_logits"])
+    torch.library.opcheck(library.ms_deform_attn_fused_backward_op, fused, test_utils=("test_faketensor",))
