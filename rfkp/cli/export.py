@@ -151,15 +151,17 @@ def _ensemble_mismatch(detector: ExportedDetector) -> str | None:
 
 def _refuse_unused_options(args: argparse.Namespace) -> None:
     """Options that would be silently ignored for this format or batch are refused."""
-    unused = []
-    if args.format == "onnx":
-        unused += [flag for flag, value in (("--fp32", args.fp32), ("--plugin-lib", args.plugin_lib)) if value]
-        if args.max_queue_delay_us is not None:
-            unused.append("--max-queue-delay-us")
-    elif args.max_queue_delay_us is not None and not args.dynamic_batch:
+    if args.format != "triton" and args.max_queue_delay_us is not None:
+        raise ValueError("--max-queue-delay-us sets the dynamic batching of a --format triton entry")
+    if args.format == "triton" and args.max_queue_delay_us is not None and not args.dynamic_batch:
         raise ValueError("--max-queue-delay-us sets Triton's dynamic batching: it needs --dynamic-batch MAX")
-    if unused:
-        raise ValueError(f"{' and '.join(unused)} only apply to --format engine and triton")
+    build_options = [flag for flag, value in (("--fp32", args.fp32), ("--plugin-lib", args.plugin_lib)) if value]
+    if build_options and args.format == "onnx":
+        raise ValueError(f"{' and '.join(build_options)} only apply when an engine is built (--format engine "
+                         "or triton)")
+    if build_options and args.format == "triton" and args.engine:
+        raise ValueError(f"{' and '.join(build_options)} only apply when an engine is built, not with --engine "
+                         "(an engine already built)")
 
 
 def _check_paths(args: argparse.Namespace) -> None:

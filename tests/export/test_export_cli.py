@@ -280,10 +280,16 @@ def test_options_that_do_not_apply_are_refused_before_exporting(
     base = ["export", "--weights", str(weights)]
     onnx_out = ["--out", str(tmp_path / "m.onnx")]
     (tmp_path / "empty.plan").write_bytes(b"")
+    (tmp_path / "built.plan").write_bytes(b"plan")
     cases = [
-        ([*base, *onnx_out, "--fp32"], "--fp32 only apply to --format engine and triton"),
-        ([*base, *onnx_out, "--plugin-lib", "x.so", "--max-queue-delay-us", "10"],
-         "--plugin-lib and --max-queue-delay-us only apply to --format engine and triton"),
+        ([*base, *onnx_out, "--fp32"], "--fp32 only apply when an engine is built (--format engine or triton)"),
+        ([*base, *onnx_out, "--fp32", "--plugin-lib", "x.so"], "--fp32 and --plugin-lib only apply when an engine"),
+        ([*base, "--format", "triton", "--dynamic-batch", "2", "--out", str(tmp_path / "e"), "--engine",
+          str(tmp_path / "built.plan"), "--fp32"], "--fp32 only apply when an engine is built, not with --engine"),
+        ([*base, *onnx_out, "--max-queue-delay-us", "10"],
+         "--max-queue-delay-us sets the dynamic batching of a --format triton entry"),
+        ([*base, "--format", "engine", "--dynamic-batch", "2", "--out", str(tmp_path / "m.plan"),
+          "--max-queue-delay-us", "10"], "--max-queue-delay-us sets the dynamic batching of a --format triton"),
         ([*base, "--format", "triton", "--out", str(tmp_path / "e"), "--max-queue-delay-us", "10"],
          "--max-queue-delay-us sets Triton's dynamic batching: it needs --dynamic-batch MAX"),
         ([*base, "--format", "triton", "--out", str(tmp_path / "e"), "--engine", str(tmp_path / "empty.plan")],
@@ -313,4 +319,4 @@ def test_options_that_do_not_apply_are_refused_before_exporting(
     argv = [*base, "--format", "engine", "--out", str(tmp_path / "m.plan"), "--plugin-lib", str(tmp_path / "notalib.txt")]
     assert main(argv) == 1
     assert "--plugin-lib: cannot load the plugin library" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.plan", "notalib.txt"]  # nothing exported
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built.plan", "empty.plan", "notalib.txt"]  # no export
