@@ -23,7 +23,8 @@ def serve_and_predict(
 ) -> KeypointDetections:
     """Start a server on free loopback ports with ``weights`` (default: the project's default model),
     send ``image``'s encoded bytes over gRPC, print a summary, write ``out_dir/detections.json``,
-    and stop the server (always).
+    and stop the server (always). The server's run folder ``out_dir/server_run`` is removed after a
+    successful request and kept, with its log, after a failure.
 
     Returns:
         The detections the server answered, in ``image``'s pixels.
@@ -56,6 +57,8 @@ def serve_and_predict(
             dets = client.predict(image)
     finally:
         server.stop()
+    # the run folder (rendered repository, a link to the graph, the server log) is kept only after a failure
+    shutil.rmtree(run_dir, ignore_errors=True)
     (out / "detections.json").write_text(json.dumps(dets.to_dict(), indent=1, allow_nan=False))
     print(f"{len(dets)} detections on {image.name} (over gRPC, threshold {threshold}); wrote {out / 'detections.json'}")
     for i in range(min(len(dets), 5)):

@@ -32,6 +32,7 @@ def test_serve_and_predict_sample(tiny_model: RFDETRKeypoint, tiny_weights: Path
     assert len(saved) == len(local) > 0 and saved.image_size == local.image_size
     np.testing.assert_allclose(saved.xyxy, local.xyxy, atol=1e-3)
     np.testing.assert_allclose(saved.keypoints, local.keypoints, atol=1e-3, equal_nan=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["detections.json"]  # no server folder left
 
 
 def test_missing_image_is_reported(tmp_path: Path) -> None:
