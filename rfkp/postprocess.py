@@ -79,21 +79,11 @@ def decode_detections(
     query = torch.div(flat_idx, C, rounding_mode="floor")
     labels = flat_idx % C
 
-    hw = source_sizes.to(boxes.dtype)
-    wh = hw.flip(-1)  # (B, 2) = (W, H)
+    wh = source_sizes.to(boxes.dtype).flip(-1)  # (B, 2) = (W, H)
     sel_boxes = torch.gather(boxes, 1, query[..., None].expand(B, n, 4))  # cxcywh normalised
-    xyxy = torch.cat([sel_boxes[..., :2] - 0.5 * sel_boxes[..., 2:], sel_boxes[..., :2] + 0.5 * sel_boxes[..., 2:]], -1)
-    scale = wh.repeat(1, 2)[:, None, :]
-    xyxy = torch.minimum((xyxy * scale).clamp(min=0.0), scale)
-
-    sel_kps = torch.gather(kps, 1, query[..., None, None].expand(B, n, kps.shape[2], kps.shape[3]))
-    sel_kps = sel_kps.reshape(B, n, n_kp_classes, kmax, kps.shape[3])
-    kp_class = labels.clamp(max=n_kp_classes - 1)
-    cls_kps = torch.gather(sel_kps, 2, kp_class[..., None, None, None].expand(B, n, 1, kmax, kps.shape[3]))
-    cls_kps = cls_kps.select(2, 0)  # (B, n, K, 8); select, not squeeze: no If node in an exported graph
-    counts = torch.tensor(num_keypoints_per_class, device=labels.device)
+    xyxy = _boxes_in_pixels(sel_boxes, wh)
+    cls_kps, kp_class, active = _class_keypoints(kps, query, labels, num_keypoints_per_class)
     has_kp = labels < n_kp_classes
-    active = (torch.arange(kmax, device=labels.device) < counts[kp_class][..., None]) & has_kp[..., None]
 
     chol = cls_kps[..., 4:7]
     nan = torch.tensor(math.nan, dtype=kps.dtype, device=kps.device)
@@ -134,6 +124,35 @@ def decode_detections(
         "visible": torch.where(active, cls_kps[..., 3].sigmoid(), nan),
         "cholesky": torch.where(active[..., None], chol, nan),
     }
+
+
+def _boxes_in_pixels(cxcywh: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
+    """(B, n, 4) normalised cxcywh -> xyxy in pixels of the (B, 2) (W, H) images, clamped to the image."""
+    xyxy = torch.cat([cxcywh[..., :2] - 0.5 * cxcywh[..., 2:], cxcywh[..., :2] + 0.5 * cxcywh[..., 2:]], -1)
+    scale = wh.repeat(1, 2)[:, None, :]
+    return torch.minimum((xyxy * scale).clamp(min=0.0), scale)
+
+
+def _class_keypoints(
+    kps: torch.Tensor, query: torch.Tensor, labels: torch.Tensor, num_keypoints_per_class: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 8 channels of the detected class's keypoint block for each selected (query, label).
+
+    Returns:
+        ``(B, n, K, 8)`` channels, the keypointed class index ``(B, n)`` (clamped: classes without keypoints
+        read the last block, masked out), and the ``(B, n, K)`` mask of the slots the class has.
+    """
+    B, n = query.shape
+    n_kp_classes, kmax = len(num_keypoints_per_class), max(num_keypoints_per_class)
+    sel_kps = torch.gather(kps, 1, query[..., None, None].expand(B, n, kps.shape[2], kps.shape[3]))
+    sel_kps = sel_kps.reshape(B, n, n_kp_classes, kmax, kps.shape[3])
+    kp_class = labels.clamp(max=n_kp_classes - 1)
+    cls_kps = torch.gather(sel_kps, 2, kp_class[..., None, None, None].expand(B, n, 1, kmax, kps.shape[3]))
+    cls_kps = cls_kps.select(2, 0)  # (B, n, K, 8); select, not squeeze: no If node in an exported graph
+    counts = torch.tensor(num_keypoints_per_class, device=labels.device)
+    has_kp = labels < n_kp_classes
+    active = (torch.arange(kmax, device=labels.device) < counts[kp_class][..., None]) & has_kp[..., None]
+    return cls_kps, kp_class, active
 
 
 def to_keypoint_detections(
