@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> dict:
     parity: dict[str, dict[str, float]] = {}
     g = torch.Generator().manual_seed(1)
     print(f"{'mode':<16}{'batch':>6}  {'ops':<10}{'ms':>10}{'vs eager':>10}")
+    # --amp applies to the forward passes too (their parity is then measured in bf16)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16"
+                else contextlib.nullcontext())  # fmt: skip
+    forward_mode = f"forward_{args.amp}"
 
     network.eval()
     for batch in args.batches:
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
         want = None
         base = None
         for name in names:
-            with implementation(name), torch.inference_mode():
+            with implementation(name), torch.inference_mode(), autocast:
                 out = network(x)
                 got = {k: out[k].float() for k in RAW}
                 ms = median_ms(lambda: network(x), device, args.iters, args.warmup)  # noqa: B023
@@ -112,16 +116,14 @@ def run(args: argparse.Namespace) -> dict:
                 parity.setdefault(name, {})[f"batch_{batch}"] = max(
                     float((got[k] - want[k]).abs().max()) for k in RAW
                 )
-            rows.append({"mode": "forward", "batch": batch, "ops": name, "ms": ms, "speedup_vs_eager": base / ms})
-            print(f"{'forward':<16}{batch:>6}  {name:<10}{ms:>10.2f}{base / ms:>9.2f}x")
+            rows.append({"mode": forward_mode, "batch": batch, "ops": name, "ms": ms, "speedup_vs_eager": base / ms})
+            print(f"{forward_mode:<16}{batch:>6}  {name:<10}{ms:>10.2f}{base / ms:>9.2f}x")
 
     network.train()
     criterion = SetCriterion(cfg.num_keypoints_per_class)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-5)
     x = torch.randn(args.train_batch, 3, args.resolution, args.resolution, generator=g).to(device)
     targets = synthetic_targets(args.train_batch, cfg.num_keypoints_per_class, device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16"
-                else contextlib.nullcontext())  # fmt: skip
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -152,13 +154,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=positive_int, default=576)
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
     p.add_argument("--train-batch", type=positive_int, default=8)
-    p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32", help="precision of the training step")
+    p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32", help="precision of the forward passes and the training step")
     p.add_argument("--iters", type=positive_int, default=20)
     p.add_argument("--train-iters", type=positive_int, default=10)
     p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=result_path, help="result file (default benchmarks/results/end_to_end_<gpu>.json)")
     return p.parse_args(argv)
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     slug = "".join(c if c.isalnum() else "_" for c in gpu.lower()).strip("_")
     out = args.out or RESULTS / f"end_to_end_{slug}.json"
     write_result(out, "network forward and training step: eager PyTorch reference vs the registered ops' backends",
-                 results, argv=["benchmarks/end_to_end.py", *argv], gpu=gpu, cuda=torch.version.cuda)  # fmt: skip
+                 results, argv=["benchmarks/end_to_end.py", *argv], device=gpu, cuda=torch.version.cuda,
+                 triton=_triton_version())  # fmt: skip
     print(f"wrote {out}")
     return 0
 

@@ -111,8 +111,11 @@ def _callables(shape: Shape, dtype: torch.dtype, device: torch.device, fused: bo
         with torch.no_grad():
             op(*args)
 
+    leaves = [a for a in args if a.requires_grad]
+
     def forward_backward() -> None:
-        op(*args).backward(grad)
+        # gradients returned, not accumulated into .grad (an extra read and write of each the op need not do)
+        torch.autograd.grad(op(*args), leaves, grad)
 
     return forward, forward_backward
 

@@ -50,6 +50,15 @@ class CameraLog:
     skipped: int = 0
 
 
+def _device_name(device: str) -> str:
+    """The GPU's name for a CUDA run, else the CPU's model."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
+    return cpu_model()
+
+
 def versions() -> dict[str, str | None]:
     """Versions of the parts on the request path (None: not installed)."""
     from importlib import metadata
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
                     "cpu": cpu_model(), "load_average_at_start": os.getloadavg()},
+        "device": _device_name(args.device),
         "versions": versions(),
         "command": command_line(["benchmarks/server.py", *(sys.argv[1:] if argv is None else list(argv))]),
         "image": {"path": portable_argv([str(Path(args.image).resolve())])[0], "bytes": len(frame)},

@@ -1,4 +1,9 @@
-"""Median wall time of a callable: CUDA events on a GPU (the work, not the launch), perf_counter elsewhere."""
+"""Median wall time of a callable: CUDA events on a GPU, perf_counter elsewhere.
+
+On a GPU the events bracket each call on an idle device (synchronised after every call), so a time is the
+call's latency from its first launch to its last kernel's end: it includes launch gaps and any host work the
+call waits for between its kernels. Ops that move a few MB take microseconds on the device, and their times
+(and GB/s) then mostly show that per-call overhead; the large shapes measure the kernels."""
 
 from __future__ import annotations
 

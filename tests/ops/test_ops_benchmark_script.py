@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +74,9 @@ def test_end_to_end_benchmark_smoke_run(tmp_path):
     result = json.loads(out.read_text())
     rows = result["results"]["rows"]
     assert [(r["mode"], r["batch"], r["ops"]) for r in rows] == [
-        ("forward", 1, "eager"), ("forward", 2, "eager"), ("train_step_fp32", 2, "eager")]
+        ("forward_fp32", 1, "eager"), ("forward_fp32", 2, "eager"), ("train_step_fp32", 2, "eager")]
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] == 1.0 for r in rows)
-    assert result["gpu"] == "cpu" and result["command"].startswith("python benchmarks/end_to_end.py --device cpu")
+    assert result["device"] == "cpu" and result["command"].startswith("python benchmarks/end_to_end.py --device cpu")
 
 
 def test_keypoint_stream_benchmark_smoke_run(tmp_path):
@@ -156,3 +157,29 @@ def test_the_peer_python_may_be_a_command_on_path() -> None:
     assert peer_python_problem("no-such-python-here") == (
         "no-such-python-here not found (neither a file nor a command on PATH)"
     )
+
+
+def test_gpu_suite_exit_status_reports_failed_steps(tmp_path):
+    """gpu_suite.sh records each step and exits 1 when any failed, was killed by its time limit, or is unknown
+    (PYTHON stands in for the interpreter: `true` passes every step, `false` fails it)."""
+    suite = SCRIPT.parent / "gpu_suite.sh"
+    repo = SCRIPT.parents[1]
+
+    def run(python: str, *steps: str, timeout: str = "540") -> tuple[int, str]:
+        out = tmp_path / f"{python}-{'-'.join(steps)}"
+        env = {**os.environ, "PYTHON": python, "STEP_TIMEOUT": timeout}
+        done = subprocess.run(["bash", str(suite), str(out), *steps], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        return done.returncode, (out / "summary.txt").read_text()
+
+    code, summary = run("true", "kernels", "end_to_end")
+    assert code == 0 and "kernels rc=0" in summary and "end_to_end rc=0" in summary
+    code, summary = run("false", "kernels")
+    assert code == 1 and "kernels rc=1" in summary
+    code, summary = run("true", "bogus")
+    assert code == 1 and "unknown step bogus" in summary
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nsleep 60\n")
+    hang.chmod(0o755)
+    code, summary = run(str(hang), "kernels", "end_to_end", timeout="1")
+    assert code == 1 and "kernels rc=124" in summary and "end_to_end rc=124" in summary  # killed, and went on
