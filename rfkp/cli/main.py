@@ -8,40 +8,53 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# (module, function that adds its parser). Imported only when the command line is built, never at package import.
+# (module, function that adds its parser, the command it adds, the extra its imports need). Imported only when
+# the command line is built, never at package import.
 SUBCOMMANDS = [
-    ("rfkp.cli.predict", "add_parser"),
-    ("rfkp.cli.demo", "add_parser"),
-    ("rfkp.cli.serve", "add_parser"),
-    ("rfkp.cli.export", "add_parser"),
-    ("trainer.cli", "add_eval_parser"),
-    ("trainer.train_cli", "add_parser"),
-    ("trainer.search_cli", "add_parser"),
-    ("trainer.calibrate_cli", "add_parser"),
+    ("rfkp.cli.predict", "add_parser", "predict", None),
+    ("rfkp.cli.demo", "add_parser", "demo", "serving"),
+    ("rfkp.cli.serve", "add_parser", "serve", "serving"),
+    ("rfkp.cli.export", "add_parser", "export", "export"),
+    ("trainer.cli", "add_eval_parser", "eval", "training"),
+    ("trainer.train_cli", "add_parser", "train", "training"),
+    ("trainer.search_cli", "add_parser", "search", "training"),
+    ("trainer.calibrate_cli", "add_parser", "calibrate", "training"),
 ]
+
+
+def _add_unavailable(sub: argparse._SubParsersAction, command: str, extra: str | None, exc: Exception) -> None:
+    """A command whose module cannot be imported stays on the command line and says why when run (it used to
+    vanish: "invalid choice")."""
+    hint = f"; install it with pip install 'rfkp[{extra}]'" if extra and isinstance(exc, ImportError) else ""
+    reason = f"{type(exc).__name__}: {exc}"
+    p = sub.add_parser(command, help=f"(unavailable: {reason})", add_help=False)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        print(f"rfkp {command}: error: this command is unavailable here ({reason}){hint}", file=sys.stderr)
+        return 1
+
+    p.set_defaults(func=unavailable, unavailable=True)  # its arguments are not parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rfkp", description="RF-DETR Keypoint: detect, serve, train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name, fn in SUBCOMMANDS:
+    for module_name, fn, command, extra in SUBCOMMANDS:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:  # optional parts (serving, training extras) may be missing
-            logging.getLogger(__name__).debug("subcommands of %s unavailable: %s", module_name, exc)
+        except Exception as exc:  # noqa: BLE001 - a missing extra or a broken module must not take the others down
+            _add_unavailable(sub, command, extra, exc)
             continue
-        except Exception as exc:  # noqa: BLE001 - one broken subcommand must not take the others down
-            logging.getLogger(__name__).warning("subcommands of %s failed to load: %s", module_name, exc)
-            continue
-        if hasattr(module, fn):
-            getattr(module, fn)(sub)
+        getattr(module, fn)(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

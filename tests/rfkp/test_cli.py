@@ -192,3 +192,19 @@ def test_demo_without_a_server_is_one_line(tmp_path, capsys, monkeypatch) -> Non
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 1
     err = capsys.readouterr().err
     assert "rfkp demo: error: the served demo failed: no tritonserver found" in err and "--local" in err
+
+
+def test_a_command_whose_extra_is_missing_says_so(monkeypatch, capsys) -> None:
+    """A subcommand module that cannot be imported (its extra not installed) keeps its command, which explains
+    itself when run; before, the command vanished ("invalid choice") with no word about the missing extra."""
+    from rfkp.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "SUBCOMMANDS", [*cli_main.SUBCOMMANDS,
+                                                  ("rfkp_no_such_module", "add_parser", "ghost", "training")])
+    assert cli_main.main(["ghost", "--data", "x.json"]) == 1
+    err = capsys.readouterr().err
+    assert "rfkp ghost: error: this command is unavailable here (ModuleNotFoundError: No module named" in err
+    assert "pip install 'rfkp[training]'" in err
+    with pytest.raises(SystemExit):
+        cli_main.main(["--help"])
+    assert "ghost" in capsys.readouterr().out
