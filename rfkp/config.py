@@ -261,7 +261,12 @@ def _conform(value: Any, annotation: str, where: str) -> Any:
             raise ValueError(
                 f"config field {where}: expected {annotation}, got {value!r} ({type(value).__name__})"
             )
-        return float(value) if annotation == "float" else int(value) if annotation == "int" else value
+        if annotation == "float":
+            try:
+                return float(value)
+            except OverflowError:
+                raise ValueError(f"config field {where}: {value!r:.40} is too large for a float") from None
+        return int(value) if annotation == "int" else value
     outer, inner = annotation.split("[", 1)
     inner = inner[:-1]
     if not isinstance(value, (list, tuple)):

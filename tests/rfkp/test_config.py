@@ -58,6 +58,7 @@ def test_json_types_are_converted() -> None:
         (dict(hidden_dim=384, keypoint_dim_downscale=3), r"width 128 is not divisible by its 5 heads \(ca_heads 16 // 3\)"),
         (dict(out_feature_indexes=[3, 13]), "out_feature_indexes must lie in 1..vit_depth 12"),
         (dict(rescore_alpha=float("nan")), "rescore_alpha must be finite"),
+        (dict(rescore_alpha=10**400), "rescore_alpha: 1000.* is too large for a float"),
         (dict(keypoint_names=[["a"] * 17, ["b"]]), "1 keypointed classes but 2 keypoint name lists"),
     ],
 )
