@@ -208,6 +208,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._group_stopped = False  # set once stop() has reaped the process and killed what was left of its group
         self._after_stop: list[Callable[[], object]] = []
         self._model_processes: dict[int, str] = {}
         self._admin_key = secrets.token_hex(16)
@@ -274,6 +275,7 @@ class TritonServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         with open(self.log_path, "wb") as log:
+            self._group_stopped = False
             self._process = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -365,6 +367,8 @@ class TritonServer:
         proc = self._process
         if proc is None:
             return None
+        if self._group_stopped:  # a second stop(): the process group is gone and its id may be reused
+            return proc.returncode
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -377,6 +381,7 @@ class TritonServer:
         # stubs left behind by a crashed server share the group: make sure none survive
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        self._group_stopped = True
         for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # what a killed server could not remove
             with contextlib.suppress(OSError):
                 region.unlink()

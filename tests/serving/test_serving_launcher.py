@@ -346,3 +346,29 @@ def test_launch_removes_the_run_folder_it_made_on_stop(tmp_path: Path, tiny_weig
     server, _ = launch(tiny_weights, options=options, run_dir=given, grpc_port=0, http_port=0, metrics_port=0)
     server.stop()
     assert (given / "model_repository").is_dir()  # a caller's run folder is kept
+
+
+def test_a_second_stop_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first stop() has reaped the server and killed what was left of its group, the group id may
+    belong to someone else: a second stop() (readiness timeout, __exit__ after stop) must not signal it."""
+    import signal
+    import subprocess
+
+    from rfkp.serving import launcher
+
+    signals: list[str] = []
+    real_killpg = os.killpg
+
+    def spy(pgid: int, sig: int) -> None:
+        signals.append(signal.Signals(sig).name)
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(launcher.os, "killpg", spy)
+    server = object.__new__(TritonServer)  # a stand-in process, no tritonserver needed
+    server._process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    server._group_stopped = False
+    server._after_stop = []
+    server.shm_prefix = "rfkp_test_no_such_region_"
+    assert server.stop() == -signal.SIGTERM
+    assert signals == ["SIGTERM", "SIGKILL"]  # the group, then any survivor of it
+    assert server.stop() == -signal.SIGTERM and signals == ["SIGTERM", "SIGKILL"]  # nothing more
