@@ -62,7 +62,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "fewer images than folds)")
     p.add_argument("--sigmas", type=path_option, help="JSON {category: sigma or [per keypoint]} for the OKS matching")
     p.add_argument("--threshold", type=probability, default=0.001, help="score threshold of the detections")
-    p.add_argument("--resolution", type=positive_int, help="inference resolution")
+    p.add_argument("--resolution", type=positive_int,
+                   help="input side to fit at (default: the model's); the calibrated checkpoint then runs at it, "
+                        "since its factors hold there")
     p.add_argument("--device", type=device_arg, help="torch device (default: cuda if available)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass")
     p.add_argument("--plot", type=path_option, help="write the reliability plot (before / after / cross-validated) here")
@@ -157,7 +159,9 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     previous = config.covariance_scale_table()
     total = [[float(fit.scales[c][j] * (previous[c][j] if previous else 1.0)) for j in range(k)]
              for c, k in enumerate(num_keypoints)]  # fmt: skip
-    model.network.cfg = dataclasses.replace(config, covariance_scale=total)
+    # the factors hold at the resolution they were fitted at: the calibrated checkpoint runs there
+    resolution = args.resolution or config.resolution
+    model.network.cfg = dataclasses.replace(config, covariance_scale=total, resolution=resolution)
     model.save_checkpoint(args.out, dtype=dtype)
 
     results = {"before": errors.calibration(), "after (fitted images)": after.calibration()}
@@ -170,6 +174,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         "images": len(coco["images"]),
         "images_with_matches": int(np.unique(errors.image_id).size),
         "settings": {**options, "folds": args.folds, "threshold": args.threshold, "resolution": args.resolution},
+        "resolution": resolution,
+        "resolution_changed_from": config.resolution if resolution != config.resolution else None,
         "keypoint_ap": report.overall["AP"],
         "classes": [
             {"name": config.class_names[c], "category_id": category_ids[c],
@@ -195,7 +201,12 @@ def report_json(report: dict[str, Any]) -> str:
 
 
 def format_calibration(report: dict[str, Any]) -> str:
-    lines = [f"images: {report['images']}   keypoint AP (unchanged): {report['keypoint_ap']:.3f}", ""]
+    lines = [f"images: {report['images']}   keypoint AP (unchanged): {report['keypoint_ap']:.3f} at "
+             f"{report['resolution']} px"]
+    if report.get("resolution_changed_from"):
+        lines.append(f"the calibrated checkpoint runs at {report['resolution']} px (was "
+                     f"{report['resolution_changed_from']}): its factors were fitted there")
+    lines.append("")
     lines.append("covariance factors (x the model's covariances):")
     for cls in report["classes"]:
         factors = cls["fitted_factor"]

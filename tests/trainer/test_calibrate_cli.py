@@ -211,3 +211,18 @@ def test_calibrate_counts_are_checked_while_parsing(dataset: dict[str, Path], ca
     assert exit_info.value.code == 2
     assert f"argument {option}: {message}" in capsys.readouterr().err
     assert not (dataset["root"] / "counts.pt").exists()
+
+
+def test_factors_fitted_at_another_resolution_make_the_checkpoint_run_there(
+    dataset: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    """Covariance factors hold at the resolution they were fitted at: with --resolution the calibrated
+    checkpoint runs there (it kept the model's own resolution, where the factors do not hold)."""
+    out, report_path = dataset["root"] / "r192.pt", dataset["root"] / "r192.json"
+    assert _run(dataset, out, "--resolution", "192", "--json", str(report_path)) == 0
+    assert "the calibrated checkpoint runs at 192 px (was 256)" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["resolution"] == 192 and report["resolution_changed_from"] == 256
+    calibrated = RFDETRKeypoint.from_checkpoint(out, device="cpu")
+    assert calibrated.config.resolution == 192
+    assert RFDETRKeypoint.from_checkpoint(dataset["weights"], device="cpu").config.resolution == 256
