@@ -281,9 +281,11 @@ def _check_run_folder(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rfkp.config import ModelConfig
     from trainer.data.coco import CocoKeypointDataset
     from trainer.data.validate import require_labelled_keypoints
     from trainer.loop.build import build_network, model_config_for
+    from trainer.loop.checkpoints import load_train_state
     from trainer.loop.init_from import architecture_of
     from trainer.loop.optim import OptimizerSettings
     from trainer.loop.trainer import Trainer, TrainSettings
@@ -324,9 +326,17 @@ def _run(args: argparse.Namespace) -> int:
     # checked before training, not at the first validation
     sigmas = load_sigmas(args.sigmas, (val_set if val_set is not None else train_set).schema)
 
-    base = architecture_of(args.init) if args.init is not None else variants.VARIANTS[args.variant]()
+    resume_state = load_train_state(args.out / "checkpoint.pt") if args.resume else None
+    if resume_state is not None:  # the run's own model: --init and --variant are not read again
+        base, init = ModelConfig.from_dict(resume_state["config"]), None
+        if args.init is not None:
+            logger.info("--resume: the model and its weights come from the training state; --init %s is not read",
+                        args.init)
+    else:
+        base = architecture_of(args.init) if args.init is not None else variants.VARIANTS[args.variant]()
+        init = args.init
     config = model_config_for(train_set.schema, base, **overrides)
-    network, report = build_network(config, args.init, seed=args.seed)
+    network, report = build_network(config, init, seed=args.seed)
     if report is not None:
         logger.info("initialised from %s: %s", args.init, report.summary())
 
@@ -356,8 +366,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     trainer = Trainer(network, train_set, args.out, settings, val_set=val_set, nas=_nas_space(args, config),
                       device=args.device, sigmas=sigmas)
-    if args.resume:
-        trainer.resume()
+    if resume_state is not None:
+        trainer.resume(state=resume_state)
     (args.out / "command.json").write_text(json.dumps({"argv": sys.argv, "config": config.to_dict()}, indent=2),
                                            encoding="utf-8")
     try:

@@ -348,3 +348,23 @@ def test_an_interrupt_before_any_state_says_to_start_over(data, capsys, tmp_path
     assert main(_train(root, train_json, out=tmp_path / "run")) == 130
     err = capsys.readouterr().err
     assert "no training state was saved yet: run the same command again (without --resume)" in err
+
+
+def test_resume_takes_the_model_from_the_training_state(data, capsys, tmp_path) -> None:
+    """--resume builds the run's own model from checkpoint.pt: --init and --variant need not be repeated (and
+    are not read), while a --set that changes the model is refused naming the field."""
+    root, train_json = data
+    init = tmp_path / "init.pt"
+    assert main(_train(root, train_json, out=tmp_path / "first")) == 0
+    (tmp_path / "first" / "last.pt").rename(init)
+    run = tmp_path / "run"
+    assert main(_train(root, train_json, "--init", str(init), out=run)) == 0
+    init.unlink()  # the init file has moved since: the resume must not need it
+    argv = ["train", "--data", str(train_json), "--images", str(root / "images"), "--out", str(run), "--epochs", "2",
+            "--no-progress", "--no-tensorboard", "--resume"]  # no --init, no --variant tiny, no --set
+    assert main(argv) == 0
+    assert (run / "metrics.jsonl").read_text().count("\n") == 2
+    capsys.readouterr()
+    assert main([*argv[:-1], "--epochs", "3", "--set", "resolution=96", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "the training state was written for another model configuration: resolution 64 -> 96" in err

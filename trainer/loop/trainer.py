@@ -163,6 +163,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def learning_rate_factor(opt_step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Linear warm-up then cosine decay from 1 to ``min_ratio`` over ``total_steps`` optimiser steps."""
     if warmup_steps > 0 and opt_step < warmup_steps:
@@ -278,8 +283,16 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if ModelConfig.from_dict(state["config"]) != self.network.cfg:
-            raise ValueError("the training state was written for another model configuration")
+        saved = ModelConfig.from_dict(state["config"])
+        if saved != self.network.cfg:
+            now = self.network.cfg.to_dict()
+            changed = [f"{k} {_short(v)} -> {_short(now[k])}" for k, v in saved.to_dict().items() if now.get(k) != v]
+            raise ValueError(
+                "the training state was written for another model configuration: " + "; ".join(changed[:5])
+                + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+                + " (saved -> now; the model comes from the training state, so drop or match the --set options "
+                "and keep the same data)"
+            )
         changed = _recipe_changes(state, json.loads(json.dumps(self.settings.to_dict())), self._recipe())
         if changed:
             raise ValueError(
@@ -301,10 +314,10 @@ class Trainer:
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
 
-    def resume(self, path: str | Path | None = None) -> None:
-        """Continue from ``path`` (default: ``run_dir/checkpoint.pt``)."""
+    def resume(self, path: str | Path | None = None, state: Mapping[str, Any] | None = None) -> None:
+        """Continue from ``path`` (default: ``run_dir/checkpoint.pt``), or from its ``state`` already read."""
         path = Path(path) if path is not None else self.run_dir / "checkpoint.pt"
-        self.load_state_dict(load_train_state(path))
+        self.load_state_dict(load_train_state(path) if state is None else state)
         self._write_metrics_file()
         logger.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch, self.batch_in_epoch,
                     self.step)
