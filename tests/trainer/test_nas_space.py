@@ -90,6 +90,17 @@ def test_dict_round_trip_and_override() -> None:
         space.override(windows=[2])
 
 
+def test_kept_patch_sizes_that_fit_no_new_resolution_are_left_out() -> None:
+    """Resolutions given alone: the space's own patch size 12 fits neither 224 nor 256 (with windows 1, 2) and
+    is left out, where it used to make the space invalid; a patch size the caller gives is kept and checked."""
+    space = SearchSpace.for_config(tiny(patch_size=16, num_windows=2, resolution=256))
+    assert 12 in space.patch_sizes
+    narrowed = space.override(resolutions=[224, 256])
+    assert narrowed.patch_sizes == (16,) and narrowed.resolutions == (224, 256)
+    with pytest.raises(ValueError, match="patch size 12 fits none of the resolutions"):
+        space.override(resolutions=[224, 256], patch_sizes=[12, 16])
+
+
 def test_invalid_spaces_name_the_value() -> None:
     with pytest.raises(
         ValueError, match=r"resolution 250 is not a multiple .* \(block sizes 12, 16, 24, 32\)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from rfkp.nn.detector import SubArchitecture
 RESOLUTION_RANGE = (0.67, 1.33)
 #: Patch sizes tried besides the model's own (FlexiViT resizing makes any of them usable with one kernel).
 PATCH_FAMILY = (12, 16)
+
+logger = logging.getLogger(__name__)
+
 AXES = ("resolutions", "patch_sizes", "num_windows", "dec_layers", "num_queries")
 
 
@@ -160,12 +164,25 @@ class SearchSpace:
         )
 
     def override(self, **axes: Sequence[int] | None) -> SearchSpace:
-        """A copy with axes replaced, each by a sequence of values (None: kept)."""
+        """A copy with axes replaced, each by a sequence of values (None: kept). Patch sizes and windows that
+        were kept from this space but fit none of the new resolutions are left out (a default patch size of 12
+        with resolutions 224 and 256, say); values the caller gave are never dropped."""
         unknown = sorted(set(axes) - set(AXES))
         if unknown:
             raise ValueError(f"unknown search space axes {unknown}; axes are {list(AXES)}")
-        changes = {name: value for name, value in axes.items() if value is not None}
-        return dataclasses.replace(self, **changes)
+        changes = {name: tuple(value) for name, value in axes.items() if value is not None}
+        values = {name: changes.get(name, getattr(self, name)) for name in AXES}
+        for name, other in (("patch_sizes", "num_windows"), ("num_windows", "patch_sizes")):
+            if name in changes:
+                continue
+            fits = [v for v in values[name]
+                    if any(r % (v * o) == 0 for o in values[other] for r in values["resolutions"])]  # fmt: skip
+            if fits and len(fits) < len(values[name]):
+                dropped = sorted(set(values[name]) - set(fits))
+                logger.info("search space: %s %s fit none of the resolutions %s; left out", name, dropped,
+                            list(values["resolutions"]))
+                values[name] = tuple(fits)
+        return dataclasses.replace(self, **values)
 
     def to_dict(self) -> dict[str, list[int]]:
         return {name: list(getattr(self, name)) for name in AXES}
