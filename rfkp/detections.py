@@ -10,7 +10,12 @@ import numpy as np
 
 from rfkp.config import COCO_PIXEL_OFFSET
 
-__all__ = ["KeypointDetections"]
+__all__ = ["COVARIANCE_KEY", "FINDABLE_KEY", "VISIBLE_KEY", "KeypointDetections"]
+
+#: Extra fields of COCO result rows (``to_coco_results``), read by ``rfkp eval --detections``.
+COVARIANCE_KEY = "keypoint_covariance"
+FINDABLE_KEY = "keypoint_findable"
+VISIBLE_KEY = "keypoint_visible"
 
 _JSON_INF = float(np.finfo(np.float64).max)
 _ARRAY_FIELDS = ("xyxy", "class_id", "score", "keypoints", "covariance", "findable", "visible")
@@ -302,6 +307,7 @@ class KeypointDetections:
         category_ids: Sequence[int] | Mapping[int, int] | None = None,
         visible_threshold: float = 0.5,
         findable_threshold: float = 0.5,
+        uncertainty: bool = True,
     ) -> list[dict[str, Any]]:
         """COCO results rows, one per detection.
 
@@ -311,7 +317,10 @@ class KeypointDetections:
         the class's K_c keypoints only, where ``v = 2`` if visible >= ``visible_threshold``, else 1 if
         findable >= ``findable_threshold``, else 0. Rows of classes without keypoints have no ``keypoints``
         key. Boxes are unchanged (COCO boxes also put the image's top-left corner at 0); keypoints are moved
-        to COCO's pixel-index convention by subtracting ``coco_keypoint_offset``.
+        to COCO's pixel-index convention by subtracting ``coco_keypoint_offset``. With ``uncertainty`` (the
+        default) keypoint rows also carry ``keypoint_covariance`` (K_c x 2 x 2, pixels^2),
+        ``keypoint_findable`` and ``keypoint_visible`` (K_c probabilities): the fields `rfkp eval
+        --detections` measures calibration from; pycocotools ignores them.
         """
         if isinstance(image_id, (bool, np.bool_)) or not isinstance(image_id, (int, np.integer)):
             raise ValueError(f"image_id must be an integer (COCO's image ids are), got {image_id!r:.100}")
@@ -348,6 +357,10 @@ class KeypointDetections:
                                          flags.tolist())
                     for value in (x, y, int(v))
                 ]
+                if uncertainty:
+                    row[COVARIANCE_KEY] = self.covariance[i, :k_c].astype(np.float64).tolist()
+                    row[FINDABLE_KEY] = self.findable[i, :k_c].astype(np.float64).tolist()
+                    row[VISIBLE_KEY] = self.visible[i, :k_c].astype(np.float64).tolist()
             rows.append(row)
         return rows
 

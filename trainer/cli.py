@@ -110,7 +110,12 @@ def eval_main(args: argparse.Namespace) -> int:
     else:
         rows = load_json(args.detections, "detections")
         if not isinstance(rows, list):
-            raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows")
+            hint = ""
+            if isinstance(rows, dict) and all(isinstance(v, dict) and "xyxy" in v for v in rows.values()):
+                hint = (" (this looks like rfkp predict's detections.json: per image, convert with "
+                        "KeypointDetections.from_dict(d).to_coco_results(image_id), or pass --weights and --images "
+                        "to run the model here)")
+            raise ValueError(f"{args.detections.name}: expected a JSON list of COCO keypoint result rows{hint}")
     results_source = args.detections.name if args.detections is not None else None
     report = evaluate_keypoints(coco, rows, sigmas=sigmas, source=args.data.name, schema=schema,
                                 results_source=results_source)  # fmt: skip

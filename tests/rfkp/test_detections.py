@@ -197,6 +197,12 @@ def test_coco_results_rows() -> None:
     assert person["keypoints"] == [kp[0][0], kp[0][1], 2, kp[1][0], kp[1][1], 1, kp[2][0], kp[2][1], 0]
     assert len(rows[1]["keypoints"]) == 6  # the plate class has K = 2: padding is not exported
     assert "keypoints" not in rows[2]
+    # the uncertainty rfkp eval --detections measures calibration from, for the class's keypoints only
+    assert person["keypoint_covariance"] == det.covariance[0, :3].astype(np.float64).tolist()
+    assert person["keypoint_findable"] == pytest.approx([0.95, 0.7, 0.3])
+    assert np.asarray(rows[1]["keypoint_covariance"]).shape == (2, 2, 2) and "keypoint_visible" not in rows[2]
+    plain = det.to_coco_results(image_id=7, uncertainty=False)[0]
+    assert set(plain) == {"image_id", "category_id", "bbox", "score", "keypoints"}
     assert all(math.isfinite(v) for r in rows for v in r.get("keypoints", []))
     json.dumps(rows, allow_nan=False)
     assert [r["category_id"] for r in det.to_coco_results(image_id=7)] == [0, 1, 2]

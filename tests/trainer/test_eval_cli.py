@@ -88,6 +88,9 @@ def test_eval_errors_exit_1_with_a_message(tmp_path: Path, capsys: pytest.Captur
             "each of 17 keypoints), got nested lists") in capsys.readouterr().err
     assert _run(["eval", "--data", data, "--weights", str(tmp_path / "w.pth")]) == 1
     assert "--images is required with --weights" in capsys.readouterr().err
+    bad.write_text(json.dumps({"images/a.jpg": {"xyxy": [], "score": []}}))  # rfkp predict's detections.json
+    assert _run(["eval", "--data", data, "--detections", str(bad)]) == 1
+    assert "looks like rfkp predict's detections.json" in capsys.readouterr().err
 
 
 def test_eval_runs_a_checkpoint_through_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

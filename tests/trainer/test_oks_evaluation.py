@@ -138,6 +138,9 @@ def test_no_detections_score_zero() -> None:
     coco = _load("coco-sample/person_keypoints.json")
     report = evaluate_keypoints(coco, [])
     assert report.overall["AP"] == 0.0 and report.overall["AR"] == 0.0 and report.num_detections == 0
+    from trainer.evaluation.report import format_report
+
+    assert "calibration: n/a (there are no detections)" in format_report(report)
 
 
 def test_bad_result_rows_are_named() -> None:

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from rfkp.detections import COVARIANCE_KEY
+
 SIGMA_LEVELS = (1, 2, 3)
-COVARIANCE_KEY = "keypoint_covariance"
 
 
 def nominal_coverage(n_sigma: float) -> float:

@@ -45,7 +45,8 @@ def format_report(report: KeypointEvaluation) -> str:
     lines.append(f"{'all':<{name_width}}" + "".join(_num(report.overall[s]) for s in _SHOWN))
     lines.append("")
     if report.calibration is None:
-        lines.append("calibration: n/a (the detections carry no keypoint_covariance)")
+        why = "there are no detections" if report.num_detections == 0 else "the detections carry no keypoint_covariance"
+        lines.append(f"calibration: n/a ({why})")
         return "\n".join(lines)
     ideal = " / ".join(f"{100 * nominal_coverage(k):.1f}" for k in SIGMA_LEVELS)
     lines.append(f"calibration: ground-truth keypoints inside the predicted ellipses (ideal {ideal} %)")

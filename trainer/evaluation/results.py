@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rfkp.detections import COVARIANCE_KEY, FINDABLE_KEY, VISIBLE_KEY
 from trainer.data.schema import CategorySchema, DatasetSchema
 from trainer.data.values import ID_EXPECTED, is_coco_id, is_finite_number, short_repr
-from trainer.evaluation.calibration import COVARIANCE_KEY
 
 if TYPE_CHECKING:
     from rfkp.detections import KeypointDetections
@@ -218,8 +218,8 @@ def detections_to_results(
                 "keypoints": [float(v) for v in flat],
                 "score": float(detections.score[n]),
                 COVARIANCE_KEY: np.asarray(detections.covariance[n][:k], np.float64).tolist(),
-                "keypoint_findable": [float(p) for p in detections.findable[n][:k]],
-                "keypoint_visible": [float(p) for p in detections.visible[n][:k]],
+                FINDABLE_KEY: [float(p) for p in detections.findable[n][:k]],
+                VISIBLE_KEY: [float(p) for p in detections.visible[n][:k]],
             }
         )
     return rows
