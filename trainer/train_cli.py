@@ -281,12 +281,12 @@ def _check_run_folder(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rfkp.checkpoint import load_config_and_state
     from rfkp.config import ModelConfig
     from trainer.data.coco import CocoKeypointDataset
     from trainer.data.validate import require_labelled_keypoints
     from trainer.loop.build import build_network, model_config_for
     from trainer.loop.checkpoints import load_train_state
-    from trainer.loop.init_from import architecture_of
     from trainer.loop.optim import OptimizerSettings
     from trainer.loop.trainer import Trainer, TrainSettings
     from trainer.losses import LossWeights
@@ -332,11 +332,17 @@ def _run(args: argparse.Namespace) -> int:
         if args.init is not None:
             logger.info("--resume: the model and its weights come from the training state; --init %s is not read",
                         args.init)
+    elif args.init is not None:
+        init = load_config_and_state(args.init)  # read once: its architecture, then its tensors
+        base = init[0]
+        if base.covariance_scale:
+            logger.info("--init %s carries covariance factors; they are dropped (they describe its covariances, "
+                        "not the fine-tuned network's): run rfkp calibrate on the result", args.init)
     else:
-        base = architecture_of(args.init) if args.init is not None else variants.VARIANTS[args.variant]()
-        init = args.init
+        base, init = variants.VARIANTS[args.variant](), None
     config = model_config_for(train_set.schema, base, **overrides)
     network, report = build_network(config, init, seed=args.seed)
+    del init  # the init checkpoint's tensors are no longer needed
     if report is not None:
         logger.info("initialised from %s: %s", args.init, report.summary())
 

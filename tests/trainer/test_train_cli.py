@@ -368,3 +368,28 @@ def test_resume_takes_the_model_from_the_training_state(data, capsys, tmp_path) 
     assert main([*argv[:-1], "--epochs", "3", "--set", "resolution=96", "--resume"]) == 1
     err = capsys.readouterr().err
     assert "the training state was written for another model configuration: resolution 64 -> 96" in err
+
+
+def test_init_reads_its_checkpoint_once_and_says_calibration_is_dropped(data, tmp_path, monkeypatch, caplog) -> None:
+    """--init is read once (architecture and tensors: a peer checkpoint's warnings used to print twice), and
+    covariance factors it carries are dropped with a line that says so."""
+    import dataclasses
+    import logging
+
+    import rfkp.checkpoint as checkpoint
+    from rfkp import RFDETRKeypoint
+
+    root, train_json = data
+    assert main(_train(root, train_json, out=tmp_path / "first")) == 0
+    init = tmp_path / "calibrated.pt"
+    model = RFDETRKeypoint.from_checkpoint(tmp_path / "first" / "last.pt", device="cpu")
+    model.network.cfg = dataclasses.replace(model.config, covariance_scale=[[2.0] * k for k in
+                                                                            model.config.num_keypoints_per_class])
+    model.save_checkpoint(init)
+    reads: list[str] = []
+    real = checkpoint.read_checkpoint
+    monkeypatch.setattr(checkpoint, "read_checkpoint", lambda path: reads.append(str(path)) or real(path))
+    with caplog.at_level(logging.INFO, logger="trainer.train_cli"):
+        assert main(_train(root, train_json, "--init", str(init), out=tmp_path / "run")) == 0
+    assert reads.count(str(init)) == 1
+    assert "carries covariance factors; they are dropped" in caplog.text

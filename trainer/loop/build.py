@@ -12,7 +12,7 @@ from rfkp.config import COCO_PIXEL_OFFSET, ModelConfig
 from rfkp.nn.detector import KeypointDETR
 from rfkp.nn.init import init_weights
 from trainer.data.schema import DatasetSchema
-from trainer.loop.init_from import InitReport, load_matching
+from trainer.loop.init_from import InitReport, LoadedCheckpoint, load_matching
 
 
 def model_config_for(schema: DatasetSchema, base: ModelConfig, **overrides: object) -> ModelConfig:
@@ -38,9 +38,10 @@ def model_config_for(schema: DatasetSchema, base: ModelConfig, **overrides: obje
 
 
 def build_network(
-    config: ModelConfig, init: str | Path | None = None, seed: int = 0
+    config: ModelConfig, init: str | Path | LoadedCheckpoint | None = None, seed: int = 0
 ) -> tuple[KeypointDETR, InitReport | None]:
-    """A fresh, seeded network; with ``init``, every matching tensor of that checkpoint copied in."""
+    """A fresh, seeded network; with ``init`` (a checkpoint path, or one already read), every matching tensor
+    of that checkpoint copied in."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = KeypointDETR(config)

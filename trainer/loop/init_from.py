@@ -79,16 +79,17 @@ def _group(name: str) -> str:
     return ".".join(parts[:-1] if parts[-1] in ("weight", "bias") else parts)
 
 
-def architecture_of(path: str | Path) -> ModelConfig:
-    """The model configuration a checkpoint describes (rfkp or peer layout)."""
-    config, _ = load_config_and_state(path)
-    return config
+#: A checkpoint already read: ``load_config_and_state``'s ``(config, state)``.
+LoadedCheckpoint = tuple[ModelConfig, dict[str, torch.Tensor]]
 
 
-def load_matching(network: nn.Module, path: str | Path, target: ModelConfig | None = None) -> InitReport:
-    """Copy every tensor of the checkpoint at ``path`` whose name and shape match ``network``; with the
-    ``target`` config, tensors tied to classes or keypoints that changed meaning stay fresh."""
-    config, state = load_config_and_state(path)
+def load_matching(
+    network: nn.Module, source: str | Path | LoadedCheckpoint, target: ModelConfig | None = None
+) -> InitReport:
+    """Copy every tensor of the checkpoint ``source`` (a path, or one already read) whose name and shape match
+    ``network``; with the ``target`` config, tensors tied to classes or keypoints that changed meaning stay
+    fresh."""
+    config, state = source if isinstance(source, tuple) else load_config_and_state(source)
     reset = schema_tied_prefixes(config, target) if target is not None else ()
     own = network.state_dict()
     report = InitReport()
