@@ -11,7 +11,7 @@ not know into a plugin, looked up by ``(op_type, plugin_version, plugin_namespac
              attention_logits (B, Q, H, L, P) float
     output   (B, Q, H * D) float
 ``RfkpGaussianRescore`` (semantics: ``rfkp.ops.gaussian_rescore_reference``), attribute ``alpha`` (float):
-    inputs   cholesky (N, K, 3) float, findable_logit (N, K) float, active (N, K) uint8, score (N,) float,
+    inputs   cholesky (N, K, 3) float, findable_logit (N, K) float, active (N, K) int32, score (N,) float,
              box_wh (N, 2) float, image_wh (N, 2) float
     outputs  score (N,), log_mean_trace (N,), covariance (N, K, 2, 2)
 Both carry the string attributes ``plugin_version`` and ``plugin_namespace``.
@@ -41,7 +41,8 @@ MS_DEFORM_ATTN_INPUTS = (
 MS_DEFORM_ATTN_OUTPUTS = ("output",)
 GAUSSIAN_RESCORE_INPUTS = ("cholesky", "findable_logit", "active", "score", "box_wh", "image_wh")
 GAUSSIAN_RESCORE_OUTPUTS = ("score", "log_mean_trace", "covariance")
-ACTIVE_DTYPE = torch.uint8
+# int32: TensorRT casts bool only to int32 (not to uint8) and passes neither bool nor uint8 to plugins
+ACTIVE_DTYPE = torch.int32
 
 PLUGINS = {
     MS_DEFORM_ATTN: (MS_DEFORM_ATTN_INPUTS, MS_DEFORM_ATTN_OUTPUTS),
@@ -97,7 +98,7 @@ class MSDeformAttnNode(torch.autograd.Function):
 
 
 class GaussianRescoreNode(torch.autograd.Function):
-    """``RfkpGaussianRescore``; eager: `gaussian_rescore_reference` (active as uint8, nonzero = active)."""
+    """``RfkpGaussianRescore``; eager: `gaussian_rescore_reference` (active as int32, nonzero = active)."""
 
     @staticmethod
     def forward(
@@ -134,7 +135,7 @@ def plugin_rescorer(
     image_wh: torch.Tensor,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A `rfkp.postprocess.Rescorer` that becomes one ``RfkpGaussianRescore`` node (active as uint8)."""
+    """A `rfkp.postprocess.Rescorer` that becomes one ``RfkpGaussianRescore`` node (active as int32)."""
     return GaussianRescoreNode.apply(
         cholesky, findable_logit, active.to(ACTIVE_DTYPE), score, box_wh, image_wh, float(alpha)
     )

@@ -81,7 +81,7 @@ def _rescore_function(alpha: float) -> onnx.FunctionProto:
 
     n, k = 4, 3
     example = (
-        torch.randn(n, k, 3), torch.randn(n, k), torch.ones(n, k, dtype=torch.uint8), torch.rand(n),
+        torch.randn(n, k, 3), torch.randn(n, k), torch.ones(n, k, dtype=plugin_nodes.ACTIVE_DTYPE), torch.rand(n),
         torch.rand(n, 2), torch.full((n, 2), 64.0),
     )  # fmt: skip
     dynamic = {name: {0: "n"} for name in plugin_nodes.GAUSSIAN_RESCORE_INPUTS}

@@ -147,15 +147,15 @@ def test_plugin_graph_carries_exactly_the_contract(plugins: Path, model: RFDETRK
         else:
             assert (len(node.input), len(node.output)) == (6, 1)
         assert attrs == expected
-    # input dtypes of the contract: int64 level tables, uint8 active mask, float elsewhere
+    # input dtypes of the contract: int64 level tables, int32 active mask (TensorRT casts bool to int32 only), float elsewhere
     inferred = onnx.shape_inference.infer_shapes(graph)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     types |= {i.name: i.data_type for i in inferred.graph.initializer}
     attn = next(n for n in custom if n.op_type == "RfkpMSDeformAttn")
     rescore = next(n for n in custom if n.op_type == "RfkpGaussianRescore")
-    f, i64, u8 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.UINT8
+    f, i64, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.INT32
     assert [types.get(name) for name in attn.input] == [f, i64, i64, f, f, f]
-    assert [types.get(name) for name in rescore.input] == [f, f, u8, f, f, f]
+    assert [types.get(name) for name in rescore.input] == [f, f, i32, f, f, f]
     assert json.loads(read_metadata(plugins)["rfkp_plugins"])["ops"] == sorted(plugin_nodes.PLUGINS)
 
 

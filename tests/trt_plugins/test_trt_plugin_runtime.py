@@ -11,7 +11,7 @@ import torch
 from trt_io_specs import msda_io, rescore_io
 from trt_plugin_driver import Plugin, float32_field
 
-from rfkp.tensorrt_plugins import FLOAT, HALF, INT32, RUNTIME_PHASE
+from rfkp.tensorrt_plugins import FLOAT, HALF, INT32, RUNTIME_PHASE, UINT8
 
 MSDA, RESCORE = "RfkpMSDeformAttn", "RfkpGaussianRescore"
 
@@ -82,7 +82,7 @@ def test_int32_mask_without_workspace_is_refused(shim: ctypes.CDLL) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure path without a CUDA device")
 @pytest.mark.parametrize("name", [MSDA, RESCORE])
 def test_enqueue_without_a_device_reports_the_cuda_error(shim: ctypes.CDLL, name: str) -> None:
-    io = msda_io(FLOAT) if name == MSDA else rescore_io(FLOAT)
+    io = msda_io(FLOAT) if name == MSDA else rescore_io(FLOAT, mask=UINT8)  # a byte mask needs no workspace
     with Plugin.create(shim, name) as p:
         assert p.enqueue(io, len(io) - p.nb_outputs(), [0] * len(io)) != 0
         assert "kernel launch failed" in p.last_error()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rfkp.tensorrt_plugins import INT64, UINT8
+from rfkp.tensorrt_plugins import INT32, INT64
 
 
 def msda_io(t: int, batch: int = 2, queries: int = 5, heads: int = 4, channels: int = 8, levels: int = 2,
@@ -19,7 +19,7 @@ def msda_io(t: int, batch: int = 2, queries: int = 5, heads: int = 4, channels: 
     ]
 
 
-def rescore_io(t: int, num: int = 6, keypoints: int = 5, mask: int = UINT8) -> list[tuple]:
+def rescore_io(t: int, num: int = 6, keypoints: int = 5, mask: int = INT32) -> list[tuple]:
     """cholesky, findable_logit, active, score, box_wh, image_wh, then score', log_mean_trace, covariance."""
     return [
         (t, [num, keypoints, 3]),
