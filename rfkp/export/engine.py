@@ -128,7 +128,11 @@ def _pin_postprocess_fp32(trt: Any, network: Any) -> int:
         float_outputs = [j for j, t in enumerate(outputs) if t.dtype in floating]
         if not float_outputs:  # shapes, indices, masks
             continue
-        layer.precision = trt.float32  # also top-k, whose indices output keeps its integer type
+        # also top-k, whose indices output keeps its integer type; a plugin gets only its output types (its float
+        # inputs follow them through supportsFormatCombination), as a layer precision on a plugin with an int32
+        # input (the rescoring's mask) is not something TensorRT documents
+        if layer.type != trt.LayerType.PLUGIN_V3:
+            layer.precision = trt.float32
         for j in float_outputs:
             layer.set_output_type(j, trt.float32)
         pinned += 1

@@ -130,7 +130,7 @@ def _fake_tensorrt(  # noqa: ANN202
     trt = SimpleNamespace(
         Logger=Logger, Builder=Builder, OnnxParser=Parser, get_plugin_registry=lambda: registry,
         init_libnvinfer_plugins=lambda logger, ns: True, float32="fp32", float16="fp16",
-        LayerType=SimpleNamespace(CONSTANT="constant"), MemoryPoolType=SimpleNamespace(WORKSPACE="ws"),
+        LayerType=SimpleNamespace(CONSTANT="constant", PLUGIN_V3="plugin"), MemoryPoolType=SimpleNamespace(WORKSPACE="ws"),
         BuilderFlag=SimpleNamespace(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY"),
     )  # fmt: skip
     calls["cdll"] = cdll
@@ -165,8 +165,8 @@ def test_build_steps_profile_and_fp32_post_processing(
     assert calls["profile"] == ("PIXELS", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
     assert calls["flags"] == ["FP16", "OBEY"]
     # the network layer stays free, the constant too; the rest is pinned to FP32, the top-k's scores included
-    # (its int indices keep their type)
-    assert [layer.precision for layer in layers] == [None, "fp32", "fp32", None, "fp32"]
+    # (its int indices keep their type); the plugin through its output types only
+    assert [layer.precision for layer in layers] == [None, "fp32", "fp32", None, None]
     assert layers[2].output_types == {0: "fp32"}
     assert layers[4].output_types == {0: "fp32", 1: "fp32", 2: "fp32"}
 
