@@ -423,8 +423,11 @@ def _weights_message(args: argparse.Namespace, history: list[dict[str, Any]]) ->
         return f"weights: {last} (EMA), also as {best} (no --val to select by)"
     if args.val is None:  # a validated run resumed without --val keeps its best.pt
         return f"weights: {last} (EMA); {best} stays the validated best{ap}"
-    if not best.is_file():
+    if not best.is_file() and validated is None:
         return f"weights: {last} (EMA; no best.pt: the run stopped before its first validation)"
+    if not best.is_file():
+        return (f"weights: {last} (EMA; best.pt is missing, and no validation since beat its val AP "
+                f"{validated['ap']:.4f})")
     return f"weights: {best} (EMA{ap}), {last}"
 
 

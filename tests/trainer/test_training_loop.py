@@ -417,3 +417,38 @@ def test_leftover_micro_batches_step_with_their_mean_gradient(synthetic, tmp_pat
     run(3)  # one full step over the 3 micro-batches
     run(4)  # the same 3 as an epoch's leftover: the same mean, not 3/4 of it
     assert norms[4] == pytest.approx(norms[3], rel=1e-5)
+
+
+def test_a_run_stopped_after_saving_its_state_resumes_with_its_weights_files(synthetic, tmp_path, monkeypatch,
+                                                                            caplog) -> None:
+    """The epoch's state is saved before its weights files: a run stopped in between resumes, and last.pt and
+    best.pt are written again from the state (they were written first, so a stop left weights without a state
+    that neither a rerun nor --resume accepted). A best.pt of an earlier epoch that is gone is reported."""
+    train, val = synthetic
+    trainer = Trainer(_network(train), train, tmp_path, _settings(epochs=2, eval_every=1), val_set=val, device="cpu")
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_write_last", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+    resumed = Trainer(_network(train), train, tmp_path, _settings(epochs=2, eval_every=1), val_set=val,
+                      device="cpu")
+    resumed.resume()
+    ema = resumed.ema.module.state_dict()
+    for name in ("last.pt", "best.pt"):
+        weights = RFDETRKeypoint.from_checkpoint(tmp_path / name, device="cpu").network.state_dict()
+        assert all(torch.equal(v, ema[k]) for k, v in weights.items()), name
+    resumed.fit()
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    (tmp_path / "best.pt").unlink()
+    with caplog.at_level("WARNING"):
+        Trainer(_network(train), train, tmp_path, _settings(epochs=2, eval_every=1), val_set=val,
+                device="cpu").resume()
+    if resumed.history[-1].get("best"):  # the state ends on the best epoch: best.pt is rebuilt from it
+        assert (tmp_path / "best.pt").is_file()
+    else:
+        assert "best.pt (val AP" in caplog.text and "is missing" in caplog.text

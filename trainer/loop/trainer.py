@@ -319,6 +319,7 @@ class Trainer:
         path = Path(path) if path is not None else self.run_dir / "checkpoint.pt"
         self.load_state_dict(load_train_state(path) if state is None else state)
         self._write_metrics_file()
+        self._restore_weights_files()
         logger.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch, self.batch_in_epoch,
                     self.step)
 
@@ -433,8 +434,8 @@ class Trainer:
                     self._end_epoch(final=True)
                 else:
                     self._check_finite_weights()
-                    self._write_last()
                     self.save()
+                    self._write_last()
                 return True
         if bar is not None:
             bar.close()
@@ -459,16 +460,33 @@ class Trainer:
             if record["ap"] > self.best_ap:
                 self.best_ap = record["ap"]
                 record["best"] = True
-                self.write_weights(self.run_dir / "best.pt")
         self._log_scalars({"train/epoch_loss": record["train_loss"]}, self.epoch)
         self.history.append(record)
-        self._write_last()
+        # the training state first: a run stopped after it resumes and rewrites the weights files from it
+        # (_restore_weights_files); stopped before it, the epoch is simply trained again
         self.save()
+        self._write_last()
+        if record.get("best"):
+            self.write_weights(self.run_dir / "best.pt")
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(dumps_strict(record) + "\n")  # NaN (no matches) as null
         if evaluate:
             logger.info("epoch %d: val AP %.4f (best %.4f), 2-sigma coverage %s", self.epoch, record["ap"],
                         self.best_ap, _fmt(record.get("coverage_2sigma")))
+
+    def _restore_weights_files(self) -> None:
+        """On resume: last.pt from the saved EMA (it is what the last save wrote), and best.pt too when the saved
+        state ends on the best validated epoch (a run stopped between saving its state and writing best.pt).
+        A best.pt of an earlier epoch that is gone cannot be rebuilt: that is said, and the next validation that
+        beats the recorded best writes it again."""
+        self._write_last()
+        last = self.history[-1] if self.history else None
+        at_epoch_end = self.batch_in_epoch == 0 and last is not None and last["epoch"] == self.epoch
+        if at_epoch_end and last.get("best"):
+            self.write_weights(self.run_dir / "best.pt")
+        elif math.isfinite(self.best_ap) and not (self.run_dir / "best.pt").is_file():
+            logger.warning("best.pt (val AP %.4f) is missing from %s and cannot be rebuilt from the training state; "
+                           "the next validation above that AP writes it again", self.best_ap, self.run_dir)
 
     def _write_metrics_file(self) -> None:
         """Rewrite ``metrics.jsonl`` from the resumed state's history (atomically): a run stopped between saving
