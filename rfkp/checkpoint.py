@@ -104,7 +104,13 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            try:
+                torch.save(payload, f)
+            except RuntimeError as exc:  # torch's zip writer hides the OSError (a full disk) behind its own
+                cause = exc.__context__ if isinstance(exc.__context__, OSError) else None
+                reason = f"{cause.strerror or cause}" if cause is not None else str(exc).splitlines()[0]
+                message = f"could not write {path}: {reason}"
+                raise (OSError(cause.errno, message) if cause is not None and cause.errno else OSError(message)) from exc
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -158,3 +158,26 @@ def test_non_finite_weights_are_refused_by_name(
     message = rf"diverged.pt: 5 weight tensor\(s\) hold NaN or infinite values \({names[0]}, .* and 2 more\)"
     with pytest.raises(CheckpointError, match=message):
         RFDETRKeypoint.from_checkpoint(path, device="cpu")
+
+
+def test_a_full_disk_is_an_os_error_naming_the_file(two_skeleton_model: RFDETRKeypoint, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's zip writer turns a failed write (ENOSPC) into its own RuntimeError; the save reports an OSError
+    naming the checkpoint and the cause, leaves no partial file and keeps the earlier checkpoint."""
+    import errno
+
+    path = tmp_path / "m.pt"
+    two_skeleton_model.save_checkpoint(path)
+    before = path.read_bytes()
+
+    def full_disk(obj: object, f: object) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2078336 vs 2078224")  # noqa: B904 - as torch raises it
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"\[Errno 28\] could not write .*m.pt: No space left on device") as info:
+        two_skeleton_model.save_checkpoint(path)
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
