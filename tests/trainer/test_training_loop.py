@@ -452,3 +452,25 @@ def test_a_run_stopped_after_saving_its_state_resumes_with_its_weights_files(syn
         assert (tmp_path / "best.pt").is_file()
     else:
         assert "best.pt (val AP" in caplog.text and "is missing" in caplog.text
+
+
+def test_predictions_that_overflow_at_validation_stop_the_run_as_divergence(synthetic, tmp_path, monkeypatch) -> None:
+    """A diverging model whose clamped loss stays finite can still predict infinite covariances; validation
+    then stops the run as a divergence (it failed in the results check, blaming a result row)."""
+    import trainer.loop.trainer as loop
+
+    train, val = synthetic
+    trainer = Trainer(_network(train), train, tmp_path, _settings(epochs=1, eval_every=1), val_set=val, device="cpu")
+    predict = loop.predict_rows
+
+    def overflowing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        rows = predict(*args, **kwargs)
+        for row in rows:
+            if "keypoint_covariance" in row:
+                row["keypoint_covariance"][0][0][0] = math.inf
+        return rows
+
+    monkeypatch.setattr(loop, "predict_rows", overflowing)
+    with pytest.raises(NonFiniteTrainingError, match=r"predictions became NaN or infinite by step \d+ \(seen while "
+                       r"validating epoch 1\); nothing was saved"):
+        trainer.fit()

@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from rfkp.api import RFDETRKeypoint
 from rfkp.checkpoint import write_checkpoint
 from rfkp.config import ModelConfig, check_resolution
+from rfkp.detections import COVARIANCE_KEY, FINDABLE_KEY, VISIBLE_KEY
 from rfkp.devices import resolve_device
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from trainer.data.coco import CocoKeypointDataset
@@ -511,8 +513,21 @@ class Trainer:
             threshold=self.settings.eval_threshold, resolution=resolution, batch_size=self.settings.eval_batch_size,
             progress=self.settings.progress, **knobs,
         )
+        self._check_finite_predictions(rows)
         return evaluate_keypoints(self.val_set.coco, rows, sigmas=self.sigmas, source=self.val_set.annotation_file.name,
                                   schema=self.val_set.schema)
+
+    def _check_finite_predictions(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """A diverging model can keep a finite loss (its terms are clamped) while its predictions overflow (a
+        covariance of inf): stop as for a NaN loss rather than fail in the results check."""
+        for row in rows:
+            values = [row.get("score", 0.0), *row.get("keypoints", ()), *row.get(FINDABLE_KEY, ()),
+                      *row.get(VISIBLE_KEY, ())]  # fmt: skip
+            if not (math.isfinite(sum(map(float, values))) and np.isfinite(row.get(COVARIANCE_KEY, 0.0)).all()):
+                raise NonFiniteTrainingError(
+                    f"training stopped: the model's predictions became NaN or infinite by step {self.step} (seen "
+                    f"while validating epoch {self.epoch}){self._saved_state_note()}"
+                )
 
     def write_weights(self, path: Path) -> None:
         """The EMA weights in rfkp's checkpoint format."""
