@@ -99,6 +99,9 @@ def test_kept_patch_sizes_that_fit_no_new_resolution_are_left_out() -> None:
     assert narrowed.patch_sizes == (16,) and narrowed.resolutions == (224, 256)
     with pytest.raises(ValueError, match="patch size 12 fits none of the resolutions"):
         space.override(resolutions=[224, 256], patch_sizes=[12, 16])
+    for axes in ({"patch_sizes": [0]}, {"num_windows": [0]}, {"patch_sizes": ["16"]}):  # checked before pruning
+        with pytest.raises(ValueError, match="must hold positive integers"):
+            space.override(resolutions=[224, 256], **axes)
 
 
 def test_invalid_spaces_name_the_value() -> None:

@@ -186,6 +186,7 @@ def test_bad_result_rows_are_named() -> None:
         ([dict(good[0], bbox=[0, 0, 5, 5]), dict(good[1], bbox=[0, 0, -5, 5])],
          r"^result row 1 \(image id \d+\): 'bbox' \[0, 0, -5, 5\] has a negative width or height; both must be >= 0$"),
         ([dict(good[0], bbox=[0, 0, 5, -0.5])], "has a negative width or height"),
+        ([dict(good[0], bbox=[1, 2, [3], 4])], "'bbox' must be \\[x, y, width, height\\] with 4 finite numbers"),
     ]
     for rows, message in cases:
         with pytest.raises(ValueError, match=message):

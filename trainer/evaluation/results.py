@@ -83,7 +83,7 @@ def _check_box(box: Any, where: str) -> None:
     """A result row's ``bbox``: ``[x, y, width, height]`` or ``[]`` (pycocotools' "no box"). pycocotools takes the
     detection's area from it, and a negative area puts an unmatched detection outside every area range, where
     it is ignored instead of counted as a false positive."""
-    if not (isinstance(box, (list, tuple)) and (len(box) == 0 or (len(box) == 4 and _finite(box)))):
+    if not (isinstance(box, (list, tuple)) and (len(box) == 0 or (len(box) == 4 and all(is_finite_number(b) for b in box)))):
         raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] with 4 finite numbers, or []")
     if box and (box[2] < 0 or box[3] < 0):
         raise ValueError(f"{where}: 'bbox' {list(box)} has a negative width or height; both must be >= 0")

@@ -170,7 +170,7 @@ class SearchSpace:
         unknown = sorted(set(axes) - set(AXES))
         if unknown:
             raise ValueError(f"unknown search space axes {unknown}; axes are {list(AXES)}")
-        changes = {name: tuple(value) for name, value in axes.items() if value is not None}
+        changes = {name: _axis(value, name) for name, value in axes.items() if value is not None}  # checked first
         values = {name: changes.get(name, getattr(self, name)) for name in AXES}
         for name, other in (("patch_sizes", "num_windows"), ("num_windows", "patch_sizes")):
             if name in changes:
