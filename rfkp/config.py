@@ -40,6 +40,11 @@ def check_resolution(resolution: int, block: int) -> int:
     return resolution
 
 
+def placeholder_keypoint_names(k: int) -> list[str]:
+    """The names of ``k`` keypoints whose checkpoint names none (an rfdetr checkpoint): ``kp_0``, ``kp_1``, ..."""
+    return [f"kp_{j}" for j in range(k)]
+
+
 @dataclass
 class ModelConfig:
     """Architecture and preprocessing of one RF-DETR Keypoint model.
@@ -118,7 +123,7 @@ class ModelConfig:
         if n_kp_classes > self.num_classes:
             raise ValueError(f"{n_kp_classes} keypointed classes but only {self.num_classes} class logits")
         if not self.keypoint_names:
-            self.keypoint_names = [[f"kp_{j}" for j in range(k)] for k in self.num_keypoints_per_class]
+            self.keypoint_names = [placeholder_keypoint_names(k) for k in self.num_keypoints_per_class]
         if not self.skeletons:
             self.skeletons = [[] for _ in self.num_keypoints_per_class]
         if len(self.keypoint_names) != n_kp_classes or len(self.skeletons) != n_kp_classes:

@@ -374,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
                       device=args.device, sigmas=sigmas)
     if resume_state is not None:
         trainer.resume(state=resume_state)
+        del resume_state  # two model copies and the optimiser state, no longer needed while training
     (args.out / "command.json").write_text(json.dumps({"argv": sys.argv, "config": config.to_dict()}, indent=2),
                                            encoding="utf-8")
     try:

@@ -83,7 +83,7 @@ class TrainAugment:
     """Random horizontal flip (probability ``flip_prob``) then random crop (probability ``crop_prob``).
 
     The crop keeps a random ``[min_crop_scale, 1]`` fraction of each side at a random position. Draws come
-    from the ``numpy`` generator given (or one seeded with ``seed``), so runs are reproducible; inside
+    from the generator given to each call (else one seeded with ``seed``), so runs are reproducible; inside
     ``DataLoader`` workers each worker draws from its own generator (``trainer.data.random``).
     """
 
@@ -94,7 +94,6 @@ class TrainAugment:
         crop_prob: float = 0.5,
         min_crop_scale: float = 0.5,
         seed: int | None = None,
-        rng: np.random.Generator | None = None,
     ) -> None:
         for name, value in (("flip_prob", flip_prob), ("crop_prob", crop_prob)):
             if not 0.0 <= value <= 1.0:
@@ -105,7 +104,7 @@ class TrainAugment:
         self.flip_prob = flip_prob
         self.crop_prob = crop_prob
         self.min_crop_scale = min_crop_scale
-        self.random = WorkerRandom(seed, rng)
+        self.random = WorkerRandom(seed)
 
     def __call__(
         self, image: np.ndarray, targets: ImageTargets, rng: np.random.Generator | None = None

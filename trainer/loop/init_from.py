@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rfkp.checkpoint import load_config_and_state
-from rfkp.config import ModelConfig
+from rfkp.config import ModelConfig, placeholder_keypoint_names
 
 _ROW_TABLES = ("query_feat.weight", "refpoint_embed.weight")
 #: Tensors whose rows mean particular classes / particular keypoints.
@@ -36,11 +36,6 @@ def schema_tied_prefixes(source: ModelConfig, target: ModelConfig) -> tuple[str,
     return reset
 
 
-def _placeholder_names(k: int) -> list[str]:
-    """The names a config gets when its checkpoint names no keypoints (an rfdetr checkpoint)."""
-    return [f"kp_{j}" for j in range(k)]
-
-
 def _same_keypoints(source: ModelConfig, target: ModelConfig) -> bool:
     """Whether every keypointed class has the same keypoints in both: the same names, or, where the source
     does not know its names (placeholders ``kp_0``, ... of an rfdetr checkpoint), the same count, taken in
@@ -48,7 +43,7 @@ def _same_keypoints(source: ModelConfig, target: ModelConfig) -> bool:
     if len(source.keypoint_names) != len(target.keypoint_names):
         return False
     for theirs, ours in zip(source.keypoint_names, target.keypoint_names):
-        if list(theirs) != list(ours) and list(theirs) != _placeholder_names(len(ours)):
+        if list(theirs) != list(ours) and list(theirs) != placeholder_keypoint_names(len(ours)):
             return False
     return True
 

@@ -29,6 +29,7 @@ from rfkp.devices import resolve_device
 from rfkp.nn.detector import KeypointDETR, SubArchitecture
 from trainer.data.coco import CocoKeypointDataset
 from trainer.data.collate import collate_at
+from trainer.data.values import short_repr
 from trainer.evaluation.coco_eval import KeypointEvaluation, evaluate_keypoints
 from trainer.evaluation.predict import predict_rows
 from trainer.jsonfile import dumps_strict
@@ -165,11 +166,6 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _short(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def learning_rate_factor(opt_step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Linear warm-up then cosine decay from 1 to ``min_ratio`` over ``total_steps`` optimiser steps."""
     if warmup_steps > 0 and opt_step < warmup_steps:
@@ -288,7 +284,7 @@ class Trainer:
         saved = ModelConfig.from_dict(state["config"])
         if saved != self.network.cfg:
             now = self.network.cfg.to_dict()
-            changed = [f"{k} {_short(v)} -> {_short(now[k])}" for k, v in saved.to_dict().items() if now.get(k) != v]
+            changed = [f"{k} {short_repr(v, 60)} -> {short_repr(now[k], 60)}" for k, v in saved.to_dict().items() if now.get(k) != v]
             raise ValueError(
                 "the training state was written for another model configuration: " + "; ".join(changed[:5])
                 + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
@@ -496,8 +492,11 @@ class Trainer:
         lose that line or repeat it."""
         path = self.run_dir / "metrics.jsonl"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(dumps_strict(row) + "\n" for row in self.history), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(dumps_strict(row) + "\n" for row in self.history), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # after a failed write (a full disk) no partial file stays
 
     # -- evaluation and outputs ----------------------------------------------------------------------------------
     def ema_model(self) -> RFDETRKeypoint:
