@@ -1,7 +1,8 @@
 """Drawing ``KeypointDetections`` onto an image with PIL: boxes, skeletons, keypoints, covariance ellipses.
 
 Conventions: keypoints and covariances are in pixel coordinates with pixel centres at +0.5, so a point
-(x, y) is drawn at PIL position (x - 0.5, y - 0.5). Per keypoint, by its probabilities:
+(x, y) is drawn at PIL position (x - 0.5, y - 0.5); keypoints of an rfdetr checkpoint keep COCO's pixel indices
+(``coco_keypoint_offset`` 0.0) and are drawn at (x, y). Per keypoint, by its probabilities:
 
 - findable < ``findable_threshold``: nothing is drawn (no dot, no ellipse, no skeleton edge);
 - findable, visible >= ``visible_threshold``: filled dot and a solid ``n_sigma`` covariance ellipse;
@@ -62,8 +63,10 @@ def ellipse_points(
     return np.stack([centre[0] + u * cos_a - v * sin_a, centre[1] + u * sin_a + v * cos_a], axis=1)
 
 
-def _draw_outline(draw: ImageDraw.ImageDraw, points: np.ndarray, colour: Colour, width: int, dashed: bool) -> None:
-    pts = points - 0.5  # pixel centres at +0.5 -> PIL pixel indices
+def _draw_outline(
+    draw: ImageDraw.ImageDraw, points: np.ndarray, colour: Colour, width: int, dashed: bool, offset: float
+) -> None:
+    pts = points - offset  # keypoint coordinates -> PIL pixel indices (see draw_detections)
     if not dashed:
         draw.line([tuple(p) for p in pts], fill=colour, width=width, joint="curve")
         return
@@ -154,19 +157,21 @@ def draw_detections(
     major, minor, angle = (
         t.numpy() for t in ellipse_axes(torch.from_numpy(detections.covariance.astype(np.float64)), n_sigma)
     )
+    # rfkp's keypoints put pixel centres at +0.5 (offset 0.5); an rfdetr checkpoint's keep COCO's pixel indices
+    offset = float(detections.coco_keypoint_offset)
     for i in range(len(detections)):
         c = int(detections.class_id[i])
         colour = tuple(int(v) for v in colours[c % len(colours)])
         if draw_boxes:
             draw.rectangle(detections.xyxy[i].tolist(), outline=colour, width=width)
-        kp = detections.keypoints[i] - 0.5
+        kp = detections.keypoints[i] - offset
         for a, b in detections.skeletons[c]:
             if findable[i, a] and findable[i, b]:
                 draw.line([tuple(kp[a]), tuple(kp[b])], fill=colour, width=width)
         for k in np.flatnonzero(findable[i]):
             if np.isfinite([major[i, k], minor[i, k], angle[i, k]]).all() and major[i, k] <= max_axis:
                 outline = ellipse_points(tuple(detections.keypoints[i, k]), major[i, k], minor[i, k], angle[i, k])
-                _draw_outline(draw, outline, colour, width, dashed=not visible[i, k])
+                _draw_outline(draw, outline, colour, width, dashed=not visible[i, k], offset=offset)
             box = [kp[k, 0] - radius, kp[k, 1] - radius, kp[k, 0] + radius, kp[k, 1] + radius]
             if visible[i, k]:
                 draw.ellipse(box, fill=colour, outline=(255, 255, 255), width=1)

@@ -167,3 +167,16 @@ def test_drawing_options_are_checked(option: str, value: object, message: str) -
     with pytest.raises(ValueError, match=message):
         draw_detections(image, _detections(), **{option: value})
     draw_detections(image, _detections(), line_width=np.int64(3), point_radius=0, n_sigma=np.float32(1.0))
+
+
+def test_keypoints_are_drawn_in_their_own_convention() -> None:
+    """An rfdetr checkpoint's keypoints are COCO pixel indices (coco_keypoint_offset 0.0): drawn at (x, y),
+    they land where rfkp's convention (+0.5 centres) draws the same points shifted by half a pixel."""
+    rfkp_style = _detections(skeleton=[(0, 1)])
+    data = rfkp_style.to_dict()
+    peer_style = KeypointDetections.from_dict(
+        {**data, "keypoints": (np.asarray(rfkp_style.keypoints) - 0.5).tolist(), "coco_keypoint_offset": 0.0}
+    )
+    assert np.array_equal(_draw(peer_style), _draw(rfkp_style))
+    assert not np.array_equal(_draw(KeypointDetections.from_dict({**data, "coco_keypoint_offset": 0.0})),
+                              _draw(rfkp_style))
