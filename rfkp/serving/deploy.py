@@ -28,6 +28,7 @@ from rfkp.config import ModelConfig
 from rfkp.serving import protocol as P
 from rfkp.serving.embedded import TritonInstallation, TritonNotFoundError, find_installation
 from rfkp.serving.launcher import (
+    ServerStartError,
     TritonServer,
     check_ports,
     normalise_host,
@@ -385,7 +386,8 @@ def launch(
     Runtime (``prepare_raw_graph``), render the repository into ``run_dir`` (default: a new temporary
     folder), start the server and wait until it is ready. The caller owns the returned server and must
     ``stop()`` it; the returned weights carry the runtime (``runtime``). A temporary run folder is removed by
-    ``stop()``, or when the start fails, unless ``keep_run_dir``; a given ``run_dir`` is always kept.
+    ``stop()``, or when the start fails before the server runs, unless ``keep_run_dir``; after a
+    ``ServerStartError`` it stays for the server log the error names; a given ``run_dir`` is always kept.
 
     Args:
         server: "auto" (the embedded ``nvidia-pytriton`` server, else ``tritonserver`` on PATH; with an engine,
@@ -410,6 +412,8 @@ def launch(
             run, weights, options, installation, host, (grpc_port, http_port, metrics_port), ready_timeout,
             templates, cache_dir,
         )  # fmt: skip
+    except ServerStartError:  # the server ran and failed: its log, which the error names, stays
+        raise
     except BaseException:
         if temporary:
             _remove_run_dir(run)

@@ -341,7 +341,12 @@ def test_launch_removes_the_run_folder_it_made_on_stop(tmp_path: Path, tiny_weig
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match="cannot read checkpoint"):
         launch(bad, options=options, grpc_port=0, http_port=0, metrics_port=0)
-    assert list(temp.iterdir()) == []  # a failed start leaves nothing either
+    assert list(temp.iterdir()) == []  # a start that fails before the server runs leaves nothing either
+    with pytest.raises(ServerStartError, match=r"whole log: (\S+)\)") as failed:
+        launch(tiny_weights, options=options, grpc_port=0, http_port=0, metrics_port=0, ready_timeout=0.01)
+    log = Path(re.search(r"whole log: (\S+)\)", str(failed.value)).group(1))
+    assert log.is_file() and log.is_relative_to(temp)  # the server ran: its log, named by the error, stays
+    shutil.rmtree(next(temp.iterdir()))
     given = tmp_path / "given"
     server, _ = launch(tiny_weights, options=options, run_dir=given, grpc_port=0, http_port=0, metrics_port=0)
     server.stop()
