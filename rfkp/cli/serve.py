@@ -45,6 +45,15 @@ HEALTH_CHECK_S = 2.0  # how often the model processes are checked
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals to handle: a signal already ignored stays ignored (``nohup rfkp serve`` ignores SIGHUP so
+    that the server outlives the terminal)."""
+    return tuple(s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN)
+
+
 class _StopDuringStartup(BaseException):
     """SIGINT, SIGTERM or SIGHUP before the server is ready: unwinds the start (export, loading) at once."""
 
@@ -129,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
 
     temporary = not args.run_dir
     run_dir = Path(tempfile.mkdtemp(prefix="rfkp-serve-")) if temporary else Path(args.run_dir)
-    previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, _on_signal) for s in _stop_signals()}
     code, server = 1, None
     try:
         try:
@@ -177,7 +186,7 @@ def _run(server: TritonServer, weights: PreparedWeights, stop: threading.Event, 
         print(f"  HTTP     http://{server.http_url}", flush=True)
         print(f"  metrics  {server.metrics_url}", flush=True)
         print(f"  repository {server.repository}; log {server.log_path}", flush=True)
-        print("Ctrl-C, SIGTERM or SIGHUP stops it.", flush=True)
+        print(f"{', '.join(_SIGNAL_NAMES[s] for s in _stop_signals())} stops it.", flush=True)
         checked = time.monotonic()
         while not stop.wait(0.5):
             code = server.poll()

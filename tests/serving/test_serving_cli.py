@@ -262,3 +262,17 @@ def test_sighup_stops_the_server_and_removes_its_temporary_run_folder(tmp_path: 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_an_ignored_sighup_stays_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nohup rfkp serve` ignores SIGHUP so the server outlives the terminal: serve must not take it over."""
+    from rfkp.cli import serve
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert signal.SIGHUP not in serve._stop_signals()
+        assert set(serve._stop_signals()) == {signal.SIGINT, signal.SIGTERM}
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert signal.SIGHUP in serve._stop_signals()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
