@@ -9,12 +9,14 @@ Two layouts are read:
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import math
 import os
 import pathlib
 import pickle
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +82,23 @@ def _unsupported_global(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
+#: A partial file younger than this is never judged stale: its pid may belong to another host or container
+#: sharing the folder (a shared graph cache), where "no such process" here says nothing.
+STALE_PARTIAL_AGE_S = 3600.0
+
+
 def remove_stale_partials(path: Path) -> None:
-    """Delete the ``.NAME.PID.tmp`` files of writers that died mid-write (a killed run leaves one each)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+    """Delete the ``.NAME.PID.tmp`` files of writers that died mid-write (a killed run leaves one each): those
+    older than ``STALE_PARTIAL_AGE_S`` whose pid runs no process here."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
         if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if now - tmp.stat().st_mtime < STALE_PARTIAL_AGE_S:
+                continue
+        except FileNotFoundError:
             continue
         try:
             os.kill(int(pid), 0)  # raises when no such process runs

@@ -259,7 +259,12 @@ def test_a_failed_export_keeps_the_old_file_and_the_callers_train_mode(
         model.network.eval()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial file left
-    (tmp_path / ".m.onnx.999999999.tmp").write_bytes(b"partial of a writer no longer running")
+    import os
+    import time
+
+    partial = tmp_path / ".m.onnx.999999999.tmp"
+    partial.write_bytes(b"partial of a writer no longer running")
+    os.utime(partial, (time.time() - 7200, time.time() - 7200))  # older than STALE_PARTIAL_AGE_S
     monkeypatch.undo()
     export_onnx(model, path, resolution=64, num_select=5)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

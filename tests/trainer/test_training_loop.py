@@ -378,20 +378,32 @@ def test_tensorboard_logs_name_what_they_hold(synthetic, tmp_path) -> None:
 
 
 def test_partial_state_files_of_dead_writers_are_removed(tmp_path) -> None:
+    import os
     import subprocess
+    import time
 
     from rfkp.checkpoint import save_atomic
 
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # a pid no process has any more
-    stale = tmp_path / f".checkpoint.pt.{gone.pid}.tmp"
-    stale.write_bytes(b"half a checkpoint")
+    def dead_pid() -> int:
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # a pid no process has any more
+        return gone.pid
+
+    old = time.time() - 2 * 3600  # beyond STALE_PARTIAL_AGE_S
+    stale = tmp_path / f".checkpoint.pt.{dead_pid()}.tmp"
+    young = tmp_path / f".checkpoint.pt.{dead_pid()}.tmp"  # maybe another container's writer: left alone
     alive = tmp_path / ".checkpoint.pt.1.tmp"  # pid 1 runs: another writer's, left alone
-    alive.write_bytes(b"being written")
     odd = tmp_path / ".checkpoint.pt.99999999999999999999.tmp"  # no pid at all: left alone, no OverflowError
-    odd.write_bytes(b"?")
+    bracketed = tmp_path / f".run[1].pt.{dead_pid()}.tmp"  # a name glob would read as a pattern
+    for partial in (stale, young, alive, odd, bracketed):
+        partial.write_bytes(b"half a checkpoint")
+        if partial is not young:
+            os.utime(partial, (old, old))
     save_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoint.pt")
-    assert not stale.exists() and alive.exists() and odd.exists() and (tmp_path / "checkpoint.pt").is_file()
+    assert not stale.exists() and young.exists() and alive.exists() and odd.exists()
+    assert (tmp_path / "checkpoint.pt").is_file()
+    save_atomic({"x": torch.zeros(1)}, tmp_path / "run[1].pt")
+    assert not bracketed.exists()
     with pytest.raises(CheckpointError, match=r"truncated or not a torch file\?\): \w+"):
         (tmp_path / "empty.pt").write_bytes(b"")
         load_train_state(tmp_path / "empty.pt")
