@@ -14,7 +14,7 @@ A closed client raises ``RemoteError``. ``AsyncKeypointClient`` opens its channe
 event loop, so it can be made outside one (before ``asyncio.run``); it then serves that loop only.
 
 The channel's reconnect backoff is capped at ``RECONNECT_BACKOFF_MS``: a client survives a server restart and
-answers again within a second of the server being ready.
+answers again about a second after the server is ready (gRPC adds up to 20 % jitter to each backoff).
 """
 
 from __future__ import annotations

@@ -266,3 +266,27 @@ def test_repr_is_one_short_line() -> None:
     text = repr(det)
     assert "\n" not in text and len(text) < 200 and text.startswith(f"KeypointDetections({len(det)} in ")
     assert repr(det[2:2]).startswith("KeypointDetections(0 in ")
+
+
+def test_to_supervision_passes_these_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What to_supervision hands supervision.KeyPoints, checked with a stand-in module (supervision is in no
+    extra CI installs; test_to_supervision runs against the real package where it is installed)."""
+    import sys
+    import types
+
+    captured: dict = {}
+    stand_in = types.ModuleType("supervision")
+    stand_in.KeyPoints = lambda **kwargs: captured.update(kwargs) or "keypoints"
+    monkeypatch.setitem(sys.modules, "supervision", stand_in)
+    det = _make()
+    assert det.to_supervision(visible_threshold=0.3) == "keypoints"
+    active = det.active_mask()
+    np.testing.assert_array_equal(captured["xy"][active], det.keypoints[active].astype(np.float32))
+    assert (captured["xy"][~active] == 0).all() and (captured["keypoint_confidence"][~active] == 0).all()
+    np.testing.assert_array_equal(captured["visible"], active & (np.nan_to_num(det.visible) >= 0.3))
+    np.testing.assert_array_equal(captured["detection_confidence"], det.score)
+    assert captured["data"]["class_name"].tolist() == CLASS_NAMES
+    assert captured["data"]["covariance"].shape == det.covariance.shape
+    monkeypatch.setitem(sys.modules, "supervision", None)  # not installed
+    with pytest.raises(ImportError, match="pip install supervision"):
+        det.to_supervision()

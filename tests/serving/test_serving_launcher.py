@@ -197,7 +197,7 @@ def test_free_port_is_bindable() -> None:
         sock.bind(("127.0.0.1", port))
 
 
-def test_a_taken_port_is_refused_before_starting(tmp_path: Path) -> None:
+def test_a_taken_port_is_refused_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     repo = echo_repository(tmp_path)
@@ -210,12 +210,39 @@ def test_a_taken_port_is_refused_before_starting(tmp_path: Path) -> None:
         with pytest.raises(ServerStartError, match=f"already in use on 127.0.0.1: HTTP {taken}"):
             server.start()
         assert server.pid is None
-    from rfkp.serving.launcher import port_in_use
+    import errno
+    import socket
 
-    with pytest.raises(ServerStartError, match="cannot listen on 192.0.2.1:8001: "):  # not this machine's address
-        port_in_use("192.0.2.1", 8001)  # (it was reported as a port in use)
-    with pytest.raises(ServerStartError, match="host 'no-such-host.invalid' does not resolve"):
-        port_in_use("no-such-host.invalid", 8001)
+    from rfkp.serving import launcher
+
+    class Refusing:  # a socket whose bind fails as the system says (no real address or DNS lookup needed)
+        def __init__(self, error: OSError) -> None:
+            self.error = error
+
+        def __enter__(self) -> Refusing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def setsockopt(self, *args: object) -> None:
+            pass
+
+        def bind(self, address: object) -> None:
+            raise self.error
+
+    for error, message in [
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"),  # not this machine's address
+         "cannot listen on 192.0.2.1:8001: Cannot assign requested address"),  # (it was reported as in use)
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+         "host '192.0.2.1' does not resolve: Name or service not known"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(launcher, "_socket", lambda host, error=error: Refusing(error))
+        with pytest.raises(ServerStartError, match=re.escape(message)):
+            launcher.port_in_use("192.0.2.1", 8001)
+    monkeypatch.setattr(launcher, "_socket", lambda host: Refusing(OSError(errno.EADDRINUSE, "in use")))
+    assert launcher.port_in_use("127.0.0.1", 8001)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="grpc_port must lie in 0..65535"):
         TritonServer(repo, grpc_port=70000, installation=TritonInstallation(Path(sys.executable), "system"))
 
